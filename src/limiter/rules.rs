@@ -1,0 +1,315 @@
+//! The compiled configuration: one descriptor tree per domain, and the matching engine.
+//!
+//! Both config shapes end up here. envoyproxy/ratelimit files become trees as they are; the
+//! service's own client table becomes the branch `api_key` of the default domain, whose
+//! children are looked up by the SHA-256 of the presented key (so config files and memory
+//! need not hold raw keys). There is one matching engine, not two.
+//!
+//! Matching follows envoyproxy/ratelimit: walk the request's entries from the root; at each
+//! level prefer an exact `key=value` child, then a wildcard value (`*` matches any run of
+//! characters), then the key-only child. A descriptor is limited by the limits of the node its
+//! last entry lands on; a descriptor that leaves the tree early has no limit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::request::API_KEY;
+use crate::algorithm::{Algorithm, Quota};
+use crate::config::{
+    ClientTable, Config, ConfigError, ConfigErrors, DescriptorDef, LimitDef, Settings, UnknownKey,
+};
+
+/// One configured limit, shared by every request that matches it.
+#[derive(Debug)]
+pub struct LimitRule {
+    pub name: Arc<str>,
+    pub algorithm: Algorithm,
+    pub quota: Quota,
+    pub shadow: bool,
+    /// Names of limits this one replaces when both apply to one request.
+    pub replaces: Box<[Box<str>]>,
+    pub detailed_metric: bool,
+    /// Identifies the limit inside a counter key: a hash of what gives its state meaning
+    /// (name, algorithm, window), so a reload that changes the count keeps the counters and
+    /// one that changes the window or algorithm starts afresh.
+    pub id: u64,
+}
+
+/// A node of a descriptor tree.
+#[derive(Debug, Default)]
+pub struct Node {
+    pub limits: Box<[Arc<LimitRule>]>,
+    /// A label for logs and metrics (the tier of a client, the path of a descriptor).
+    pub label: Arc<str>,
+    children: HashMap<Box<str>, Branch>,
+}
+
+/// The children of a node under one key.
+#[derive(Debug, Default)]
+struct Branch {
+    exact: HashMap<Box<str>, Node>,
+    wildcards: Vec<(Box<str>, Node)>,
+    any: Option<Box<Node>>,
+    clients: Option<ClientIndex>,
+}
+
+/// The client table: API keys by digest.
+#[derive(Debug)]
+struct ClientIndex {
+    by_digest: HashMap<[u8; 32], Node>,
+    /// Where unknown keys go; `None` rejects them.
+    unknown: Option<Node>,
+}
+
+/// What matching one descriptor found.
+#[derive(Debug)]
+pub enum Match<'r> {
+    /// The descriptor lands on this node (which may have no limits).
+    Node(&'r Node),
+    /// The descriptor is not limited by the configuration.
+    None,
+    /// An API key the client table does not know, and unknown keys are rejected.
+    UnknownClient,
+}
+
+/// The whole compiled configuration. Immutable: a reload compiles a new one and swaps it in.
+#[derive(Debug)]
+pub struct Rules {
+    pub settings: Settings,
+    domains: HashMap<Box<str>, Node>,
+}
+
+impl Rules {
+    /// Compiles a loaded configuration, reporting every conflict between its files.
+    pub fn compile(config: &Config) -> Result<Rules, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut domains: HashMap<Box<str>, Node> = HashMap::new();
+        for domain in &config.domains {
+            let mut root = Node {
+                label: domain.domain.as_str().into(),
+                ..Node::default()
+            };
+            for def in &domain.descriptors {
+                add_descriptor(&mut root, def, &domain.domain, &domain.file, &mut errors);
+            }
+            domains.insert(domain.domain.as_str().into(), root);
+        }
+        let default_domain = config.settings.default_domain.as_str();
+        if !config.clients.keys.is_empty()
+            || matches!(config.clients.unknown_key, UnknownKey::Tier(_))
+        {
+            let root = domains
+                .entry(default_domain.into())
+                .or_insert_with(|| Node {
+                    label: default_domain.into(),
+                    ..Node::default()
+                });
+            let branch = root.children.entry(API_KEY.into()).or_default();
+            if !branch.exact.is_empty() || !branch.wildcards.is_empty() || branch.any.is_some() {
+                errors.push(ConfigError {
+                    file: String::from("(all files)"),
+                    line: None,
+                    column: None,
+                    message: format!(
+                        "domain `{default_domain}` has descriptors with key `{API_KEY}` and a client table too; \
+                         the client table owns that key in the default domain"
+                    ),
+                });
+            }
+            branch.clients = Some(compile_clients(&config.clients));
+        }
+        if errors.is_empty() {
+            Ok(Rules {
+                settings: config.settings.clone(),
+                domains,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Finds the node a descriptor's entries land on.
+    pub fn lookup<'r, 'e>(
+        &'r self,
+        domain: &str,
+        entries: impl IntoIterator<Item = (&'e str, &'e str)>,
+    ) -> Match<'r> {
+        let Some(mut node) = self.domains.get(domain) else {
+            return Match::None;
+        };
+        let mut any_entry = false;
+        for (key, value) in entries {
+            any_entry = true;
+            let Some(branch) = node.children.get(key) else {
+                return Match::None;
+            };
+            node = match branch.find(value) {
+                Ok(Some(next)) => next,
+                Ok(None) => return Match::None,
+                Err(()) => return Match::UnknownClient,
+            };
+        }
+        if any_entry {
+            Match::Node(node)
+        } else {
+            Match::None
+        }
+    }
+}
+
+impl Branch {
+    /// The child for `value`: `Err` when it is an unknown API key that must be rejected.
+    fn find(&self, value: &str) -> Result<Option<&Node>, ()> {
+        if let Some(clients) = &self.clients {
+            let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+            return match clients.by_digest.get(&digest) {
+                Some(node) => Ok(Some(node)),
+                None => clients.unknown.as_ref().map(Some).ok_or(()),
+            };
+        }
+        if let Some(node) = self.exact.get(value) {
+            return Ok(Some(node));
+        }
+        if let Some((_, node)) = self.wildcards.iter().find(|(p, _)| glob_match(p, value)) {
+            return Ok(Some(node));
+        }
+        Ok(self.any.as_deref())
+    }
+}
+
+/// Whether `value` matches `pattern`, where `*` matches any run of characters (even none).
+pub fn glob_match(pattern: &str, value: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = value.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        // No `*` at all: an exact comparison.
+        return rest.is_empty();
+    };
+    for part in parts {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+fn add_descriptor(
+    parent: &mut Node,
+    def: &DescriptorDef,
+    path: &str,
+    file: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    let path = match &def.value {
+        Some(v) => format!("{path}.{}_{v}", def.key),
+        None => format!("{path}.{}", def.key),
+    };
+    let branch = parent.children.entry(def.key.as_str().into()).or_default();
+    let mut node = Node {
+        limits: if def.unlimited {
+            Box::default()
+        } else {
+            def.limits
+                .iter()
+                .map(|l| rule(l, def.shadow_mode, &def.replaces, def.detailed_metric))
+                .collect()
+        },
+        label: path.as_str().into(),
+        children: HashMap::new(),
+    };
+    for child in &def.descriptors {
+        add_descriptor(&mut node, child, &path, file, errors);
+    }
+    let slot = match def.value.as_deref() {
+        None => {
+            let had = branch.any.is_some();
+            branch.any = Some(Box::new(node));
+            had
+        }
+        Some(v) if v.contains('*') => {
+            let had = branch.wildcards.iter().any(|(p, _)| &**p == v);
+            branch.wildcards.push((v.into(), node));
+            had
+        }
+        Some(v) => branch.exact.insert(v.into(), node).is_some(),
+    };
+    if slot {
+        errors.push(ConfigError {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            message: format!("duplicate descriptor {path}"),
+        });
+    }
+}
+
+fn compile_clients(table: &ClientTable) -> ClientIndex {
+    let tier_node = |name: &str, limits: &[LimitDef]| Node {
+        limits: limits.iter().map(|l| rule(l, false, &[], false)).collect(),
+        label: name.into(),
+        children: HashMap::new(),
+    };
+    let by_digest = table
+        .keys
+        .iter()
+        .map(|k| (k.digest, tier_node(&k.label, &k.limits)))
+        .collect();
+    let unknown = match &table.unknown_key {
+        UnknownKey::Reject => None,
+        UnknownKey::Tier(t) => Some(tier_node(
+            t,
+            table.tiers.get(t).map(Vec::as_slice).unwrap_or_default(),
+        )),
+    };
+    ClientIndex { by_digest, unknown }
+}
+
+fn rule(
+    def: &LimitDef,
+    shadow: bool,
+    replaces: &[String],
+    detailed_metric: bool,
+) -> Arc<LimitRule> {
+    let mut h = Sha256::new();
+    h.update(def.name.as_bytes());
+    h.update([0]);
+    h.update(def.algorithm.as_str().as_bytes());
+    h.update(def.quota.window.to_be_bytes());
+    let digest = h.finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    Arc::new(LimitRule {
+        name: def.name.as_str().into(),
+        algorithm: def.algorithm,
+        quota: def.quota,
+        shadow: shadow || def.shadow_mode,
+        replaces: replaces.iter().map(|r| r.as_str().into()).collect(),
+        detailed_metric,
+        id: u64::from_be_bytes(id),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob() {
+        assert!(glob_match("foo*", "foobar"));
+        assert!(glob_match("foo*", "foo"));
+        assert!(!glob_match("foo*", "fo"));
+        assert!(glob_match("*bar", "foobar"));
+        assert!(glob_match("a*c*e", "abcde"));
+        assert!(!glob_match("a*c*e", "abcd"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("ab*ba", "aba"));
+        assert!(glob_match("ab*ba", "abba"));
+    }
+}

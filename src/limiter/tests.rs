@@ -1,0 +1,275 @@
+//! The limiter over the memory store with a manual clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::*;
+use crate::config;
+use crate::store::{Clock, MemoryStore};
+
+const SEC: u64 = 1_000_000;
+const T0: u64 = 1_700_000_000 * SEC;
+
+fn limiter(files: &[(&str, &str)]) -> (Limiter, Arc<AtomicU64>) {
+    let mut all = None::<config::Config>;
+    for (name, text) in files {
+        let c = config::parse_str(name, text).unwrap();
+        all = Some(match all {
+            None => c,
+            Some(mut a) => {
+                a.domains.extend(c.domains);
+                if !c.clients.keys.is_empty() {
+                    a.clients = c.clients;
+                    a.settings = c.settings;
+                }
+                a
+            }
+        });
+    }
+    let rules = Rules::compile(&all.unwrap()).unwrap();
+    let (clock, now) = Clock::manual(T0);
+    let store = Backend::Memory(MemoryStore::new(clock, 10_000));
+    (Limiter::new(rules, store, None), now)
+}
+
+fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+const CLIENTS: &str = r#"
+clients:
+  tiers:
+    t: [ { name: per-10s, limit: 2, window: 10s } ]
+  keys:
+    - { key: alice, tier: t }
+"#;
+
+#[test]
+fn unknown_key_is_rejected_and_known_key_limited() {
+    let (l, now) = limiter(&[("c.yaml", CLIENTS)]);
+    run(async {
+        let r = LimitRequest::for_api_key("ratelimiter", "mallory", 1);
+        assert!(matches!(l.decide(&r).await, Err(LimitError::UnknownClient)));
+        let r = LimitRequest::for_api_key("ratelimiter", "alice", 1);
+        assert!(l.decide(&r).await.unwrap().allowed);
+        assert!(l.decide(&r).await.unwrap().allowed);
+        let d = l.decide(&r).await.unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, crate::algorithm::RetryAfter::After(5 * SEC));
+        now.fetch_add(5 * SEC, Ordering::AcqRel);
+        assert!(
+            l.decide(&r).await.unwrap().allowed,
+            "a token came back after 5 s"
+        );
+    });
+}
+
+const EDGE: &str = r#"
+domain: edge
+descriptors:
+  - key: remote_address
+    rate_limit: { unit: minute, requests_per_unit: 2 }
+  - key: path
+    value: /admin*
+    rate_limit: { unit: minute, requests_per_unit: 1, name: admin }
+  - key: path
+    rate_limit: { unit: minute, requests_per_unit: 100, name: paths }
+    shadow_mode: true
+  - key: user
+    descriptors:
+      - key: plan
+        value: free
+        rate_limit: { unit: minute, requests_per_unit: 1, name: free }
+      - key: plan
+        value: vip
+        rate_limit: { unit: minute, requests_per_unit: 3, name: vip, replaces: [ { name: free } ] }
+"#;
+
+fn edge<'a>(entries: &[(&'a str, &'a str)]) -> Descriptor<'a> {
+    Descriptor {
+        entries: entries.iter().map(|&(k, v)| Entry::new(k, v)).collect(),
+        hits: None,
+        limit_override: None,
+    }
+}
+
+#[test]
+fn envoy_matching_exact_wildcard_key_only_and_nesting() {
+    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    run(async {
+        let ip = |v: &'static str| LimitRequest {
+            domain: "edge",
+            descriptors: vec![edge(&[("remote_address", v)])],
+            hits: 1,
+        };
+        // Key-only: each value has its own counter.
+        assert!(l.decide(&ip("1.1.1.1")).await.unwrap().allowed);
+        assert!(l.decide(&ip("1.1.1.1")).await.unwrap().allowed);
+        assert!(!l.decide(&ip("1.1.1.1")).await.unwrap().allowed);
+        assert!(l.decide(&ip("2.2.2.2")).await.unwrap().allowed);
+        // Wildcard beats key-only.
+        let path = |v: &'static str| LimitRequest {
+            domain: "edge",
+            descriptors: vec![edge(&[("path", v)])],
+            hits: 1,
+        };
+        let d = l.decide(&path("/admin/users")).await.unwrap();
+        assert_eq!(&*d.limits[0].name, "admin");
+        // Key-only, shadow mode: reported, never rejecting.
+        let d = l.decide(&path("/public")).await.unwrap();
+        assert_eq!(&*d.limits[0].name, "paths");
+        assert!(d.limits[0].shadow);
+        // Nested: the limit applies only where the last entry lands.
+        let r = LimitRequest {
+            domain: "edge",
+            descriptors: vec![edge(&[("user", "u")])],
+            hits: 1,
+        };
+        assert!(l.decide(&r).await.unwrap().limits.is_empty());
+        let r = LimitRequest {
+            domain: "edge",
+            descriptors: vec![edge(&[("user", "u"), ("plan", "free")])],
+            hits: 1,
+        };
+        assert_eq!(&*l.decide(&r).await.unwrap().limits[0].name, "free");
+        // Unknown domain or entry: no limit.
+        let r = LimitRequest {
+            domain: "nope",
+            descriptors: vec![edge(&[("user", "u")])],
+            hits: 1,
+        };
+        assert!(l.decide(&r).await.unwrap().allowed);
+    });
+}
+
+#[test]
+fn replaces_drops_the_named_limit() {
+    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    run(async {
+        let r = LimitRequest {
+            domain: "edge",
+            descriptors: vec![
+                edge(&[("user", "u"), ("plan", "free")]),
+                edge(&[("user", "u"), ("plan", "vip")]),
+            ],
+            hits: 1,
+        };
+        for _ in 0..3 {
+            let d = l.decide(&r).await.unwrap();
+            assert!(d.allowed);
+            assert_eq!(d.limits.len(), 1);
+            assert_eq!(&*d.limits[0].name, "vip");
+        }
+        assert!(!l.decide(&r).await.unwrap().allowed);
+    });
+}
+
+#[test]
+fn shadow_mode_never_rejects() {
+    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    run(async {
+        let r = LimitRequest {
+            domain: "edge",
+            descriptors: vec![edge(&[("path", "/x")])],
+            hits: 60,
+        };
+        let d = l.decide(&r).await.unwrap();
+        assert!(d.allowed);
+        let d = l.decide(&r).await.unwrap();
+        assert!(d.allowed, "over the shadow limit, still allowed");
+        assert!(!d.limits[0].verdict.allowed, "…but reported as over");
+        assert!(!d.over_limit[0]);
+    });
+}
+
+#[test]
+fn the_same_descriptor_twice_in_one_request_is_charged_twice() {
+    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    run(async {
+        let r = LimitRequest {
+            domain: "edge",
+            descriptors: vec![
+                edge(&[("remote_address", "9.9.9.9")]),
+                edge(&[("remote_address", "9.9.9.9")]),
+            ],
+            hits: 1,
+        };
+        let d = l.decide(&r).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.limits[0].verdict.remaining, 0);
+        assert!(!l.decide(&r).await.unwrap().allowed);
+    });
+}
+
+#[test]
+fn per_descriptor_hits_and_zero_hits() {
+    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    run(async {
+        let mut d = edge(&[("remote_address", "3.3.3.3")]);
+        d.hits = Some(0);
+        let peek = LimitRequest {
+            domain: "edge",
+            descriptors: vec![d.clone()],
+            hits: 1,
+        };
+        for _ in 0..5 {
+            let dec = l.decide(&peek).await.unwrap();
+            assert!(dec.allowed);
+            assert_eq!(
+                dec.limits[0].verdict.remaining, 2,
+                "hits 0 consumes nothing"
+            );
+        }
+        d.hits = Some(2);
+        let spend = LimitRequest {
+            domain: "edge",
+            descriptors: vec![d],
+            hits: 1,
+        };
+        assert!(l.decide(&spend).await.unwrap().allowed);
+        assert_eq!(
+            l.decide(&peek).await.unwrap().limits[0].verdict.remaining,
+            0
+        );
+    });
+}
+
+#[test]
+fn request_shape_errors() {
+    let (l, _) = limiter(&[("c.yaml", CLIENTS)]);
+    run(async {
+        let r = LimitRequest {
+            domain: "",
+            descriptors: vec![edge(&[("a", "b")])],
+            hits: 1,
+        };
+        assert!(matches!(l.decide(&r).await, Err(LimitError::NoDomain)));
+        let r = LimitRequest {
+            domain: "d",
+            descriptors: vec![],
+            hits: 1,
+        };
+        assert!(matches!(l.decide(&r).await, Err(LimitError::NoDescriptors)));
+        let r = LimitRequest {
+            domain: "d",
+            descriptors: vec![edge(&[])],
+            hits: 1,
+        };
+        assert!(matches!(
+            l.decide(&r).await,
+            Err(LimitError::EmptyDescriptor(0))
+        ));
+        let r = LimitRequest::for_api_key("ratelimiter", "alice", 1001);
+        assert!(matches!(
+            l.decide(&r).await,
+            Err(LimitError::CostTooHigh {
+                cost: 1001,
+                max: 1000
+            })
+        ));
+    });
+}

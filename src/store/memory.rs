@@ -1,0 +1,348 @@
+//! The in-memory store: the embedded default for a single replica.
+//!
+//! Counters live in a fixed number of shards, each a `HashMap` behind its own
+//! `std::sync::Mutex`. A plan locks the shards its counters live in, in ascending shard order
+//! (so two plans can never deadlock), decides every check, commits all or nothing and unlocks.
+//! Critical sections are short and never `.await`, which is why a blocking mutex is right here.
+//! There is no global lock: unrelated keys contend only when they hash to the same shard.
+//!
+//! Memory is bounded. Each counter records the instant from which its state equals the empty
+//! state; when a shard grows past its sweep threshold it drops every such counter and sets the
+//! threshold to twice what is left. So a shard holds at most `max(2 × live, 64)` counters,
+//! where `live` counts counters whose state still matters, and never more than its share of
+//! `max_counters`: past that a new counter is refused with [`StoreError::Full`] (a transient
+//! error, handled by the failure policy) rather than evicting live state, which would
+//! over-admit. A sliding-window counter holds at most `limit` log entries on top.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::{Check, Clock, CounterKey, Plan, Store, StoreError};
+use crate::algorithm::{CounterState, Micros};
+
+/// Sweep a shard once it holds this many counters, at the least.
+const MIN_SWEEP_THRESHOLD: usize = 64;
+
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    clock: Clock,
+    max_per_shard: usize,
+    max_counters: usize,
+}
+
+struct Shard {
+    counters: HashMap<CounterKey, Slot>,
+    sweep_at: usize,
+}
+
+struct Slot {
+    state: CounterState,
+    /// From this instant on, `state` is equivalent to the empty state.
+    expires_at: Micros,
+}
+
+impl MemoryStore {
+    /// A store with `max_counters` counters at most, over a shard count suited to the machine.
+    pub fn new(clock: Clock, max_counters: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let shard_count = (cores * 16).next_power_of_two();
+        Self::with_shards(clock, max_counters, shard_count)
+    }
+
+    pub fn with_shards(clock: Clock, max_counters: usize, shard_count: usize) -> Self {
+        let shard_count = shard_count.max(1);
+        let shards = (0..shard_count)
+            .map(|_| {
+                Mutex::new(Shard {
+                    counters: HashMap::new(),
+                    sweep_at: MIN_SWEEP_THRESHOLD,
+                })
+            })
+            .collect();
+        MemoryStore {
+            shards,
+            clock,
+            max_per_shard: max_counters.div_ceil(shard_count).max(1),
+            max_counters,
+        }
+    }
+
+    /// How many counters are held now, expired or not (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).counters.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard_of(&self, key: &CounterKey) -> usize {
+        // The tag is a uniform hash already; fold the limit id in so the limits of a tag
+        // spread too.
+        let mixed = (key.tag as u64) ^ ((key.tag >> 64) as u64) ^ key.limit.rotate_left(17);
+        (mixed % self.shards.len() as u64) as usize
+    }
+
+    fn apply_plan(&self, plan: &mut Plan, now: Micros) -> Result<(), StoreError> {
+        match plan.checks.len() {
+            0 => {
+                plan.admitted = true;
+                Ok(())
+            }
+            1 => {
+                let idx = self.shard_of(&plan.checks[0].key);
+                let mut shard = lock(&self.shards[idx]);
+                let mut shards = [(idx, &mut *shard)];
+                self.decide(plan, now, &mut shards)
+            }
+            _ => {
+                let mut idx: Vec<usize> =
+                    plan.checks.iter().map(|c| self.shard_of(&c.key)).collect();
+                idx.sort_unstable();
+                idx.dedup();
+                // Ascending order: two plans that share shards lock them in the same order.
+                let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+                    idx.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
+                let mut shards: Vec<(usize, &mut Shard)> =
+                    guards.iter_mut().map(|(i, g)| (*i, &mut **g)).collect();
+                self.decide(plan, now, &mut shards)
+            }
+        }
+    }
+
+    /// Decides and commits one plan with its shards locked.
+    fn decide(
+        &self,
+        plan: &mut Plan,
+        now: Micros,
+        shards: &mut [(usize, &mut Shard)],
+    ) -> Result<(), StoreError> {
+        let mut admitted = true;
+        for check in plan.checks.iter_mut() {
+            let shard = find(shards, self.shard_of(&check.key));
+            let verdict = match shard.counters.get(&check.key) {
+                Some(slot) if slot.expires_at > now && slot.state.is(check.algorithm) => {
+                    slot.state.check(&check.quota, now, check.cost)
+                }
+                _ => CounterState::empty(check.algorithm).check(&check.quota, now, check.cost),
+            };
+            admitted &= verdict.allowed || !check.enforce;
+            check.verdict = Some(verdict);
+        }
+        plan.admitted = admitted;
+        if !admitted {
+            return Ok(());
+        }
+        // Make room first, so a full store commits nothing rather than part of the plan.
+        for check in plan.checks.iter() {
+            let shard = find(shards, self.shard_of(&check.key));
+            if !shard.counters.contains_key(&check.key) {
+                self.make_room(shard, now)?;
+            }
+        }
+        for check in plan.checks.iter() {
+            if !check.verdict.is_some_and(|v| v.allowed) || check.cost == 0 {
+                continue;
+            }
+            let shard = find(shards, self.shard_of(&check.key));
+            commit(shard, check, now);
+        }
+        Ok(())
+    }
+
+    fn make_room(&self, shard: &mut Shard, now: Micros) -> Result<(), StoreError> {
+        if shard.counters.len() < shard.sweep_at && shard.counters.len() < self.max_per_shard {
+            return Ok(());
+        }
+        shard.counters.retain(|_, slot| slot.expires_at > now);
+        shard.sweep_at = (shard.counters.len() * 2).max(MIN_SWEEP_THRESHOLD);
+        if shard.counters.len() >= self.max_per_shard {
+            return Err(StoreError::Full {
+                max: self.max_counters,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn commit(shard: &mut Shard, check: &Check, now: Micros) {
+    let slot = shard.counters.entry(check.key).or_insert_with(|| Slot {
+        state: CounterState::empty(check.algorithm),
+        expires_at: 0,
+    });
+    if slot.expires_at <= now || !slot.state.is(check.algorithm) {
+        slot.state = CounterState::empty(check.algorithm);
+    }
+    slot.state.commit(&check.quota, now, check.cost);
+    slot.expires_at = slot.state.expires_at(&check.quota);
+}
+
+fn find<'a>(shards: &'a mut [(usize, &mut Shard)], idx: usize) -> &'a mut Shard {
+    // Every check's shard was locked by the caller, so the search always succeeds; the
+    // fallback to the first shard only exists to avoid a panic path.
+    let pos = shards.iter().position(|(i, _)| *i == idx).unwrap_or(0);
+    &mut *shards[pos].1
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A poisoned shard only means another thread panicked while holding it; every write
+    // to a shard is a single assignment, so its state is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store for MemoryStore {
+    async fn apply(&self, batch: &mut [Plan]) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        for plan in batch.iter_mut() {
+            self.apply_plan(plan, now)?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::algorithm::{Algorithm, Quota};
+
+    const SEC: u64 = 1_000_000;
+
+    fn check(tag: u128, limit: u64, window: u64, cost: u64) -> Check {
+        Check {
+            key: CounterKey { tag, limit: 1 },
+            algorithm: Algorithm::FixedWindow,
+            quota: Quota::new(limit, window),
+            cost,
+            enforce: true,
+            verdict: None,
+        }
+    }
+
+    fn run(store: &MemoryStore, checks: Vec<Check>) -> Plan {
+        let mut batch = [Plan {
+            checks,
+            admitted: false,
+        }];
+        let now = store.clock.now();
+        store.apply_plan(&mut batch[0], now).unwrap();
+        let [plan] = batch;
+        plan
+    }
+
+    #[test]
+    fn a_rejected_plan_commits_nothing_on_any_shard() {
+        let (clock, _) = Clock::manual(1000 * SEC);
+        let store = MemoryStore::with_shards(clock, 1000, 8);
+        // Find two tags on different shards.
+        let a = 1u128;
+        let b = (2..1000u128)
+            .find(|&t| {
+                store.shard_of(&CounterKey { tag: t, limit: 1 })
+                    != store.shard_of(&CounterKey { tag: a, limit: 1 })
+            })
+            .unwrap();
+        assert!(
+            run(
+                &store,
+                vec![check(a, 10, 60 * SEC, 1), check(b, 2, 60 * SEC, 2)]
+            )
+            .admitted
+        );
+        // b is full now: a plan over both is rejected and a is not charged.
+        let plan = run(
+            &store,
+            vec![check(a, 10, 60 * SEC, 5), check(b, 2, 60 * SEC, 1)],
+        );
+        assert!(!plan.admitted);
+        assert!(
+            plan.checks[0].verdict.unwrap().allowed,
+            "a alone would pass"
+        );
+        let plan = run(&store, vec![check(a, 10, 60 * SEC, 9)]);
+        assert!(plan.admitted, "a still has 9 left");
+    }
+
+    #[test]
+    fn shadow_checks_do_not_reject() {
+        let (clock, _) = Clock::manual(1000 * SEC);
+        let store = MemoryStore::with_shards(clock, 1000, 8);
+        let mut shadow = check(7, 1, 60 * SEC, 2);
+        shadow.enforce = false;
+        let plan = run(&store, vec![check(8, 10, 60 * SEC, 2), shadow]);
+        assert!(plan.admitted);
+        assert!(!plan.checks[1].verdict.unwrap().allowed);
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_a_flood_of_distinct_keys() {
+        let (clock, now) = Clock::manual(1000 * SEC);
+        let store = MemoryStore::with_shards(clock, 1_000_000, 4);
+        // 100 new keys per second, each on a 1 s window, for 200 s: 20,000 keys in all, at
+        // most ~100 alive at once.
+        for step in 0..200u64 {
+            now.store((1000 + step) * SEC, std::sync::atomic::Ordering::Release);
+            for i in 0..100u128 {
+                let tag = u128::from(step) * 1000 + i;
+                assert!(run(&store, vec![check(tag, 5, SEC, 1)]).admitted);
+            }
+        }
+        // Bound: each shard holds at most max(2 × its live counters, 64), so the 4 shards
+        // together at most 2 × 100 + 4 × 64, against 20,000 keys ever seen.
+        let len = store.len();
+        assert!(len <= 2 * 100 + 4 * 64, "{len} counters held");
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_counters_but_keeps_serving_old_ones() {
+        let (clock, _) = Clock::manual(1000 * SEC);
+        let store = MemoryStore::with_shards(clock, 4, 1);
+        for tag in 0..4 {
+            assert!(run(&store, vec![check(tag, 5, 3600 * SEC, 1)]).admitted);
+        }
+        let mut batch = [Plan {
+            checks: vec![check(99, 5, 3600 * SEC, 1)],
+            admitted: false,
+        }];
+        let err = store.apply_plan(&mut batch[0], 1000 * SEC).unwrap_err();
+        assert!(matches!(err, StoreError::Full { max: 4 }));
+        assert!(err.is_transient());
+        assert!(run(&store, vec![check(0, 5, 3600 * SEC, 1)]).admitted);
+    }
+
+    #[test]
+    fn threads_hammering_one_counter_admit_exactly_the_limit() {
+        let (clock, _) = Clock::manual(1000 * SEC);
+        let store = Arc::new(MemoryStore::with_shards(clock, 1000, 16));
+        let admitted = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        // Two limits on different shards, locked in order by every thread.
+                        if run(
+                            &store,
+                            vec![check(1, 5000, 60 * SEC, 1), check(2, 700, 60 * SEC, 1)],
+                        )
+                        .admitted
+                        {
+                            admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.into_inner(), 700);
+    }
+}

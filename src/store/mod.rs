@@ -1,0 +1,128 @@
+//! Where counters live: one [`Store`] trait, one implementation per backend.
+//!
+//! The limiter hands a store a batch of [`Plan`]s. Each plan is one request's checks, decided
+//! all-or-nothing: either every enforced check is admitted and every admitted check is
+//! committed, or nothing is committed at all. Plans in one batch are independent of each
+//! other; a batch exists so a networked store can decide many requests in one round trip.
+//!
+//! Time belongs to the store: the memory store reads one process-wide [`Clock`], the Redis
+//! store reads Redis's own `TIME` inside its scripts. Algorithms only ever receive `now`.
+
+pub mod clock;
+pub mod memory;
+
+use std::future::Future;
+
+use crate::algorithm::{Algorithm, Quota, Verdict};
+
+pub use clock::Clock;
+pub use memory::MemoryStore;
+
+/// The identity of one counter: the hashed descriptor (`tag`) and the limit on it (`limit`).
+///
+/// Every limit of one descriptor shares the tag, so a sharded store (or a Redis Cluster
+/// slot) keeps them together. Neither half contains a raw descriptor value: the tag is a
+/// truncated SHA-256, so an API key never reaches a store key, a log or a label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CounterKey {
+    pub tag: u128,
+    pub limit: u64,
+}
+
+/// One limit to check for one request.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub key: CounterKey,
+    pub algorithm: Algorithm,
+    pub quota: Quota,
+    pub cost: u64,
+    /// A shadow-mode limit is counted and reported but never rejects the request.
+    pub enforce: bool,
+    /// Filled in by the store.
+    pub verdict: Option<Verdict>,
+}
+
+/// One request's checks. The limiter merges checks on the same counter before building a
+/// plan, so a store may assume every `key` in a plan is distinct.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub checks: Vec<Check>,
+    /// Filled in by the store: whether the plan was admitted (and committed).
+    pub admitted: bool,
+}
+
+/// Why a store could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the memory store holds its maximum of {max} counters")]
+    Full { max: usize },
+    #[error("store timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store returned an unexpected reply: {0}")]
+    Protocol(String),
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (a transient fault, not a bug or a misconfiguration).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Full { .. } | StoreError::Timeout(_) | StoreError::Unavailable(_)
+        )
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Full { .. } => "full",
+            StoreError::Timeout(_) => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// A backend that decides plans atomically.
+pub trait Store: Send + Sync + 'static {
+    /// Decides every plan of the batch: fills each check's `verdict` and each plan's
+    /// `admitted`, committing admitted plans.
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes may or may not have committed the batch;
+    /// it never commits part of one plan.
+    fn apply(&self, batch: &mut [Plan]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the store can take decisions now (for `/readyz`).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A name for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// The stores this binary can run with, so the limiter holds a concrete type (no boxed
+/// future per decision).
+pub enum Backend {
+    Memory(MemoryStore),
+}
+
+impl Store for Backend {
+    async fn apply(&self, batch: &mut [Plan]) -> Result<(), StoreError> {
+        match self {
+            Backend::Memory(s) => s.apply(batch).await,
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Backend::Memory(s) => s.ping().await,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory(s) => s.name(),
+        }
+    }
+}
