@@ -1,0 +1,142 @@
+//! The service's own gRPC door: `ratelimiter.v1.RateLimiter/AllowRequest`.
+//!
+//! It builds the same request as `POST /check` (the entry `api_key = <key>` of the default
+//! domain) plus any extra descriptors, and maps errors to gRPC codes in [`status_of`], the one
+//! place that does so.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{AppState, validate_api_key};
+use crate::algorithm::RetryAfter;
+use crate::limiter::{API_KEY, Degraded, Descriptor, Entry, LimitError, LimitRequest};
+use crate::metrics::Door;
+
+/// Code generated from `proto/ratelimiter.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("ratelimiter.v1");
+}
+
+use pb::rate_limiter_server::{RateLimiter, RateLimiterServer};
+use pb::{AllowRequestRequest, AllowRequestResponse};
+
+/// Bounds on what one request may carry, so a message cannot make the limiter do unbounded
+/// work.
+pub const MAX_DESCRIPTORS: usize = 16;
+pub const MAX_ENTRIES: usize = 16;
+pub const MAX_ENTRY_LEN: usize = 1024;
+
+pub struct AllowRequestService {
+    state: Arc<AppState>,
+}
+
+impl AllowRequestService {
+    pub fn server(state: Arc<AppState>) -> RateLimiterServer<Self> {
+        RateLimiterServer::new(AllowRequestService { state })
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimiter for AllowRequestService {
+    async fn allow_request(
+        &self,
+        request: Request<AllowRequestRequest>,
+    ) -> Result<Response<AllowRequestResponse>, Status> {
+        let msg = request.get_ref();
+        validate_api_key(&msg.api_key)
+            .map_err(|m| Status::invalid_argument(format!("api_key: {m}")))?;
+        let cost = match msg.cost {
+            None => 1,
+            Some(0) => return Err(Status::invalid_argument("cost must be at least 1")),
+            Some(c) => c,
+        };
+        if msg.descriptors.len() + 1 > MAX_DESCRIPTORS {
+            return Err(Status::invalid_argument(format!(
+                "at most {} extra descriptors",
+                MAX_DESCRIPTORS - 1
+            )));
+        }
+        let rules = self.state.limiter.rules();
+        let mut req = LimitRequest::for_api_key(&rules.settings.default_domain, &msg.api_key, cost);
+        for (i, d) in msg.descriptors.iter().enumerate() {
+            req.descriptors.push(extra_descriptor(i, d)?);
+        }
+        let decision = self
+            .state
+            .decide(Door::Grpc, &req)
+            .await
+            .map_err(status_of)?;
+        let tightest = decision.tightest();
+        Ok(Response::new(AllowRequestResponse {
+            allowed: decision.allowed,
+            limit: tightest.map_or(0, |l| l.quota.limit),
+            remaining: tightest.map_or(0, |l| l.verdict.remaining),
+            reset_after_ms: tightest.map_or(0, |l| l.verdict.reset_after.div_ceil(1000)),
+            retry_after_ms: match decision.retry_after {
+                RetryAfter::After(us) => us.div_ceil(1000),
+                RetryAfter::Now | RetryAfter::Never => 0,
+            },
+            policy: tightest.map(|l| l.name.to_string()).unwrap_or_default(),
+            window_ms: tightest.map_or(0, |l| l.quota.window.div_ceil(1000)),
+            retry_never: decision.retry_after == RetryAfter::Never,
+            degraded: match decision.degraded {
+                Some(Degraded::FailOpen) => "fail_open".into(),
+                Some(Degraded::LocalFallback) => "local".into(),
+                None => String::new(),
+            },
+        }))
+    }
+}
+
+fn extra_descriptor(i: usize, d: &pb::Descriptor) -> Result<Descriptor<'_>, Status> {
+    if d.entries.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "descriptors[{i}] has no entries"
+        )));
+    }
+    if d.entries.len() > MAX_ENTRIES {
+        return Err(Status::invalid_argument(format!(
+            "descriptors[{i}] has more than {MAX_ENTRIES} entries"
+        )));
+    }
+    let mut entries = Vec::with_capacity(d.entries.len());
+    for (j, e) in d.entries.iter().enumerate() {
+        if e.key.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "descriptors[{i}].entries[{j}].key is empty"
+            )));
+        }
+        if e.key.len() > MAX_ENTRY_LEN || e.value.len() > MAX_ENTRY_LEN {
+            return Err(Status::invalid_argument(format!(
+                "descriptors[{i}].entries[{j}] is longer than {MAX_ENTRY_LEN} bytes"
+            )));
+        }
+        if j == 0 && e.key == API_KEY {
+            return Err(Status::invalid_argument(format!(
+                "descriptors[{i}]: the key `{API_KEY}` is reserved for the request's api_key field"
+            )));
+        }
+        entries.push(Entry::new(&e.key, &e.value));
+    }
+    Ok(Descriptor {
+        entries,
+        hits: None,
+        limit_override: None,
+    })
+}
+
+/// The one place a [`LimitError`] becomes a gRPC status.
+pub fn status_of(e: LimitError) -> Status {
+    match e {
+        LimitError::UnknownClient => Status::unauthenticated(e.to_string()),
+        LimitError::CostTooHigh { .. }
+        | LimitError::NoDescriptors
+        | LimitError::NoDomain
+        | LimitError::EmptyDescriptor(_) => Status::invalid_argument(e.to_string()),
+        // UNAVAILABLE, not UNKNOWN: Envoy treats UNKNOWN as OK, while UNAVAILABLE lets its
+        // `failure_mode_deny` decide. The detail is in the log, not the response.
+        LimitError::Store(_) => Status::unavailable("rate limit store unavailable"),
+    }
+}

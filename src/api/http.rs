@@ -1,0 +1,251 @@
+//! The HTTP front door (axum): `POST /check`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//!
+//! `POST /check` takes the API key from `X-API-Key` and an optional cost from the
+//! `X-RateLimit-Cost` header or the `cost` query parameter, and answers 200 (allowed) or 429
+//! (rejected) with a small JSON body and the rate-limit headers. Every error is mapped to a
+//! status in [`ApiError::into_response`], the one place that does so.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use super::{AppState, headers, validate_api_key};
+use crate::algorithm::{Micros, RetryAfter};
+use crate::limiter::{Decision, Degraded, LimitError, LimitRequest};
+use crate::metrics::Door;
+
+/// Bodies are not read by `/check`; one announced as larger than this is refused with 413.
+const MAX_BODY: u64 = 64 * 1024;
+
+/// The HTTP router over shared state.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/check", post(check))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// What `/check` answers, allowed or not.
+#[derive(Serialize)]
+struct CheckBody<'a> {
+    allowed: bool,
+    /// The tightest limit's size, what is left of it, and its name.
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    /// Seconds (with millisecond precision) until the tightest limit is whole again.
+    reset_after: f64,
+    /// Seconds until the same request can succeed: 0 when allowed, null when never.
+    retry_after: Option<f64>,
+    policy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+async fn check(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
+    match check_inner(&state, &uri, &headers).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn check_inner(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(len) = headers.get("content-length") {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX);
+        if len > MAX_BODY {
+            return Err(ApiError::PayloadTooLarge);
+        }
+    }
+    let mut keys = headers.get_all("x-api-key").iter();
+    let key = keys
+        .next()
+        .ok_or_else(|| ApiError::BadRequest("missing X-API-Key header".into()))?;
+    if keys.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "more than one X-API-Key header".into(),
+        ));
+    }
+    let key = key.to_str().map_err(|_| {
+        ApiError::BadRequest("malformed X-API-Key header: not visible ASCII".into())
+    })?;
+    validate_api_key(key)
+        .map_err(|m| ApiError::BadRequest(format!("malformed X-API-Key header: {m}")))?;
+    let cost = cost(uri, headers)?;
+
+    let rules = state.limiter.rules();
+    let req = LimitRequest::for_api_key(&rules.settings.default_domain, key, cost);
+    let decision = state.decide(Door::Http, &req).await?;
+    Ok(render(&decision, rules.settings.headers))
+}
+
+/// The request's cost: `X-RateLimit-Cost` or `?cost=`, 1 when neither is given.
+fn cost(uri: &Uri, headers: &HeaderMap) -> Result<u64, ApiError> {
+    let from_header = match headers.get("x-ratelimit-cost") {
+        Some(v) => Some(parse_cost(v.to_str().unwrap_or("?"))?),
+        None => None,
+    };
+    let mut from_query = None;
+    for pair in uri.query().unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("cost=") {
+            if from_query.is_some() {
+                return Err(ApiError::BadRequest("`cost` given more than once".into()));
+            }
+            from_query = Some(parse_cost(v)?);
+        }
+    }
+    match (from_header, from_query) {
+        (Some(h), Some(q)) if h != q => Err(ApiError::BadRequest(
+            "X-RateLimit-Cost and ?cost= disagree".into(),
+        )),
+        (h, q) => Ok(h.or(q).unwrap_or(1)),
+    }
+}
+
+fn parse_cost(s: &str) -> Result<u64, ApiError> {
+    match s.parse::<u64>() {
+        Ok(0) => Err(ApiError::BadRequest("cost must be at least 1".into())),
+        Ok(n) => Ok(n),
+        Err(_) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(ApiError::BadRequest(format!("cost {s} is too large")))
+        }
+        Err(_) => Err(ApiError::BadRequest(format!(
+            "cost must be a positive whole number, got {:?}",
+            s.chars().take(32).collect::<String>()
+        ))),
+    }
+}
+
+fn secs(us: Micros) -> f64 {
+    (us / 1_000) as f64 / 1_000.0
+}
+
+fn render(decision: &Decision, style: crate::config::HeaderStyle) -> Response {
+    let tightest = decision.tightest();
+    let body = CheckBody {
+        allowed: decision.allowed,
+        limit: tightest.map(|l| l.quota.limit),
+        remaining: tightest.map(|l| l.verdict.remaining),
+        reset_after: tightest.map_or(0.0, |l| secs(l.verdict.reset_after)),
+        retry_after: match decision.retry_after {
+            RetryAfter::Now => Some(0.0),
+            RetryAfter::After(us) => Some(secs(us)),
+            RetryAfter::Never => None,
+        },
+        policy: tightest.map(|l| &*l.name),
+        degraded: match decision.degraded {
+            Some(Degraded::FailOpen) => Some("fail_open"),
+            Some(Degraded::LocalFallback) => Some("local"),
+            None => None,
+        },
+        reason: (decision.retry_after == RetryAfter::Never)
+            .then_some("the cost exceeds what the limit can ever admit at once"),
+    };
+    let status = if decision.allowed {
+        StatusCode::OK
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    let mut resp = (status, axum::Json(body)).into_response();
+    let h = resp.headers_mut();
+    for (name, value) in headers::render(decision, style) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    if let Some(d) = decision.degraded {
+        let v = match d {
+            Degraded::FailOpen => "fail_open",
+            Degraded::LocalFallback => "local",
+        };
+        h.insert("x-ratelimit-degraded", HeaderValue::from_static(v));
+    }
+    resp
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    use crate::store::Store;
+    if !state.is_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: starting or shutting down\n",
+        )
+            .into_response();
+    }
+    match state.limiter.store().ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+    }
+}
+
+/// Everything `/check` can fail with. The one place HTTP statuses are chosen.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    PayloadTooLarge,
+    Limit(LimitError),
+}
+
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> Self {
+        ApiError::Limit(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_BODY} bytes"),
+            ),
+            ApiError::Limit(e) => match e {
+                LimitError::UnknownClient => (StatusCode::UNAUTHORIZED, e.to_string()),
+                LimitError::CostTooHigh { .. }
+                | LimitError::NoDescriptors
+                | LimitError::NoDomain
+                | LimitError::EmptyDescriptor(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+                // The detail went to the log; clients learn only that they may retry.
+                LimitError::Store(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate limit store unavailable".to_owned(),
+                ),
+            },
+        };
+        let mut resp =
+            (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

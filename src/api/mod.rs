@@ -1,0 +1,113 @@
+//! The front doors. Each one only translates its wire format into one
+//! [`Limiter::decide`](crate::limiter::Limiter::decide) call and the answer back; status
+//! mapping for each protocol lives in that protocol's module, in one place.
+
+pub mod grpc;
+pub mod headers;
+pub mod http;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::limiter::{Decision, Degraded, LimitError, LimitRequest, Limiter};
+use crate::metrics::{Door, Metrics, Outcome};
+
+/// What every front door shares.
+pub struct AppState {
+    pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
+    /// False until the servers run, and again from the moment shutdown begins.
+    pub ready: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(limiter: Arc<Limiter>, metrics: Arc<Metrics>) -> Self {
+        AppState {
+            limiter,
+            metrics,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Decides a request and records it: metrics, and a debug line per rejection.
+    pub async fn decide(&self, door: Door, req: &LimitRequest<'_>) -> Result<Decision, LimitError> {
+        let started = Instant::now();
+        let result = self.limiter.decide(req).await;
+        let outcome = match &result {
+            Ok(d) if d.allowed => Outcome::Allowed,
+            Ok(_) => Outcome::Rejected,
+            Err(_) => Outcome::Error,
+        };
+        self.metrics
+            .record(door, outcome, started.elapsed().as_secs_f64());
+        match &result {
+            Ok(d) => {
+                match d.degraded {
+                    Some(Degraded::FailOpen) => self.metrics.degraded("fail_open"),
+                    Some(Degraded::LocalFallback) => self.metrics.degraded("local"),
+                    None => {}
+                }
+                if !d.allowed && tracing::enabled!(tracing::Level::DEBUG) {
+                    let limit = d.tightest().map(|l| &*l.name).unwrap_or("");
+                    tracing::debug!(
+                        door = door.as_str(),
+                        domain = req.domain,
+                        client = %short_hash(req),
+                        limit,
+                        "rejected"
+                    );
+                }
+            }
+            Err(LimitError::Store(e)) => {
+                self.metrics.store_error(e.kind());
+                tracing::warn!(door = door.as_str(), error = %e, "store failed");
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+/// A short, one-way fingerprint of a request's first descriptor for logs: enough to tell
+/// clients apart, never the key itself.
+fn short_hash(req: &LimitRequest<'_>) -> String {
+    let mut h = Sha256::new();
+    if let Some(d) = req.descriptors.first() {
+        for e in &d.entries {
+            h.update(e.key.as_bytes());
+            h.update([0]);
+            h.update(e.value.as_bytes());
+            h.update([0]);
+        }
+    }
+    hex::encode(&h.finalize()[..4])
+}
+
+/// Checks an API key's shape: 1 to 256 visible ASCII characters.
+pub fn validate_api_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("the API key is empty".into());
+    }
+    if key.len() > MAX_API_KEY_LEN {
+        return Err(format!(
+            "the API key is longer than {MAX_API_KEY_LEN} characters"
+        ));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the API key must be visible ASCII characters only".into());
+    }
+    Ok(())
+}
+
+pub const MAX_API_KEY_LEN: usize = 256;

@@ -1,0 +1,82 @@
+//! Wiring: from options to a running service. `main.rs` parses the command line and calls
+//! [`build`] and [`server::run`](crate::server::run); tests call the same functions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::api::AppState;
+use crate::config::{self, ConfigErrors, FailurePolicy};
+use crate::limiter::{Limiter, Rules};
+use crate::metrics::Metrics;
+use crate::store::{Backend, Clock, MemoryStore};
+
+/// What the service needs to start, besides its listeners.
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    pub config: PathBuf,
+    pub redis_url: Option<String>,
+    /// The memory store's capacity in counters.
+    pub max_counters: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Store(String),
+}
+
+/// Loads and compiles a configuration file or directory, listing every problem.
+pub fn load_rules(path: &Path) -> Result<Rules, ConfigErrors> {
+    let config = config::load(path)?;
+    Rules::compile(&config)
+}
+
+/// Builds the shared state every front door uses.
+pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
+    let rules = load_rules(&options.config)?;
+    let store = match &options.redis_url {
+        None => Backend::Memory(MemoryStore::new(Clock::system(), options.max_counters)),
+        Some(_) => {
+            return Err(BuildError::Store(
+                "--redis-url: the Redis store is not available in this build".into(),
+            ));
+        }
+    };
+    let fallback = (rules.settings.on_store_failure == FailurePolicy::Local)
+        .then(|| MemoryStore::new(Clock::system(), options.max_counters));
+    let limiter = Arc::new(Limiter::new(rules, store, fallback));
+    Ok(Arc::new(AppState::new(limiter, Arc::new(Metrics::new()?))))
+}
+
+/// Reloads the configuration on SIGHUP. A configuration that does not load is logged with
+/// every problem and the old one stays in force.
+pub async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload disabled");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match load_rules(&path) {
+                Ok(rules) => {
+                    state.limiter.reload(rules);
+                    tracing::info!(config = %path.display(), "configuration reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(config = %path.display(), "reload refused, keeping the old configuration:\n{e}")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (state, path);
+}

@@ -1,0 +1,151 @@
+//! The `ratelimiter` binary: parses the command line, then hands over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ratelimiter::app::{self, AppOptions};
+use ratelimiter::server::{self, Listeners, ServeOptions};
+use tokio::net::TcpListener;
+
+/// Exit code for a configuration that does not load (EX_CONFIG would be 78; EX_USAGE-style
+/// 64 is what linkerd and others use for bad input at start-up).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ratelimiter",
+    version,
+    about = "Rate limiting for Envoy, Istio, HTTP and gRPC"
+)]
+struct Cli {
+    /// A config file, or a directory of YAML files.
+    #[arg(
+        long,
+        env = "RATELIMITER_CONFIG",
+        default_value = "config",
+        global = true
+    )]
+    config: PathBuf,
+    /// Where `POST /check`, `/metrics`, `/healthz` and `/readyz` listen.
+    #[arg(long, env = "RATELIMITER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Where the gRPC services listen.
+    #[arg(long, env = "RATELIMITER_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    grpc_addr: SocketAddr,
+    /// Redis to share counters across replicas; absent = the in-memory store.
+    #[arg(long, env = "RATELIMITER_REDIS_URL")]
+    redis_url: Option<String>,
+    #[arg(long, env = "RATELIMITER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Seconds to keep serving after readiness turns false on SIGTERM.
+    #[arg(long, env = "RATELIMITER_SHUTDOWN_DELAY", default_value_t = 0)]
+    shutdown_delay: u64,
+    /// Seconds in-flight requests get to finish during shutdown.
+    #[arg(long, env = "RATELIMITER_DRAIN_TIMEOUT", default_value_t = 10)]
+    drain_timeout: u64,
+    /// The in-memory store's capacity, in counters.
+    #[arg(long, env = "RATELIMITER_MAX_COUNTERS", default_value_t = 1_000_000)]
+    max_counters: usize,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Checks a config file or directory and lists every problem; exits non-zero if any.
+    Validate { path: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if let Some(Command::Validate { path }) = &cli.command {
+        return match app::load_rules(path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> ExitCode {
+    let options = AppOptions {
+        config: cli.config.clone(),
+        redis_url: cli.redis_url.clone(),
+        max_counters: cli.max_counters,
+    };
+    // Bad config stops the process before any port is bound.
+    let state = match app::build(&options) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let listeners = match bind(cli.http_addr, cli.grpc_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(app::reload_on_sighup(state.clone(), cli.config.clone()));
+    let options = ServeOptions {
+        shutdown_delay: Duration::from_secs(cli.shutdown_delay),
+        drain_timeout: Duration::from_secs(cli.drain_timeout),
+    };
+    match server::run(state, listeners, options, server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bind(http: SocketAddr, grpc: SocketAddr) -> Result<Listeners, String> {
+    let h = TcpListener::bind(http)
+        .await
+        .map_err(|e| format!("cannot listen on {http} (--http-addr): {e}"))?;
+    let g = TcpListener::bind(grpc)
+        .await
+        .map_err(|e| format!("cannot listen on {grpc} (--grpc-addr): {e}"))?;
+    Ok(Listeners { http: h, grpc: g })
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("RATELIMITER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
