@@ -1,0 +1,218 @@
+//! Test harness: runs the real `ratelimiter` binary on free ports, or the service in-process.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ratelimiter::api::AppState;
+use ratelimiter::app::{self, AppOptions};
+use ratelimiter::server::{self, Listeners, ServeOptions};
+
+/// A fresh directory under Cargo's per-target temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `files` (name, YAML text) into a fresh config directory.
+pub fn config_dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = temp_dir(name);
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    dir
+}
+
+/// A running `ratelimiter` process; killed on drop.
+pub struct Service {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    /// Everything the process logged so far (JSON lines), collected by a reader thread.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Service {
+    /// Starts the binary with `--config dir` on free loopback ports, plus `extra` arguments,
+    /// and waits for its "listening" line.
+    pub fn start(config: &Path, extra: &[&str]) -> Service {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
+            .args(["--config", config.to_str().unwrap()])
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(extra)
+            .env("RATELIMITER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ratelimiter");
+        let stdout = child.stdout.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                        && v["fields"]["message"] == "listening"
+                    {
+                        let _ = tx.send((
+                            v["fields"]["http"].as_str().unwrap().parse().unwrap(),
+                            v["fields"]["grpc"].as_str().unwrap().parse().unwrap(),
+                        ));
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let stderr = child.stderr.take().unwrap();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let (http, grpc) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ratelimiter did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Service {
+            child,
+            http,
+            grpc,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Sends a signal with the `kill` command (no libc dependency in tests).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, up to `limit`; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The service running in this test process on free ports; stopped when dropped.
+pub struct InProcess {
+    pub state: Arc<AppState>,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), server::ServeError>>,
+}
+
+impl InProcess {
+    pub async fn start(config: &Path) -> InProcess {
+        let state = app::build(&AppOptions {
+            config: config.to_owned(),
+            redis_url: None,
+            max_counters: 100_000,
+        })
+        .unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(
+            state.clone(),
+            Listeners { http, grpc },
+            ServeOptions::default(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        InProcess {
+            state,
+            http: http_addr,
+            grpc: grpc_addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+/// The own-format config most tests use: `k1`..`k3` on a 5-per-hour token bucket, `big` on a
+/// 1000-per-day token bucket (no refill within a test), unknown keys rejected.
+pub const BASIC: &str = r#"
+settings:
+  default_domain: ratelimiter
+  max_cost: 1000
+clients:
+  unknown_key: reject
+  tiers:
+    small:
+      - { name: small, algorithm: token_bucket, limit: 5, window: 1h }
+    big:
+      - { name: per-day, algorithm: token_bucket, limit: 1000, window: 1d }
+  keys:
+    - { key: k1, tier: small }
+    - { key: k2, tier: small }
+    - { key: k3, tier: small }
+    - { key: big, tier: big }
+"#;

@@ -1,0 +1,254 @@
+//! `ratelimiter.v1.RateLimiter/AllowRequest` and gRPC health, over real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{BASIC, InProcess, config_dir};
+use ratelimiter::api::grpc::pb::rate_limiter_client::RateLimiterClient;
+use ratelimiter::api::grpc::pb::{AllowRequestRequest, Descriptor, descriptor::Entry};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn req(key: &str, cost: Option<u64>) -> AllowRequestRequest {
+    AllowRequestRequest {
+        api_key: key.into(),
+        descriptors: vec![],
+        cost,
+    }
+}
+
+#[tokio::test]
+async fn allow_then_reject() {
+    let dir = config_dir("grpc-basic", &[("service.yaml", BASIC)]);
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimiterClient::connect(svc.grpc_url()).await.unwrap();
+    for i in 0..5u64 {
+        let r = client
+            .allow_request(req("k1", None))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.allowed);
+        assert_eq!(r.limit, 5);
+        assert_eq!(r.remaining, 4 - i);
+        assert_eq!(r.policy, "small");
+        assert_eq!(r.window_ms, 3_600_000);
+        assert_eq!(r.retry_after_ms, 0);
+    }
+    let r = client
+        .allow_request(req("k1", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed);
+    assert!(
+        r.retry_after_ms > 700_000 && r.retry_after_ms <= 720_000,
+        "{}",
+        r.retry_after_ms
+    );
+    assert!(!r.retry_never);
+    let r = client
+        .allow_request(req("k2", Some(6)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed && r.retry_never);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_and_http_share_counters() {
+    let dir = config_dir("grpc-shared", &[("service.yaml", BASIC)]);
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimiterClient::connect(svc.grpc_url()).await.unwrap();
+    let r = client
+        .allow_request(req("k1", Some(3)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.remaining, 2);
+    let http = reqwest::Client::new()
+        .post(svc.url("/check"))
+        .header("x-api-key", "k1")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = http.json().await.unwrap();
+    assert_eq!(body["remaining"], 1);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn extra_descriptors_join_the_decision() {
+    let service = BASIC;
+    let envoy = r#"
+domain: ratelimiter
+descriptors:
+  - key: route
+    value: /expensive
+    rate_limit: { unit: hour, requests_per_unit: 1 }
+"#;
+    let dir = config_dir(
+        "grpc-extra",
+        &[("service.yaml", service), ("routes.yaml", envoy)],
+    );
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimiterClient::connect(svc.grpc_url()).await.unwrap();
+    let with_route = |key: &str| AllowRequestRequest {
+        api_key: key.into(),
+        descriptors: vec![Descriptor {
+            entries: vec![Entry {
+                key: "route".into(),
+                value: "/expensive".into(),
+            }],
+        }],
+        cost: None,
+    };
+    assert!(
+        client
+            .allow_request(with_route("k1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    // The route's limit is shared by all keys and now spent; k2's own quota is untouched.
+    let r = client
+        .allow_request(with_route("k2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed);
+    assert_eq!(r.policy, "1-per-1h");
+    let r = client
+        .allow_request(req("k2", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.allowed);
+    assert_eq!(
+        r.remaining, 4,
+        "the rejected request consumed nothing of k2's quota"
+    );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument() {
+    let dir = config_dir("grpc-bad", &[("service.yaml", BASIC)]);
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimiterClient::connect(svc.grpc_url()).await.unwrap();
+    let entry = |k: &str, v: &str| Entry {
+        key: k.into(),
+        value: v.into(),
+    };
+    let cases: Vec<(AllowRequestRequest, Code, &str)> = vec![
+        (req("", None), Code::InvalidArgument, "empty"),
+        (
+            req(&"x".repeat(300), None),
+            Code::InvalidArgument,
+            "longer than 256",
+        ),
+        (req("k\u{e9}", None), Code::InvalidArgument, "visible ASCII"),
+        (req("k1", Some(0)), Code::InvalidArgument, "at least 1"),
+        (
+            req("k1", Some(u64::MAX)),
+            Code::InvalidArgument,
+            "exceeds the maximum",
+        ),
+        (req("nope", None), Code::Unauthenticated, "unknown API key"),
+        (
+            AllowRequestRequest {
+                descriptors: vec![Descriptor { entries: vec![] }],
+                ..req("k1", None)
+            },
+            Code::InvalidArgument,
+            "no entries",
+        ),
+        (
+            AllowRequestRequest {
+                descriptors: vec![Descriptor {
+                    entries: vec![entry("", "v")],
+                }],
+                ..req("k1", None)
+            },
+            Code::InvalidArgument,
+            "key is empty",
+        ),
+        (
+            AllowRequestRequest {
+                descriptors: vec![Descriptor {
+                    entries: vec![entry("api_key", "k2")],
+                }],
+                ..req("k1", None)
+            },
+            Code::InvalidArgument,
+            "reserved",
+        ),
+        (
+            AllowRequestRequest {
+                descriptors: vec![
+                    Descriptor {
+                        entries: vec![entry("a", "v")]
+                    };
+                    40
+                ],
+                ..req("k1", None)
+            },
+            Code::InvalidArgument,
+            "at most",
+        ),
+        (
+            AllowRequestRequest {
+                descriptors: vec![Descriptor {
+                    entries: vec![entry("a", &"v".repeat(5000))],
+                }],
+                ..req("k1", None)
+            },
+            Code::InvalidArgument,
+            "longer than 1024",
+        ),
+    ];
+    for (request, code, message) in cases {
+        let status = client.allow_request(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{message}: {status:?}");
+        assert!(
+            status.message().contains(message),
+            "{:?} should mention {message:?}",
+            status.message()
+        );
+    }
+    // Nothing above consumed k1's quota.
+    let r = client
+        .allow_request(req("k1", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.remaining, 4);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_health_serves_then_stops() {
+    let dir = config_dir("grpc-health", &[("service.yaml", BASIC)]);
+    let svc = InProcess::start(&dir).await;
+    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in ["", "ratelimiter.v1.RateLimiter"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32);
+    }
+    svc.stop().await;
+}
