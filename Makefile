@@ -3,8 +3,11 @@ CARGO ?= cargo
 
 .PHONY: run test lint bench setup fmt
 
+# Extra flags for the service, e.g. ARGS="--redis-url redis://127.0.0.1:6379".
+ARGS ?=
+
 run:
-	$(CARGO) run --release -- --config config/ratelimiter.yaml
+	$(CARGO) run --release -- --config config/ratelimiter.yaml $(ARGS)
 
 test:
 	$(CARGO) test --all-targets
