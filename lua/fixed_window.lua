@@ -1,0 +1,75 @@
+-- fixed_window.lua: windows aligned to multiples of their length since the UNIX epoch,
+-- mirroring src/algorithm/fixed_window.rs line for line.
+--
+-- State: { start = <start of the window, us>, count = <cost admitted in it> }; the empty state
+-- is { start = 0, count = 0 }. In its Redis key: "start:count" in decimal, e.g.
+-- "1764300000000000:7", expiring (PXAT) at start + window rounded up to the millisecond.
+
+-- The start of the window that contains `now` (now - now % max(window, 1)).
+local function fixed_window_start(window, now)
+  local w = math.max(window, 1)
+  return idiv(now, w) * w
+end
+
+-- The current window's start, and what the state admitted in it.
+local function fixed_window_count_at(state, window, now)
+  local start = fixed_window_start(window, now)
+  local count = 0
+  if state.start == start then
+    count = state.count
+  end
+  return start, count
+end
+
+-- allowed (boolean), remaining, reset_after, retry_kind, retry_after.
+local function fixed_window_check(state, limit, window, burst, now, cost)
+  local start, count = fixed_window_count_at(state, window, now)
+  local until_next = start + window - now
+  local left = sub0(limit, count)
+  if cost > limit then
+    return false, left, until_next, RETRY_NEVER, 0
+  end
+  if cost <= left then
+    return true, left - cost, until_next, RETRY_NOW, 0
+  end
+  return false, left, until_next, RETRY_AFTER, until_next
+end
+
+-- The state after consuming `cost` at `now` (call only when fixed_window_check admitted it).
+local function fixed_window_commit(state, limit, window, burst, now, cost)
+  local start, count = fixed_window_count_at(state, window, now)
+  return { start = start, count = count + cost }
+end
+
+local function fixed_window_expires_at(state, limit, window, burst)
+  return state.start + window
+end
+
+-- Undoes a commit of `cost` made at `committed_at`: only while the counter is still in the
+-- window that commit counted in, and never below 0.
+local function fixed_window_refund(state, limit, window, burst, committed_at, now, cost)
+  if state.start == fixed_window_start(window, committed_at) then
+    return { start = state.start, count = sub0(state.count, cost) }
+  end
+  return state
+end
+
+local function fixed_window_is_empty(state)
+  return state.count == 0
+end
+
+-- A key's value as a fixed-window state, and whether it was one.
+local function fixed_window_decode(raw)
+  if type(raw) == 'string' then
+    local s, c = string.match(raw, '^(%d+):(%d+)$')
+    local start, count = int(s), int(c)
+    if start ~= nil and count ~= nil then
+      return { start = start, count = count }, true
+    end
+  end
+  return { start = 0, count = 0 }, false
+end
+
+local function fixed_window_encode(state)
+  return fmt(state.start) .. ':' .. fmt(state.count)
+end

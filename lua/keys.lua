@@ -1,0 +1,96 @@
+-- keys.lua: what decide.lua and refund.lua share (follows the three algorithm files):
+-- the algorithms by name, reading and writing counter keys, and parsing the checks' ARGV.
+
+local ALGORITHMS = {
+  token_bucket = {
+    check = gcra_check,
+    commit = gcra_commit,
+    refund = gcra_refund,
+    expires_at = gcra_expires_at,
+    is_empty = gcra_is_empty,
+    decode = gcra_decode,
+    encode = gcra_encode,
+  },
+  sliding_window = {
+    check = sliding_window_check,
+    commit = sliding_window_commit,
+    refund = sliding_window_refund,
+    expires_at = sliding_window_expires_at,
+    is_empty = sliding_window_is_empty,
+    decode = sliding_window_decode,
+    encode = sliding_window_encode,
+  },
+  fixed_window = {
+    check = fixed_window_check,
+    commit = fixed_window_commit,
+    refund = fixed_window_refund,
+    expires_at = fixed_window_expires_at,
+    is_empty = fixed_window_is_empty,
+    decode = fixed_window_decode,
+    encode = fixed_window_encode,
+  },
+}
+
+-- A key's value when it is a string; nil when the key is missing or holds another type
+-- (pcall: a WRONGTYPE error must not abort the script, such a key counts as empty).
+local function read_raw(key)
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then
+    return v
+  end
+  return nil
+end
+
+-- Stores an encoded state that equals the empty state from `expires_at` (us) on. One SET
+-- replaces any value (of any type) and its expiry together: the key expires at `expires_at`
+-- rounded up to the millisecond, so no key is immortal and none expires early. A state that
+-- is already empty at `now` is deleted instead.
+local function write_state(key, encoded, expires_at, now)
+  if expires_at <= now then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, encoded, 'PXAT', fmt(expiry_ms(expires_at)))
+  end
+end
+
+-- The checks of ARGV (layout in decide.lua): a list of tables, or nil and why not.
+local function parse_checks()
+  local n = int(ARGV[2])
+  if n == nil or n ~= #KEYS then
+    return nil, 'ARGV[2] must be the number of KEYS'
+  end
+  if #ARGV < 3 + 6 * n then
+    return nil, 'expected 6 ARGV per check after the first 3'
+  end
+  local checks = {}
+  for i = 1, n do
+    local at = 3 + 6 * (i - 1)
+    local name = ARGV[at + 1]
+    local algorithm = ALGORITHMS[name]
+    if algorithm == nil then
+      return nil, 'check ' .. i .. ': unknown algorithm'
+    end
+    local limit, window, burst, cost = int(ARGV[at + 2]), int(ARGV[at + 3]),
+      int(ARGV[at + 4]), int(ARGV[at + 5])
+    local enforce = ARGV[at + 6]
+    if limit == nil or window == nil or burst == nil or cost == nil
+      or (enforce ~= '1' and enforce ~= '0') then
+      return nil, 'check ' .. i .. ': limit, window, burst and cost must be integers below '
+        .. '2^53 and enforce 1 or 0'
+    end
+    local why = quota_error(name, limit, window, burst)
+    if why ~= nil then
+      return nil, 'check ' .. i .. ': ' .. why
+    end
+    checks[i] = {
+      key = KEYS[i],
+      algorithm = algorithm,
+      limit = limit,
+      window = window,
+      burst = burst,
+      cost = cost,
+      enforce = enforce == '1',
+    }
+  end
+  return checks
+end

@@ -1,0 +1,52 @@
+-- refund.lua: undoes what decide.lua committed for some checks.
+--
+-- Used when one request's plan spans Redis Cluster slots: each slot's part is decided by its
+-- own decide.lua run, and when a later part is rejected the earlier, admitted parts are
+-- refunded. The script Redis runs is common.lua, clock_redis.lua, the three algorithm files,
+-- keys.lua and this file, concatenated (src/store/redis/script.rs); `now` is Redis's TIME.
+--
+-- KEYS[i]  the counter key of check i, i = 1..n, as given to decide.lua.
+-- ARGV[1]  committed_at: the `now` decide.lua returned for that commit (us).
+-- ARGV[2]  n (= #KEYS).
+-- ARGV[3]  reserved, "1" (the commit flag's place in decide.lua's layout).
+-- ARGV[4 + 6(i-1) .. 9 + 6(i-1)]  check i, as for decide.lua, where cost is what decide.lua
+--          committed for it: its cost if it was allowed, 0 if it was not (nothing to undo).
+--
+-- Per check with cost > 0, when the key still holds that algorithm's state:
+--   token bucket: tat = max(now, tat - cost * T);
+--   fixed window: count = max(0, count - cost), only while still in committed_at's window;
+--   sliding window: cost is taken off the entry at committed_at (dropped when it reaches 0).
+-- The key is rewritten with the expiry of its new state, or deleted when that state is
+-- empty. A key that another algorithm rewrote in between (a config reload) is left alone.
+--
+-- Reply: the integer 1. Errors: as decide.lua (nothing written).
+-- Atomic for the same reason as decide.lua: Redis runs the whole script alone. A refund is
+-- approximate only in that other requests may have been decided against the refunded cost
+-- in the meantime (they saw less room than there was, never more).
+
+local committed_at = int(ARGV[1])
+if committed_at == nil or committed_at > NOW_MAX then
+  return redis.error_reply('ERR ratelimiter: ARGV[1] must be the commit instant in us')
+end
+local now = clock()
+local checks, why = parse_checks()
+if checks == nil then
+  return redis.error_reply('ERR ratelimiter: ' .. why)
+end
+
+for i = 1, #checks do
+  local c = checks[i]
+  if c.cost > 0 then
+    local state, ours = c.algorithm.decode(read_raw(c.key))
+    if ours then
+      state = c.algorithm.refund(state, c.limit, c.window, c.burst, committed_at, now, c.cost)
+      if c.algorithm.is_empty(state) then
+        redis.call('DEL', c.key)
+      else
+        write_state(c.key, c.algorithm.encode(state),
+          c.algorithm.expires_at(state, c.limit, c.window, c.burst), now)
+      end
+    end
+  end
+end
+return 1

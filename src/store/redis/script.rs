@@ -1,0 +1,333 @@
+//! The Redis Lua scripts that decide and refund plans, and how to call them.
+//!
+//! The scripts live in `lua/` at the crate root, one file per concern, and are assembled here
+//! with `concat!(include_str!(..))` into two production scripts:
+//!
+//! - **decide**: `common.lua`, `clock_redis.lua`, `gcra.lua`, `sliding_window.lua`,
+//!   `fixed_window.lua`, `keys.lua`, `decide.lua`. Decides one plan all-or-nothing against
+//!   Redis's own `TIME`, exactly as [`MemoryStore`](crate::store::MemoryStore) does against its
+//!   clock: the algorithm files mirror `crate::algorithm` line for line, in integer
+//!   microseconds.
+//! - **refund**: the same with `refund.lua`: undoes a decide's commit, for plans that span
+//!   Redis Cluster slots when a later slot rejects.
+//!
+//! A third, test-only variant of decide swaps `clock_redis.lua` for `clock_test.lua`, which
+//! reads `now` from `ARGV[1]` and returns a sequence number from a witness key. It exists only
+//! under `#[cfg(test)]`, so a production build cannot reach the injectable clock.
+//!
+//! # Layout
+//!
+//! `KEYS[i]` is check `i`'s [`counter_key`]. `ARGV` is: the test clock (ignored in production),
+//! the number of checks `n`, the commit flag (`"1"`), then six values per check: algorithm,
+//! limit, window (µs), burst, cost, enforce (`"1"`/`"0"`); the test variant adds the witness
+//! key's name. decide replies with a flat array: admitted (integer), `now` (string), then per
+//! check allowed (integer), remaining (string), reset_after (string), retry kind (integer: 0
+//! now, 1 after, 2 never), retry_after (string), plus the witness's sequence number in the test
+//! variant; [`decode`] reads it. The headers of `lua/decide.lua` and `lua/refund.lua` say more.
+//!
+//! # Exact range
+//!
+//! Lua 5.1 numbers are doubles, exact for integers below 2^53. The scripts refuse (with an
+//! error reply) a check whose figures could leave that range; [`within_exact_range`] tells
+//! beforehand. Costs are clamped to [`COST_CAP`] on the way in, which changes no verdict (any
+//! cost above the limit and burst is refused the same way).
+
+use std::sync::LazyLock;
+
+use ::redis::{Script, ScriptInvocation, Value};
+
+use crate::algorithm::{Algorithm, Micros, RetryAfter, Verdict, gcra};
+use crate::store::{Check, CounterKey, StoreError};
+
+/// The largest limit, window (µs) or burst the scripts accept: 2^50.
+pub const QUOTA_MAX: u64 = 1 << 50;
+/// The largest token-bucket tolerance (`interval * burst`, µs) the scripts accept: 2^51.
+pub const SPAN_MAX: u64 = 1 << 51;
+/// The latest instant (µs since the epoch) the scripts accept: 2^52, in the year 2112.
+pub const NOW_MAX: u64 = 1 << 52;
+/// Costs are sent as `min(cost, COST_CAP)`: above every accepted limit and burst, so a capped
+/// cost gets the same verdict as the real one.
+pub const COST_CAP: u64 = QUOTA_MAX + 1;
+
+macro_rules! lua {
+    ($file:literal) => {
+        include_str!(concat!("../../../lua/", $file))
+    };
+}
+
+/// The production decide script's source.
+const DECIDE_LUA: &str = concat!(
+    lua!("common.lua"),
+    lua!("clock_redis.lua"),
+    lua!("gcra.lua"),
+    lua!("sliding_window.lua"),
+    lua!("fixed_window.lua"),
+    lua!("keys.lua"),
+    lua!("decide.lua"),
+);
+
+/// The refund script's source (production clock: refunds clamp to Redis's `TIME`).
+const REFUND_LUA: &str = concat!(
+    lua!("common.lua"),
+    lua!("clock_redis.lua"),
+    lua!("gcra.lua"),
+    lua!("sliding_window.lua"),
+    lua!("fixed_window.lua"),
+    lua!("keys.lua"),
+    lua!("refund.lua"),
+);
+
+/// The test decide script's source: the clock is `ARGV[1]`, and a witness counts runs.
+#[cfg(test)]
+const DECIDE_TEST_CLOCK_LUA: &str = concat!(
+    lua!("common.lua"),
+    lua!("clock_test.lua"),
+    lua!("gcra.lua"),
+    lua!("sliding_window.lua"),
+    lua!("fixed_window.lua"),
+    lua!("keys.lua"),
+    lua!("decide.lua"),
+);
+
+static DECIDE: LazyLock<Script> = LazyLock::new(|| Script::new(DECIDE_LUA));
+static REFUND: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND_LUA));
+#[cfg(test)]
+static DECIDE_TEST_CLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(DECIDE_TEST_CLOCK_LUA));
+
+/// The production decide script: `now` is Redis's `TIME`.
+pub fn decide_script() -> &'static Script {
+    &DECIDE
+}
+
+/// The refund script (see `lua/refund.lua`).
+pub fn refund_script() -> &'static Script {
+    &REFUND
+}
+
+/// decide with the clock injected as `ARGV[1]` and a sequence-number witness. Tests only.
+#[cfg(test)]
+pub fn decide_script_test_clock() -> &'static Script {
+    &DECIDE_TEST_CLOCK
+}
+
+/// The Redis key of a counter: `{prefix}{<tag, 32 hex>}:<limit, 16 hex>`.
+///
+/// The braces make the tag the Redis Cluster hash tag, so every limit of one descriptor lands
+/// in one slot and a plan over them is one script run.
+pub fn counter_key(prefix: &str, key: &CounterKey) -> String {
+    format!("{prefix}{{{:032x}}}:{:016x}", key.tag, key.limit)
+}
+
+/// The test variant's witness key (not a counter: no hash tag, no expiry).
+fn witness_key(prefix: &str) -> String {
+    format!("{prefix}witness")
+}
+
+/// Whether the scripts can decide `check` exactly (otherwise they refuse it with an error):
+/// limit, window and burst at most [`QUOTA_MAX`], and for a token bucket a tolerance of at most
+/// [`SPAN_MAX`]. Costs never matter (they are capped), nor does `now` before 2112.
+pub fn within_exact_range(check: &Check) -> bool {
+    let q = &check.quota;
+    if q.limit > QUOTA_MAX || q.window > QUOTA_MAX || q.burst > QUOTA_MAX {
+        return false;
+    }
+    check.algorithm != Algorithm::TokenBucket || gcra::tolerance(q) <= SPAN_MAX
+}
+
+/// Appends one check's six `ARGV` values, with `cost` in place of its own.
+fn push_check(inv: &mut ScriptInvocation<'_>, check: &Check, cost: u64) {
+    let q = &check.quota;
+    inv.arg(check.algorithm.as_str())
+        .arg(q.limit)
+        .arg(q.window)
+        .arg(q.burst)
+        .arg(cost.min(COST_CAP))
+        .arg(if check.enforce { "1" } else { "0" });
+}
+
+/// A decide run of `script` over `checks` (one plan; keys distinct, all in one Cluster slot).
+///
+/// `test_now` goes to `ARGV[1]` (production ignores it: pass `None`) and, when given, the
+/// witness key's name goes after the checks for the test variant.
+pub fn decide_invocation<'a>(
+    script: &'a Script,
+    prefix: &str,
+    checks: &[Check],
+    test_now: Option<Micros>,
+) -> ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
+    for check in checks {
+        inv.key(counter_key(prefix, &check.key));
+    }
+    inv.arg(test_now.unwrap_or(0)).arg(checks.len()).arg("1");
+    for check in checks {
+        push_check(&mut inv, check, check.cost);
+    }
+    if test_now.is_some() {
+        inv.arg(witness_key(prefix));
+    }
+    inv
+}
+
+/// A refund run undoing what a decide run over `checks` committed at `committed_at` (the
+/// `now` it returned): each check whose verdict is allowed gives back its cost; the others
+/// (not allowed, or never decided) give back nothing.
+pub fn refund_invocation(
+    prefix: &str,
+    checks: &[Check],
+    committed_at: Micros,
+) -> ScriptInvocation<'static> {
+    let mut inv = refund_script().prepare_invoke();
+    for check in checks {
+        inv.key(counter_key(prefix, &check.key));
+    }
+    inv.arg(committed_at).arg(checks.len()).arg("1");
+    for check in checks {
+        let committed = check.verdict.is_some_and(|v| v.allowed);
+        push_check(&mut inv, check, if committed { check.cost } else { 0 });
+    }
+    inv
+}
+
+/// What a decide reply says besides the verdicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// Whether the plan was admitted (and, if so, committed).
+    pub admitted: bool,
+    /// The instant the script decided at, µs since the epoch (Redis's `TIME`).
+    pub now: Micros,
+    /// The witness's sequence number: test variant only.
+    pub seq: Option<u64>,
+}
+
+/// Reads a decide reply for `checks` (in the order they were sent), filling every
+/// `check.verdict`. A reply of the wrong shape is a [`StoreError::Protocol`]; then no verdict
+/// is changed.
+pub fn decode(reply: &Value, checks: &mut [Check]) -> Result<Decoded, StoreError> {
+    let items = match reply {
+        Value::Array(items) => items,
+        Value::ServerError(e) => return Err(protocol(format!("error reply: {e:?}"))),
+        other => return Err(protocol(format!("expected an array, got {}", kind(other)))),
+    };
+    let n = checks.len();
+    let expected = 2 + 5 * n;
+    if items.len() != expected && items.len() != expected + 1 {
+        return Err(protocol(format!(
+            "expected {expected} elements for {n} checks, got {}",
+            items.len()
+        )));
+    }
+    let admitted = flag(&items[0], "admitted")?;
+    let now = number(&items[1], "now")?;
+    let mut verdicts = Vec::with_capacity(n);
+    for (i, fields) in items[2..expected].chunks_exact(5).enumerate() {
+        verdicts.push(verdict(fields).map_err(|e| protocol(format!("check {}: {e}", i + 1)))?);
+    }
+    let seq = match items.get(expected) {
+        Some(v) => Some(number(v, "sequence number")?),
+        None => None,
+    };
+    let passed = verdicts
+        .iter()
+        .zip(checks.iter())
+        .all(|(v, c)| v.allowed || !c.enforce);
+    if admitted != passed {
+        return Err(protocol(format!(
+            "admitted is {admitted} but every enforced check allowed is {passed}"
+        )));
+    }
+    for (check, v) in checks.iter_mut().zip(verdicts) {
+        check.verdict = Some(v);
+    }
+    Ok(Decoded { admitted, now, seq })
+}
+
+/// One check's five reply fields.
+fn verdict(fields: &[Value]) -> Result<Verdict, String> {
+    let [allowed, remaining, reset_after, kind, retry_after] = fields else {
+        return Err("expected 5 fields".to_owned());
+    };
+    let allowed = flag(allowed, "allowed").map_err(message)?;
+    let retry = number(retry_after, "retry_after").map_err(message)?;
+    let retry_after = match number(kind, "retry kind").map_err(message)? {
+        0 => RetryAfter::Now,
+        1 => RetryAfter::After(retry),
+        2 => RetryAfter::Never,
+        k => return Err(format!("retry kind {k} is not 0, 1 or 2")),
+    };
+    if allowed != (retry_after == RetryAfter::Now) {
+        return Err("allowed disagrees with the retry kind".to_owned());
+    }
+    Ok(Verdict {
+        allowed,
+        remaining: number(remaining, "remaining").map_err(message)?,
+        reset_after: number(reset_after, "reset_after").map_err(message)?,
+        retry_after,
+    })
+}
+
+/// A 0/1 integer.
+fn flag(v: &Value, what: &str) -> Result<bool, StoreError> {
+    match number(v, what)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        k => Err(protocol(format!("{what}: {k} is not 0 or 1"))),
+    }
+}
+
+/// A non-negative integer, sent as an integer reply or a decimal string.
+fn number(v: &Value, what: &str) -> Result<u64, StoreError> {
+    let parsed = match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(parse_decimal),
+        Value::SimpleString(s) => parse_decimal(s),
+        _ => None,
+    };
+    parsed.ok_or_else(|| {
+        let mut shown = format!("{v:?}");
+        if shown.len() > 80 {
+            let cut = (0..=80)
+                .rev()
+                .find(|&i| shown.is_char_boundary(i))
+                .unwrap_or(0);
+            shown.truncate(cut);
+            shown.push_str("...");
+        }
+        protocol(format!(
+            "{what}: expected a non-negative integer, got {shown}"
+        ))
+    })
+}
+
+/// Digits only (no sign, no spaces), fitting in a u64.
+fn parse_decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::BulkString(_) | Value::SimpleString(_) | Value::VerbatimString { .. } => "a string",
+        Value::Okay => "OK",
+        _ => "another type",
+    }
+}
+
+fn message(e: StoreError) -> String {
+    match e {
+        StoreError::Protocol(m) => m,
+        other => other.to_string(),
+    }
+}
+
+fn protocol(message: String) -> StoreError {
+    StoreError::Protocol(message)
+}
+
+#[cfg(test)]
+#[path = "script_tests.rs"]
+mod tests;

@@ -1,0 +1,1130 @@
+//! Tests of the Lua scripts against a real `redis-server` (one per test, on a free port).
+//!
+//! The main property: any sequence of plans (mixed algorithms, shadow checks, costs of 0 and
+//! above the limit, config reloads that change a counter's quota or algorithm) gets the same
+//! verdicts from `decide.lua` with an injected clock as from the Rust algorithms driven the
+//! way `MemoryStore` drives them; a plan that is not admitted writes nothing; every key holds
+//! exactly the state the Rust side would hold, and expires at the millisecond its state becomes
+//! empty, rounded up.
+//!
+//! The injected clock runs 30 days ahead of the machine's, so Redis itself expires no key
+//! during a test. Instead each step first deletes what Redis would have expired by the injected
+//! clock (a key is gone once the current millisecond is past its `PEXPIRETIME`), and the model
+//! applies the same rule. (The memory store forgets a counter at `expires_at` to the
+//! microsecond, Redis up to a millisecond later; the state is empty by then either way, unless
+//! a config reload changed the quota within that millisecond.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ::redis::aio::MultiplexedConnection;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use super::*;
+use crate::algorithm::{CounterState, Quota};
+
+const PREFIX: &str = "rl:";
+const DAY: u64 = 86_400_000_000;
+
+// ---------------------------------------------------------------------------------------------
+// A redis-server of our own.
+
+/// A `redis-server` child on a free port, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        for _ in 0..20 {
+            let port = free_port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(std::env::temp_dir())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server on PATH");
+            if ready(&mut child, port) {
+                return RedisServer { child, port };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("could not start redis-server");
+    }
+
+    fn client(&self) -> ::redis::Client {
+        ::redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
+    }
+
+    async fn connect(&self) -> MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on right now (another process may take it before redis does: then
+/// redis exits and `start` tries another).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Whether our child answers on `port` (and not some other server that got the port first).
+fn ready(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        if let Some(pid) = server_pid(port) {
+            return pid == child.id();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// The `process_id` that the server on `port` reports, if one answers.
+fn server_pid(port: u16) -> Option<u32> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut text = String::new();
+    let mut buf = [0u8; 8192];
+    while !text.contains("process_id:") || !text[text.find("process_id:")?..].contains('\n') {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let rest = &text[text.find("process_id:")? + "process_id:".len()..];
+    rest[..rest.find('\r')?].parse().ok()
+}
+
+fn fail(e: impl Display) -> TestCaseError {
+    TestCaseError::fail(e.to_string())
+}
+
+fn system_now() -> Micros {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap()
+}
+
+/// Runs a property with its own runtime, connection and `cases`.
+fn run_property<S: Strategy>(
+    cases: u32,
+    strategy: S,
+    test: impl AsyncFn(&mut MultiplexedConnection, S::Value) -> Result<(), TestCaseError>,
+) {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let con = rt.block_on(server.connect());
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&strategy, |value| {
+        let mut con = con.clone();
+        rt.block_on(async {
+            ::redis::cmd("FLUSHALL")
+                .query_async::<()>(&mut con)
+                .await
+                .map_err(fail)?;
+            test(&mut con, value).await
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model: the Rust algorithms, driven the way MemoryStore::decide drives them.
+
+struct Slot {
+    state: CounterState,
+    expires_at: Micros,
+    /// The quota of the last commit, for reporting only.
+    quota: Quota,
+}
+
+/// Whether Redis has expired a key whose state empties at `expires_at`, at `now`: its
+/// `PEXPIREAT` is `expires_at` rounded up to the ms, and Redis keeps a key during that ms.
+fn gone(expires_at: Micros, now: Micros) -> bool {
+    now / 1000 > expires_at.div_ceil(1000)
+}
+
+#[derive(Default)]
+struct Model {
+    slots: HashMap<CounterKey, Slot>,
+}
+
+impl Model {
+    fn live(&self, key: &CounterKey, now: Micros) -> Option<&Slot> {
+        self.slots.get(key).filter(|s| !gone(s.expires_at, now))
+    }
+
+    /// `MemoryStore::decide`, with Redis's expiry rule.
+    fn decide(&mut self, checks: &mut [Check], now: Micros) -> bool {
+        let mut admitted = true;
+        for check in checks.iter_mut() {
+            let verdict = match self.live(&check.key, now) {
+                Some(slot) if slot.state.is(check.algorithm) => {
+                    slot.state.check(&check.quota, now, check.cost)
+                }
+                _ => CounterState::empty(check.algorithm).check(&check.quota, now, check.cost),
+            };
+            admitted &= verdict.allowed || !check.enforce;
+            check.verdict = Some(verdict);
+        }
+        if !admitted {
+            return false;
+        }
+        for check in checks.iter() {
+            if !check.verdict.is_some_and(|v| v.allowed) || check.cost == 0 {
+                continue;
+            }
+            let slot = self.slots.entry(check.key).or_insert_with(|| Slot {
+                state: CounterState::empty(check.algorithm),
+                expires_at: 0,
+                quota: check.quota,
+            });
+            if gone(slot.expires_at, now) || !slot.state.is(check.algorithm) {
+                slot.state = CounterState::empty(check.algorithm);
+            }
+            slot.state.commit(&check.quota, now, check.cost);
+            slot.expires_at = slot.state.expires_at(&check.quota);
+            slot.quota = check.quota;
+        }
+        true
+    }
+
+    fn snapshot(&self) -> HashMap<CounterKey, (CounterState, Micros, Quota)> {
+        self.slots
+            .iter()
+            .map(|(k, s)| (*k, (s.state.clone(), s.expires_at, s.quota)))
+            .collect()
+    }
+
+    fn restore(&mut self, snap: HashMap<CounterKey, (CounterState, Micros, Quota)>) {
+        self.slots = snap
+            .into_iter()
+            .map(|(k, (state, expires_at, quota))| {
+                (
+                    k,
+                    Slot {
+                        state,
+                        expires_at,
+                        quota,
+                    },
+                )
+            })
+            .collect();
+    }
+}
+
+/// A state as the scripts store it (see the headers of lua/*.lua).
+fn encode(state: &CounterState) -> String {
+    match state {
+        CounterState::Gcra(tat) => tat.0.to_string(),
+        CounterState::FixedWindow(w) => format!("{}:{}", w.start, w.count),
+        CounterState::SlidingWindow(log) => {
+            let entries: Vec<String> = log.entries().map(|(t, c)| format!("{t}:{c}")).collect();
+            format!("sw:{}", entries.join(","))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random plans.
+
+/// The counters every case works on: two limits of one descriptor and one of another.
+const KEYS: [CounterKey; 3] = [
+    CounterKey {
+        tag: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+        limit: 1,
+    },
+    CounterKey {
+        tag: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+        limit: 2,
+    },
+    CounterKey {
+        tag: 0xfeed_0000_0000_0000_0000_0000_0000_0001,
+        limit: 0xffff_ffff_ffff_fff0,
+    },
+];
+
+#[derive(Clone, Copy, Debug)]
+struct Limit {
+    algorithm: Algorithm,
+    quota: Quota,
+}
+
+fn algorithm() -> impl Strategy<Value = Algorithm> {
+    prop_oneof![
+        Just(Algorithm::TokenBucket),
+        Just(Algorithm::SlidingWindow),
+        Just(Algorithm::FixedWindow),
+    ]
+}
+
+fn limit() -> impl Strategy<Value = Limit> {
+    let limit = prop_oneof![
+        Just(1u64),
+        Just(2),
+        Just(3),
+        Just(5),
+        Just(10),
+        Just(100),
+        1..50u64
+    ];
+    let window = prop_oneof![
+        Just(1u64),
+        Just(7),
+        Just(1000),
+        Just(1500),
+        Just(1_000_000),
+        Just(60_000_000),
+        Just(3_600_000_000),
+        1..5_000_000u64,
+    ];
+    (algorithm(), limit, window, 0..4u8, 1..200u64).prop_map(
+        |(algorithm, limit, window, burst_kind, burst)| {
+            let burst = match burst_kind {
+                0 | 1 => limit,
+                2 => 1,
+                _ => burst,
+            };
+            Limit {
+                algorithm,
+                quota: Quota {
+                    limit,
+                    window,
+                    burst,
+                },
+            }
+        },
+    )
+}
+
+/// How far the clock moves before a step.
+#[derive(Clone, Copy, Debug)]
+enum Gap {
+    By(u64),
+    /// By one counter's window, -1, +0 or +1 µs: to the instant an entry leaves the window.
+    Window(usize, i8),
+    /// To the next multiple of 1 ms, 1 s, 1 min or one counter's window (`3 + key`), minus
+    /// 1 µs when the flag is set: fixed-window boundaries.
+    Boundary(usize, bool),
+}
+
+fn gap() -> impl Strategy<Value = Gap> {
+    prop_oneof![
+        2 => Just(Gap::By(0)),
+        3 => (1..=1000u64).prop_map(Gap::By),
+        3 => (1..=3_000_000u64).prop_map(Gap::By),
+        1 => (1..=400_000_000u64).prop_map(Gap::By),
+        2 => (0..KEYS.len(), -1..=1i8).prop_map(|(k, d)| Gap::Window(k, d)),
+        2 => (0..3 + KEYS.len(), any::<bool>()).prop_map(|(i, m)| Gap::Boundary(i, m)),
+    ]
+}
+
+fn advance(case: &Case, now: Micros, gap: Gap) -> Micros {
+    let window = |k: usize| case.limits[k].0.quota.window;
+    match gap {
+        Gap::By(d) => now + d,
+        Gap::Window(k, d) => (now + window(k)).saturating_add_signed(d.into()).max(now),
+        Gap::Boundary(i, minus_one) => {
+            let unit = match i {
+                0..3 => [1000, 1_000_000, 60_000_000][i],
+                _ => window(i - 3),
+            };
+            let next = (now / unit + 1) * unit;
+            if minus_one && next - 1 > now {
+                next - 1
+            } else {
+                next
+            }
+        }
+    }
+}
+
+/// One check of a step: which counter, whether it uses its reloaded limit, cost, enforce.
+#[derive(Clone, Copy, Debug)]
+struct Pick {
+    key: usize,
+    reloaded: bool,
+    cost: u64,
+    enforce: bool,
+}
+
+fn pick() -> impl Strategy<Value = Pick> {
+    let cost = prop_oneof![4 => 0..=3u64, 1 => 0..=120u64];
+    (
+        0..KEYS.len(),
+        prop::bool::weighted(0.15),
+        cost,
+        prop::bool::weighted(0.8),
+    )
+        .prop_map(|(key, reloaded, cost, enforce)| Pick {
+            key,
+            reloaded,
+            cost,
+            enforce,
+        })
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    gap: Gap,
+    picks: Vec<Pick>,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (gap(), prop::collection::vec(pick(), 1..=3)).prop_map(|(gap, mut picks)| {
+        // A plan's counters are distinct (the limiter merges checks on one counter).
+        let mut seen = [false; KEYS.len()];
+        picks.retain(|p| !std::mem::replace(&mut seen[p.key], true));
+        Step { gap, picks }
+    })
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    /// Per counter: its limit, and the one a config reload gives it.
+    limits: [(Limit, Limit); KEYS.len()],
+    /// Microseconds after "30 days from now".
+    start: u64,
+    steps: Vec<Step>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        [(limit(), limit()), (limit(), limit()), (limit(), limit())],
+        0..1_000_000_000u64,
+        prop::collection::vec(step(), 1..40),
+    )
+        .prop_map(|(limits, start, steps)| Case {
+            limits,
+            start,
+            steps,
+        })
+}
+
+fn checks_of(case: &Case, step: &Step, reloads: bool) -> Vec<Check> {
+    step.picks
+        .iter()
+        .map(|p| {
+            let (normal, reloaded) = case.limits[p.key];
+            let l = if reloads && p.reloaded {
+                reloaded
+            } else {
+                normal
+            };
+            Check {
+                key: KEYS[p.key],
+                algorithm: l.algorithm,
+                quota: l.quota,
+                cost: p.cost,
+                enforce: p.enforce,
+                verdict: None,
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis helpers.
+
+fn key_names() -> Vec<String> {
+    KEYS.iter().map(|k| counter_key(PREFIX, k)).collect()
+}
+
+/// Per counter key: DUMP (or nil), GET (via pcall semantics: nil for other types) and
+/// PEXPIRETIME.
+async fn observe(
+    con: &mut MultiplexedConnection,
+) -> Result<Vec<(Value, Value, i64)>, TestCaseError> {
+    let mut pipe = ::redis::pipe();
+    for k in key_names() {
+        pipe.cmd("DUMP")
+            .arg(&k)
+            .cmd("GET")
+            .arg(&k)
+            .cmd("PEXPIRETIME")
+            .arg(&k);
+    }
+    let values: Vec<Value> = pipe.query_async(con).await.map_err(fail)?;
+    Ok(values
+        .chunks_exact(3)
+        .map(|c| {
+            let ttl = match c[2] {
+                Value::Int(i) => i,
+                _ => i64::MIN,
+            };
+            (c[0].clone(), c[1].clone(), ttl)
+        })
+        .collect())
+}
+
+/// Deletes what Redis would have expired by `now` (see the module doc).
+async fn expire(con: &mut MultiplexedConnection, now: Micros) -> Result<(), TestCaseError> {
+    for (k, (_, _, at)) in key_names().iter().zip(observe(con).await?) {
+        if at >= 0 && now / 1000 > u64::try_from(at).unwrap() {
+            ::redis::cmd("DEL")
+                .arg(k)
+                .query_async::<()>(con)
+                .await
+                .map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every key but the witness has an expiry.
+async fn all_keys_expire(con: &mut MultiplexedConnection) -> Result<(), TestCaseError> {
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(con)
+        .await
+        .map_err(fail)?;
+    for k in keys {
+        if k == witness_key(PREFIX) {
+            continue;
+        }
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&k)
+            .query_async(con)
+            .await
+            .map_err(fail)?;
+        prop_assert!(ttl > 0, "key {} has PTTL {}", k, ttl);
+    }
+    Ok(())
+}
+
+async fn run_decide(
+    con: &mut MultiplexedConnection,
+    checks: &mut [Check],
+    now: Micros,
+) -> Result<Decoded, TestCaseError> {
+    let reply: Value = decide_invocation(decide_script_test_clock(), PREFIX, checks, Some(now))
+        .invoke_async(con)
+        .await
+        .map_err(fail)?;
+    decode(&reply, checks).map_err(fail)
+}
+
+fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The properties.
+
+/// decide.lua and the model agree on every verdict, on every key's value and expiry, and a
+/// plan that is not admitted changes nothing.
+async fn same_as_the_model(
+    con: &mut MultiplexedConnection,
+    case: Case,
+) -> Result<(), TestCaseError> {
+    let mut now = system_now() + 30 * DAY + case.start;
+    let mut model = Model::default();
+    for (i, step) in case.steps.iter().enumerate() {
+        now = advance(&case, now, step.gap);
+        expire(con, now).await?;
+        let before = observe(con).await?;
+
+        let mut expected = checks_of(&case, step, true);
+        let admitted = model.decide(&mut expected, now);
+        let mut checks = checks_of(&case, step, true);
+        let got = run_decide(con, &mut checks, now).await?;
+
+        prop_assert_eq!(got.now, now);
+        prop_assert_eq!(got.seq, Some(i as u64 + 1), "one witness INCR per run");
+        for (j, (e, g)) in expected.iter().zip(&checks).enumerate() {
+            prop_assert_eq!(
+                g.verdict,
+                e.verdict,
+                "step {} at {}: check {} ({:?} {:?} cost {})",
+                i,
+                now,
+                j,
+                e.algorithm,
+                e.quota,
+                e.cost
+            );
+        }
+        prop_assert_eq!(got.admitted, admitted, "step {}", i);
+
+        let after = observe(con).await?;
+        if !admitted {
+            prop_assert_eq!(&after, &before, "step {}: a rejected plan wrote", i);
+        }
+        for (k, (_, value, at)) in KEYS.iter().zip(&after) {
+            match model.live(k, now) {
+                Some(slot) => {
+                    prop_assert_eq!(
+                        as_text(value),
+                        Some(encode(&slot.state)),
+                        "step {}: value of {:?} (quota {:?})",
+                        i,
+                        k,
+                        slot.quota
+                    );
+                    prop_assert_eq!(
+                        *at,
+                        i64::try_from(slot.expires_at.div_ceil(1000)).unwrap(),
+                        "step {}: PEXPIRETIME of {:?}, expires_at {}",
+                        i,
+                        k,
+                        slot.expires_at
+                    );
+                }
+                None => prop_assert_eq!(*at, -2, "step {}: {:?} should not exist", i, k),
+            }
+        }
+    }
+    all_keys_expire(con).await
+}
+
+/// With refunds: right after an admitted plan, refund.lua undoes it (sometimes), and the model
+/// forgets it; every later verdict still agrees. No config reloads here (a refund restores
+/// what verdicts see, not the exact value or expiry, and a reload could tell the difference).
+async fn refunds_restore_verdicts(
+    con: &mut MultiplexedConnection,
+    (case, refunds): (Case, Vec<bool>),
+) -> Result<(), TestCaseError> {
+    let mut now = system_now() + 30 * DAY + case.start;
+    let mut model = Model::default();
+    for (i, step) in case.steps.iter().enumerate() {
+        now = advance(&case, now, step.gap);
+        expire(con, now).await?;
+        let snapshot = model.snapshot();
+        let mut expected = checks_of(&case, step, false);
+        let admitted = model.decide(&mut expected, now);
+        let mut checks = checks_of(&case, step, false);
+        let got = run_decide(con, &mut checks, now).await?;
+        for (e, g) in expected.iter().zip(&checks) {
+            prop_assert_eq!(g.verdict, e.verdict, "step {} at {}", i, now);
+        }
+        prop_assert_eq!(got.admitted, admitted);
+        if admitted && refunds.get(i).copied().unwrap_or(false) {
+            let done: i64 = refund_invocation(PREFIX, &checks, got.now)
+                .invoke_async(con)
+                .await
+                .map_err(fail)?;
+            prop_assert_eq!(done, 1);
+            model.restore(snapshot);
+        }
+        all_keys_expire(con).await?;
+    }
+    Ok(())
+}
+
+#[test]
+fn decide_matches_the_rust_algorithms() {
+    run_property(4000, case(), same_as_the_model);
+}
+
+#[test]
+fn refund_restores_the_verdicts() {
+    let strategy = (case(), prop::collection::vec(prop::bool::weighted(0.4), 40));
+    run_property(2000, strategy, refunds_restore_verdicts);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Examples.
+
+fn check(tag: u128, algorithm: Algorithm, limit: u64, window: u64, cost: u64) -> Check {
+    Check {
+        key: CounterKey { tag, limit: 1 },
+        algorithm,
+        quota: Quota::new(limit, window),
+        cost,
+        enforce: true,
+        verdict: None,
+    }
+}
+
+const SEC: u64 = 1_000_000;
+
+#[test]
+fn counter_keys_carry_the_tag_as_a_hash_tag() {
+    let key = CounterKey {
+        tag: 0xabc,
+        limit: 0x1f,
+    };
+    assert_eq!(
+        counter_key("rl:", &key),
+        "rl:{00000000000000000000000000000abc}:000000000000001f"
+    );
+    let key = CounterKey {
+        tag: u128::MAX,
+        limit: u64::MAX,
+    };
+    assert_eq!(
+        counter_key("", &key),
+        format!("{{{}}}:{}", "f".repeat(32), "f".repeat(16))
+    );
+}
+
+#[tokio::test]
+async fn the_production_script_reads_redis_time_and_ignores_argv1() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let mut nows = Vec::new();
+    for injected in [1, NOW_MAX + 12345] {
+        let mut checks = vec![check(1, Algorithm::TokenBucket, 10, 10 * SEC, 1)];
+        let before = system_now();
+        let reply: Value = decide_invocation(decide_script(), PREFIX, &checks, Some(injected))
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        let after = system_now();
+        let got = decode(&reply, &mut checks).unwrap();
+        assert!(got.admitted);
+        assert_eq!(got.seq, None, "no witness in production");
+        assert!(
+            got.now + SEC >= before && got.now <= after + SEC,
+            "Redis TIME {} vs machine {before}..{after}",
+            got.now
+        );
+        nows.push(got.now);
+    }
+    assert!(nows[1] >= nows[0]);
+    // Two commits of 1 at T = 1 s: the TAT is the second now + 1 s or the first + 2 s.
+    let tat = nows[0].max(nows[1] - SEC) + 2 * SEC;
+    let key = counter_key(PREFIX, &CounterKey { tag: 1, limit: 1 });
+    let value: String = ::redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(value, tat.to_string());
+    let at: u64 = ::redis::cmd("PEXPIRETIME")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(at, tat.div_ceil(1000));
+
+    // Scripts are gone after a SCRIPT FLUSH (or a restart): the invocation loads them again.
+    ::redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut con)
+        .await
+        .unwrap();
+    let mut checks = vec![check(1, Algorithm::TokenBucket, 10, 10 * SEC, 1)];
+    let reply: Value = decide_invocation(decide_script(), PREFIX, &checks, None)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert!(decode(&reply, &mut checks).unwrap().admitted);
+}
+
+#[tokio::test]
+async fn foreign_values_count_as_empty_and_are_replaced() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let now = system_now() + 30 * DAY;
+    let foreign: [(&str, Option<&str>); 7] = [
+        ("token_bucket", Some("12:3")),
+        ("token_bucket", Some("sw:1:1")),
+        ("fixed_window", Some("123")),
+        ("fixed_window", Some("1:2:3")),
+        ("sliding_window", Some("sw:1:0")),
+        ("sliding_window", Some("sw:5:1,")),
+        ("sliding_window", None), // a list
+    ];
+    for (i, (algorithm, value)) in foreign.into_iter().enumerate() {
+        let algorithm = match algorithm {
+            "token_bucket" => Algorithm::TokenBucket,
+            "fixed_window" => Algorithm::FixedWindow,
+            _ => Algorithm::SlidingWindow,
+        };
+        let tag = 100 + i as u128;
+        let key = counter_key(PREFIX, &CounterKey { tag, limit: 1 });
+        match value {
+            Some(v) => {
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(v)
+                    .query_async::<()>(&mut con)
+                    .await
+            }
+            None => {
+                ::redis::cmd("RPUSH")
+                    .arg(&key)
+                    .arg("x")
+                    .query_async::<()>(&mut con)
+                    .await
+            }
+        }
+        .unwrap();
+        let mut checks = vec![check(tag, algorithm, 3, SEC, 2)];
+        let got = run_decide(&mut con, &mut checks, now).await.unwrap();
+        assert!(got.admitted, "{algorithm:?} over {value:?}");
+        assert_eq!(
+            checks[0].verdict.unwrap().remaining,
+            1,
+            "{algorithm:?} over {value:?}"
+        );
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert!(ttl > 0);
+    }
+}
+
+#[tokio::test]
+async fn check_only_runs_write_nothing() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let key = counter_key(PREFIX, &CounterKey { tag: 5, limit: 1 });
+    let mut inv = decide_script().prepare_invoke();
+    inv.key(&key)
+        .arg("0")
+        .arg(1)
+        .arg("0")
+        .arg("fixed_window")
+        .arg(5)
+        .arg(SEC)
+        .arg(5)
+        .arg(1)
+        .arg("1");
+    let reply: Value = inv.invoke_async(&mut con).await.unwrap();
+    let mut checks = vec![check(5, Algorithm::FixedWindow, 5, SEC, 1)];
+    assert!(decode(&reply, &mut checks).unwrap().admitted);
+    let exists: bool = ::redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!exists);
+}
+
+#[tokio::test]
+async fn figures_outside_the_exact_range_are_refused() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let now = system_now() + 30 * DAY;
+    let mut big_tolerance = check(1, Algorithm::TokenBucket, 1, 1 << 40, 1);
+    big_tolerance.quota.burst = 1 << 12; // 2^52 µs
+    let mut big_limit = check(2, Algorithm::SlidingWindow, QUOTA_MAX + 1, SEC, 1);
+    big_limit.enforce = false;
+    let fine = check(3, Algorithm::FixedWindow, 10, SEC, 1);
+    let mut huge_cost = check(4, Algorithm::FixedWindow, QUOTA_MAX, SEC, u64::MAX);
+    huge_cost.enforce = false;
+    assert!(!within_exact_range(&big_tolerance));
+    assert!(!within_exact_range(&big_limit));
+    assert!(within_exact_range(&fine));
+    assert!(within_exact_range(&huge_cost), "costs are capped");
+
+    for bad in [big_tolerance, big_limit] {
+        let mut checks = vec![fine.clone(), bad];
+        let err = decide_invocation(decide_script_test_clock(), PREFIX, &checks, Some(now))
+            .invoke_async::<Value>(&mut con)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("ratelimiter"), "{err}");
+        assert!(decode(&Value::Nil, &mut checks).is_err());
+    }
+    let n: u64 = ::redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+    assert_eq!(n, 0, "a refused plan writes nothing");
+
+    // u64::MAX is capped to COST_CAP and refused as Never, like the Rust algorithm does.
+    let mut checks = vec![fine, huge_cost.clone()];
+    let got = run_decide(&mut con, &mut checks, now).await.unwrap();
+    assert!(got.admitted);
+    let expected =
+        CounterState::empty(Algorithm::FixedWindow).check(&huge_cost.quota, now, huge_cost.cost);
+    assert_eq!(checks[1].verdict, Some(expected));
+    assert_eq!(expected.retry_after, RetryAfter::Never);
+}
+
+/// Refunds that are not the counter's last commit: only what that commit added goes back.
+#[tokio::test]
+async fn a_refund_takes_back_only_its_own_commit() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    // Inside a whole second, 30 days ahead.
+    let t = (system_now() + 30 * DAY) / SEC * SEC + 100_000;
+    let get = async |con: &mut MultiplexedConnection, tag: u128| -> Option<String> {
+        let key = counter_key(PREFIX, &CounterKey { tag, limit: 1 });
+        ::redis::cmd("GET").arg(key).query_async(con).await.unwrap()
+    };
+    let decide_at = async |con: &mut MultiplexedConnection, c: &Check, now: Micros| {
+        let mut checks = vec![c.clone()];
+        let got = run_decide(con, &mut checks, now).await.unwrap();
+        assert!(got.admitted);
+        checks
+    };
+    let refund = async |con: &mut MultiplexedConnection, checks: &[Check], at: Micros| {
+        let done: i64 = refund_invocation(PREFIX, checks, at)
+            .invoke_async(con)
+            .await
+            .unwrap();
+        assert_eq!(done, 1);
+    };
+
+    // Fixed window: a refund after the window rolled over leaves the new window alone.
+    let fixed = check(1, Algorithm::FixedWindow, 5, SEC, 2);
+    let first = decide_at(&mut con, &fixed, t).await;
+    decide_at(&mut con, &fixed, t + SEC).await;
+    refund(&mut con, &first, t).await;
+    assert_eq!(
+        get(&mut con, 1).await,
+        Some(format!("{}:2", t / SEC * SEC + SEC))
+    );
+    // ...and within its window it gives back its cost, deleting a counter back at 0.
+    let again = decide_at(&mut con, &fixed, t + SEC + 1).await;
+    refund(&mut con, &again, t + SEC + 1).await;
+    assert_eq!(
+        get(&mut con, 1).await,
+        Some(format!("{}:2", t / SEC * SEC + SEC))
+    );
+    refund(&mut con, &first, t + SEC).await;
+    assert_eq!(get(&mut con, 1).await, None);
+
+    // Sliding window: the refund takes its cost off its own instant's entry, merged or not.
+    let sliding = |cost| check(2, Algorithm::SlidingWindow, 10, 10 * SEC, cost);
+    let a = decide_at(&mut con, &sliding(2), t).await;
+    decide_at(&mut con, &sliding(1), t + 5).await;
+    decide_at(&mut con, &sliding(3), t + 9).await;
+    let merged = decide_at(&mut con, &sliding(2), t + 9).await;
+    assert_eq!(
+        get(&mut con, 2).await,
+        Some(format!("sw:{t}:2,{}:1,{}:5", t + 5, t + 9))
+    );
+    refund(&mut con, &a, t).await;
+    refund(&mut con, &merged, t + 9).await;
+    assert_eq!(
+        get(&mut con, 2).await,
+        Some(format!("sw:{}:1,{}:3", t + 5, t + 9))
+    );
+    let key = counter_key(PREFIX, &CounterKey { tag: 2, limit: 1 });
+    let at: u64 = ::redis::cmd("PEXPIRETIME")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(at, (t + 9 + 10 * SEC).div_ceil(1000));
+
+    // Token bucket: the TAT goes back by the refunded cost only.
+    let bucket = |cost| check(3, Algorithm::TokenBucket, 10, 10 * SEC, cost);
+    let a = decide_at(&mut con, &bucket(3), t).await;
+    decide_at(&mut con, &bucket(2), t + SEC / 2).await;
+    refund(&mut con, &a, t).await;
+    assert_eq!(get(&mut con, 3).await, Some((t + 2 * SEC).to_string()));
+
+    // A check that was not allowed committed nothing, so gives back nothing.
+    let mut refused = vec![check(3, Algorithm::TokenBucket, 10, 10 * SEC, 9)];
+    let got = run_decide(&mut con, &mut refused, t).await.unwrap();
+    assert!(!got.admitted);
+    refund(&mut con, &refused, t).await;
+    assert_eq!(get(&mut con, 3).await, Some((t + 2 * SEC).to_string()));
+
+    // A counter another algorithm took over (a config reload) is left alone.
+    decide_at(&mut con, &check(3, Algorithm::FixedWindow, 10, SEC, 1), t).await;
+    refund(&mut con, &a, t).await;
+    assert_eq!(get(&mut con, 3).await, Some(format!("{}:1", t / SEC * SEC)));
+}
+
+#[tokio::test]
+async fn the_witness_counts_runs() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let now = system_now() + 30 * DAY;
+    for i in 1..=3u64 {
+        let mut checks = vec![check(9, Algorithm::SlidingWindow, 1, SEC, 1)];
+        let got = run_decide(&mut con, &mut checks, now + i).await.unwrap();
+        assert_eq!(got.seq, Some(i));
+        assert_eq!(got.admitted, i == 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// decode.
+
+fn bulk(s: &str) -> Value {
+    Value::BulkString(s.as_bytes().to_vec())
+}
+
+fn good_reply() -> Vec<Value> {
+    vec![
+        Value::Int(1),
+        bulk("1700000000000000"),
+        Value::Int(1),
+        bulk("4"),
+        bulk("600000"),
+        Value::Int(0),
+        bulk("0"),
+        Value::Int(0),
+        bulk("0"),
+        bulk("30000000"),
+        Value::Int(1),
+        bulk("250000"),
+    ]
+}
+
+fn two_checks() -> Vec<Check> {
+    let mut shadow = check(2, Algorithm::FixedWindow, 1, 60 * SEC, 1);
+    shadow.enforce = false;
+    vec![check(1, Algorithm::TokenBucket, 10, SEC, 1), shadow]
+}
+
+#[test]
+fn decode_reads_a_reply() {
+    let mut checks = two_checks();
+    let got = decode(&Value::Array(good_reply()), &mut checks).unwrap();
+    assert_eq!(
+        got,
+        Decoded {
+            admitted: true,
+            now: 1_700_000_000_000_000,
+            seq: None
+        }
+    );
+    assert_eq!(
+        checks[0].verdict,
+        Some(Verdict {
+            allowed: true,
+            remaining: 4,
+            reset_after: 600_000,
+            retry_after: RetryAfter::Now
+        })
+    );
+    assert_eq!(
+        checks[1].verdict,
+        Some(Verdict {
+            allowed: false,
+            remaining: 0,
+            reset_after: 30_000_000,
+            retry_after: RetryAfter::After(250_000)
+        })
+    );
+    let mut with_seq = good_reply();
+    with_seq.push(Value::Int(42));
+    let got = decode(&Value::Array(with_seq), &mut checks).unwrap();
+    assert_eq!(got.seq, Some(42));
+}
+
+#[test]
+fn decode_rejects_malformed_replies() {
+    let replace = |i: usize, v: Value| {
+        let mut r = good_reply();
+        r[i] = v;
+        Value::Array(r)
+    };
+    let mut too_long = good_reply();
+    too_long.extend([Value::Int(1), Value::Int(2)]);
+    let mut bad_seq = good_reply();
+    bad_seq.push(bulk("x"));
+    let bad = [
+        Value::Nil,
+        Value::Okay,
+        Value::Int(1),
+        bulk("1"),
+        Value::Array(vec![]),
+        Value::Array(good_reply()[..11].to_vec()),
+        Value::Array(too_long),
+        Value::Array(bad_seq),
+        replace(0, Value::Int(2)),
+        replace(0, Value::Int(-1)),
+        replace(0, Value::Nil),
+        replace(1, bulk("-5")),
+        replace(1, bulk("")),
+        replace(1, bulk(" 5")),
+        replace(1, bulk("18446744073709551616")),
+        replace(1, Value::Double(1.5)),
+        replace(1, Value::BulkString(vec![0xff, 0xfe])),
+        replace(2, Value::Int(0)), // allowed 0 but retry kind "now"
+        replace(3, bulk("1e3")),
+        replace(5, Value::Int(3)),
+        replace(5, Value::Int(2)),  // allowed with retry kind "never"
+        replace(7, Value::Int(1)),  // allowed with retry kind "after"
+        replace(10, Value::Int(0)), // not allowed with retry kind "now"
+        replace(11, Value::Array(vec![])),
+    ];
+    let mut refused_yet_admitted = good_reply();
+    refused_yet_admitted[2] = Value::Int(0);
+    refused_yet_admitted[5] = Value::Int(1);
+    let mut admitted_not = good_reply();
+    admitted_not[0] = Value::Int(0);
+    let bad = bad.into_iter().chain([
+        Value::Array(refused_yet_admitted),
+        Value::Array(admitted_not),
+    ]);
+    for reply in bad {
+        let mut checks = two_checks();
+        let err = decode(&reply, &mut checks).unwrap_err();
+        assert!(matches!(err, StoreError::Protocol(_)), "{reply:?}: {err}");
+        assert!(
+            checks.iter().all(|c| c.verdict.is_none()),
+            "{reply:?} left a verdict"
+        );
+    }
+}
+
+fn any_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Nil),
+        Just(Value::Okay),
+        any::<i64>().prop_map(Value::Int),
+        (0..4i64).prop_map(Value::Int),
+        "[0-9]{0,21}".prop_map(|s| Value::BulkString(s.into_bytes())),
+        any::<Vec<u8>>().prop_map(Value::BulkString),
+        any::<f64>().prop_map(Value::Double),
+    ];
+    leaf.prop_recursive(3, 64, 16, |inner| {
+        prop::collection::vec(inner, 0..16).prop_map(Value::Array)
+    })
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 512, failure_persistence: None, ..Config::default() })]
+
+    #[test]
+    fn decode_never_panics(reply in any_value(), n in 0..4usize) {
+        let mut checks: Vec<Check> = (0..n)
+            .map(|i| check(i as u128, Algorithm::TokenBucket, 1, SEC, 1))
+            .collect();
+        let _ = decode(&reply, &mut checks);
+    }
+}
