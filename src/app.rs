@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use crate::api::AppState;
 use crate::config::{self, ConfigErrors, FailurePolicy};
-use crate::limiter::{Limiter, Rules};
+use crate::limiter::{Limiter, LocalFallback, Rules};
 use crate::metrics::Metrics;
-use crate::store::{Backend, Clock, MemoryStore};
+use crate::store::{Backend, Clock, MemoryStore, RedisOptions, RedisStore};
 
 /// What the service needs to start, besides its listeners.
 #[derive(Clone, Debug)]
@@ -17,6 +17,23 @@ pub struct AppOptions {
     pub redis_url: Option<String>,
     /// The memory store's capacity in counters.
     pub max_counters: usize,
+    /// Redis settings besides the URL.
+    pub redis: RedisOptions,
+    /// How many replicas share each quota while the `local` failure policy is in force.
+    pub replicas: u64,
+}
+
+impl AppOptions {
+    /// Options for a config path with every other setting at its default.
+    pub fn new(config: impl Into<PathBuf>) -> Self {
+        AppOptions {
+            config: config.into(),
+            redis_url: None,
+            max_counters: 1_000_000,
+            redis: RedisOptions::default(),
+            replicas: 1,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +57,19 @@ pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
     let rules = load_rules(&options.config)?;
     let store = match &options.redis_url {
         None => Backend::Memory(MemoryStore::new(Clock::system(), options.max_counters)),
-        Some(_) => {
-            return Err(BuildError::Store(
-                "--redis-url: the Redis store is not available in this build".into(),
-            ));
-        }
+        Some(url) => Backend::Redis(
+            RedisStore::new(RedisOptions {
+                url: url.clone(),
+                ..options.redis.clone()
+            })
+            .map_err(|e| BuildError::Store(e.to_string()))?,
+        ),
     };
-    let fallback = (rules.settings.on_store_failure == FailurePolicy::Local)
-        .then(|| MemoryStore::new(Clock::system(), options.max_counters));
+    let fallback =
+        (rules.settings.on_store_failure == FailurePolicy::Local).then(|| LocalFallback {
+            store: MemoryStore::new(Clock::system(), options.max_counters),
+            replicas: options.replicas.max(1),
+        });
     let limiter = Arc::new(Limiter::new(rules, store, fallback));
     Ok(Arc::new(AppState::new(limiter, Arc::new(Metrics::new()?))))
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use ratelimiter::app::{self, AppOptions};
 use ratelimiter::server::{self, Listeners, ServeOptions};
+use ratelimiter::store::RedisOptions;
 use tokio::net::TcpListener;
 
 /// Exit code for a configuration that does not load (EX_CONFIG would be 78; EX_USAGE-style
@@ -46,6 +47,19 @@ struct Cli {
     /// Seconds in-flight requests get to finish during shutdown.
     #[arg(long, env = "RATELIMITER_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
+    /// The longest a decision waits on Redis, in milliseconds (pool wait included).
+    #[arg(long, env = "RATELIMITER_REDIS_TIMEOUT_MS", default_value_t = 50)]
+    redis_timeout_ms: u64,
+    /// Connections to Redis.
+    #[arg(long, env = "RATELIMITER_REDIS_POOL_SIZE", default_value_t = 32)]
+    redis_pool_size: usize,
+    /// Prefix of every Redis key the service writes.
+    #[arg(long, env = "RATELIMITER_REDIS_PREFIX", default_value = "rl:")]
+    redis_prefix: String,
+    /// Replicas sharing each quota: with `on_store_failure: local`, each enforces quota ÷ N
+    /// while Redis is down.
+    #[arg(long, env = "RATELIMITER_REPLICAS", default_value_t = 1)]
+    replicas: u64,
     /// The in-memory store's capacity, in counters.
     #[arg(long, env = "RATELIMITER_MAX_COUNTERS", default_value_t = 1_000_000)]
     max_counters: usize,
@@ -98,6 +112,13 @@ async fn serve(cli: Cli) -> ExitCode {
         config: cli.config.clone(),
         redis_url: cli.redis_url.clone(),
         max_counters: cli.max_counters,
+        redis: RedisOptions {
+            url: String::new(),
+            timeout: Duration::from_millis(cli.redis_timeout_ms.max(1)),
+            pool_size: cli.redis_pool_size.max(1),
+            prefix: cli.redis_prefix.clone(),
+        },
+        replicas: cli.replicas.max(1),
     };
     // Bad config stops the process before any port is bound.
     let state = match app::build(&options) {

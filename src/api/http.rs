@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::{AppState, headers, validate_api_key};
 use crate::algorithm::{Micros, RetryAfter};
+use crate::config::FailurePolicy;
 use crate::limiter::{Decision, Degraded, LimitError, LimitRequest};
 use crate::metrics::Door;
 
@@ -199,9 +200,19 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
+    // A replica whose store is down is still useful unless its policy is to refuse: with
+    // fail_open or local it answers meaningfully, and taking every replica out of the load
+    // balancer at once would turn a Redis outage into a total one.
     match state.limiter.store().ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response(),
+        Err(e) => match state.limiter.rules().settings.on_store_failure {
+            FailurePolicy::FailClosed => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
+            }
+            FailurePolicy::FailOpen | FailurePolicy::Local => {
+                (StatusCode::OK, format!("ready (degraded: {e})\n")).into_response()
+            }
+        },
     }
 }
 

@@ -19,7 +19,7 @@ pub use decision::{Decision, Degraded, LimitStatus, retry_rank};
 pub use request::{API_KEY, Descriptor, Entry, LimitRequest, QuotaOverride};
 pub use rules::{LimitRule, Match, Rules, glob_match};
 
-use crate::algorithm::{Algorithm, RetryAfter};
+use crate::algorithm::{Algorithm, Quota, RetryAfter};
 use crate::config::FailurePolicy;
 use crate::store::{Backend, Check, CounterKey, MemoryStore, Plan, Store, StoreError};
 use sha2::{Digest, Sha256};
@@ -41,16 +41,34 @@ pub enum LimitError {
     Store(#[from] StoreError),
 }
 
+/// The in-process limiter that decides while the store is down and the policy is `local`.
+pub struct LocalFallback {
+    pub store: MemoryStore,
+    /// How many replicas share the quota: each enforces `quota / replicas` (rounded down, so
+    /// the replicas together never admit more than the quota).
+    pub replicas: u64,
+}
+
+impl LocalFallback {
+    fn scale(&self, q: Quota) -> Quota {
+        let n = self.replicas.max(1);
+        Quota {
+            limit: q.limit / n,
+            window: q.window,
+            burst: q.burst / n,
+        }
+    }
+}
+
 /// The decision engine, shared by every front door.
 pub struct Limiter {
     rules: ArcSwap<Rules>,
     store: Backend,
-    /// Decides when the store fails and the policy is `local`.
-    fallback: Option<MemoryStore>,
+    fallback: Option<LocalFallback>,
 }
 
 impl Limiter {
-    pub fn new(rules: Rules, store: Backend, fallback: Option<MemoryStore>) -> Self {
+    pub fn new(rules: Rules, store: Backend, fallback: Option<LocalFallback>) -> Self {
         Limiter {
             rules: ArcSwap::from_pointee(rules),
             store,
@@ -66,6 +84,9 @@ impl Limiter {
     /// Swaps in a new, fully compiled configuration. Requests in flight finish on the old one.
     pub fn reload(&self, rules: Rules) {
         self.rules.store(Arc::new(rules));
+        if let Backend::Redis(r) = &self.store {
+            r.clear_cache();
+        }
     }
 
     pub fn store(&self) -> &Backend {
@@ -175,7 +196,11 @@ impl Limiter {
                 }
                 (FailurePolicy::Local, Some(local)) if e.is_transient() => {
                     tracing::warn!(error = %e, "store failed; deciding locally");
-                    local.apply(&mut batch).await?;
+                    for c in &mut batch[0].checks {
+                        c.quota = local.scale(c.quota);
+                        c.verdict = None;
+                    }
+                    local.store.apply(&mut batch).await?;
                     degraded = Some(Degraded::LocalFallback);
                 }
                 _ => return Err(LimitError::Store(e)),
@@ -188,7 +213,11 @@ impl Limiter {
         let mut limits = Vec::with_capacity(applied.len());
         let mut retry_after = RetryAfter::Now;
         for ((i, rule), at) in applied.iter().zip(check_of) {
-            let Some(verdict) = plan.checks[at].verdict else {
+            let Some((verdict, quota)) = plan
+                .checks
+                .get(at)
+                .and_then(|c| Some((c.verdict?, c.quota)))
+            else {
                 return Err(LimitError::Store(StoreError::Protocol(
                     "store left a check undecided".into(),
                 )));
@@ -197,7 +226,7 @@ impl Limiter {
                 descriptor: *i,
                 name: rule.name.clone(),
                 algorithm: rule.algorithm,
-                quota: plan.checks[at].quota,
+                quota,
                 shadow: rule.shadow,
                 verdict,
             };

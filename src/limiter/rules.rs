@@ -120,6 +120,19 @@ impl Rules {
             }
             branch.clients = Some(compile_clients(&config.clients));
         }
+        for domain in &config.domains {
+            check_ranges(&domain.descriptors, &domain.file, &mut errors);
+        }
+        for (tier, limits) in &config.clients.tiers {
+            for l in limits {
+                check_range(l, &format!("clients.tiers.{tier}"), &mut errors);
+            }
+        }
+        for key in &config.clients.keys {
+            for l in &key.limits {
+                check_range(l, &format!("clients.keys ({})", key.label), &mut errors);
+            }
+        }
         if errors.is_empty() {
             Ok(Rules {
                 settings: config.settings.clone(),
@@ -247,6 +260,39 @@ fn add_descriptor(
             column: None,
             message: format!("duplicate descriptor {path}"),
         });
+    }
+}
+
+/// Every limit must be decidable exactly by every store: the Redis scripts compute in Lua's
+/// doubles, exact up to 2^53, so limits, windows and token-bucket spans are bounded well below.
+fn check_range(def: &LimitDef, place: &str, errors: &mut Vec<ConfigError>) {
+    use crate::algorithm::gcra;
+    use crate::store::redis::script::{QUOTA_MAX, SPAN_MAX};
+    let q = &def.quota;
+    let too_big = q.limit > QUOTA_MAX
+        || q.window > QUOTA_MAX
+        || q.burst > QUOTA_MAX
+        || (def.algorithm == Algorithm::TokenBucket && gcra::tolerance(q) > SPAN_MAX);
+    if too_big {
+        errors.push(ConfigError {
+            file: place.to_owned(),
+            line: None,
+            column: None,
+            message: format!(
+                "limit `{}`: limit, burst or burst × (window ÷ limit) is too large to count exactly \
+                 (at most 2^50 units and a token-bucket span of 2^51 µs, about 71 years)",
+                def.name
+            ),
+        });
+    }
+}
+
+fn check_ranges(descriptors: &[DescriptorDef], file: &str, errors: &mut Vec<ConfigError>) {
+    for d in descriptors {
+        for l in &d.limits {
+            check_range(l, file, errors);
+        }
+        check_ranges(&d.descriptors, file, errors);
     }
 }
 

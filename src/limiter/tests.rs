@@ -273,3 +273,17 @@ fn request_shape_errors() {
         ));
     });
 }
+
+#[test]
+fn limits_too_large_to_count_exactly_are_config_errors() {
+    let cfg = r#"
+clients:
+  tiers:
+    huge: [ { name: huge, limit: 1, burst: 1000000000000, window: 1d } ]
+  keys:
+    - { key: k, tier: huge }
+"#;
+    let config = config::parse_str("huge.yaml", cfg).unwrap();
+    let err = Rules::compile(&config).unwrap_err().to_string();
+    assert!(err.contains("huge") && err.contains("too large"), "{err}");
+}

@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 
@@ -17,6 +18,7 @@ use crate::algorithm::{Algorithm, Quota, Verdict};
 
 pub use clock::Clock;
 pub use memory::MemoryStore;
+pub use redis::{RedisOptions, RedisStore};
 
 /// The identity of one counter: the hashed descriptor (`tag`) and the limit on it (`limit`).
 ///
@@ -62,6 +64,8 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store returned an unexpected reply: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 impl StoreError {
@@ -80,6 +84,7 @@ impl StoreError {
             StoreError::Timeout(_) => "timeout",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Protocol(_) => "protocol",
+            StoreError::Config(_) => "config",
         }
     }
 }
@@ -105,24 +110,28 @@ pub trait Store: Send + Sync + 'static {
 /// future per decision).
 pub enum Backend {
     Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
 impl Store for Backend {
     async fn apply(&self, batch: &mut [Plan]) -> Result<(), StoreError> {
         match self {
             Backend::Memory(s) => s.apply(batch).await,
+            Backend::Redis(s) => s.apply(batch).await,
         }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Backend::Memory(s) => s.ping().await,
+            Backend::Redis(s) => s.ping().await,
         }
     }
 
     fn name(&self) -> &'static str {
         match self {
             Backend::Memory(s) => s.name(),
+            Backend::Redis(s) => s.name(),
         }
     }
 }

@@ -1,0 +1,250 @@
+//! The Redis store: exact decisions shared by every replica.
+//!
+//! Every plan is decided by one Lua script call (`lua/decide.lua`) that reads Redis's own
+//! `TIME`, checks every limit of the plan and commits all or none. Redis runs a script
+//! atomically, so decisions from any number of replicas are linearizable: each is as if it
+//! ran alone at the instant of its script. That is one round trip per decision.
+//!
+//! Around the script:
+//! - a deadpool pool of connections, and a time limit on every call (pool wait included),
+//!   so no request waits on Redis longer than `timeout`;
+//! - `EVALSHA`, falling back to loading the script on `NOSCRIPT` (a restart, a failover or
+//!   `SCRIPT FLUSH` empties the script cache);
+//! - a [`Breaker`] that stops calling a Redis that keeps failing and probes it back;
+//! - an [`OverLimitCache`]: a counter that rejected a cost until `T` keeps rejecting that cost
+//!   until `T` whatever happens meanwhile (others can only consume more), so replicas answer
+//!   those rejections without asking Redis, and an abusive client cannot saturate it;
+//! - on Redis Cluster, a plan whose descriptors live in different slots is reserved slot by
+//!   slot in a fixed order and refunded if a later slot rejects (see `docs/tradeoffs.md`).
+
+mod batch;
+mod breaker;
+mod connection;
+mod over_limit;
+pub mod script;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis;
+
+pub use batch::Batcher;
+pub use breaker::Breaker;
+pub use connection::{Connections, RedisUrl};
+pub use over_limit::OverLimitCache;
+
+use super::{Check, Plan, Store, StoreError};
+use crate::algorithm::{RetryAfter, Verdict};
+
+/// How the Redis store is set up.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    pub url: String,
+    /// The longest a decision may wait on Redis, pool wait included.
+    pub timeout: Duration,
+    pub pool_size: usize,
+    /// Prefix of every key the service writes.
+    pub prefix: String,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            url: "redis://127.0.0.1:6379".into(),
+            timeout: Duration::from_millis(50),
+            pool_size: 32,
+            prefix: "rl:".into(),
+        }
+    }
+}
+
+pub struct RedisStore {
+    connections: Arc<Connections>,
+    /// Pipelines concurrent decisions; absent on a Cluster, where a pipeline would span nodes.
+    batcher: Option<Batcher>,
+    options: RedisOptions,
+    breaker: Breaker,
+    over_limit: OverLimitCache,
+}
+
+impl RedisStore {
+    /// Builds the pool and starts the batch workers (so it must run inside a Tokio runtime).
+    /// Connections are opened lazily, so a Redis that is down at start-up is not fatal: the
+    /// failure policy answers until it comes up.
+    pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
+        let url = RedisUrl::parse(&options.url).map_err(StoreError::Config)?;
+        let connections = Arc::new(Connections::new(&url, options.pool_size, options.timeout)?);
+        let batcher = (!connections.is_cluster()).then(|| {
+            Batcher::start(
+                connections.clone(),
+                options.prefix.clone(),
+                options.timeout,
+                options.pool_size,
+                options.pool_size * batch::MAX_BATCH,
+            )
+        });
+        Ok(RedisStore {
+            connections,
+            batcher,
+            options,
+            breaker: Breaker::new(5, Duration::from_millis(200)),
+            over_limit: OverLimitCache::new(100_000),
+        })
+    }
+
+    /// Forgets every cached rejection (the limits they were computed for may have changed).
+    pub fn clear_cache(&self) {
+        self.over_limit.clear();
+    }
+
+    async fn apply_plan(&self, plan: &mut Plan) -> Result<(), StoreError> {
+        if plan.checks.is_empty() {
+            plan.admitted = true;
+            return Ok(());
+        }
+        if self.over_limit.reject(plan, Instant::now()) {
+            return Ok(());
+        }
+        self.breaker.admit()?;
+        let sent = Instant::now();
+        let result = tokio::time::timeout(self.options.timeout, self.decide(plan)).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.options.timeout)),
+        };
+        match &result {
+            Ok(()) => {
+                self.breaker.success();
+                if !plan.admitted {
+                    self.over_limit.remember(plan, sent);
+                }
+            }
+            Err(e) if e.is_transient() => self.breaker.failure(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// One script call, or on a cluster one per slot in a fixed order.
+    async fn decide(&self, plan: &mut Plan) -> Result<(), StoreError> {
+        if let Some(batcher) = &self.batcher {
+            // A copy goes to the worker, so the plan stays whole whatever becomes of the call
+            // (a timeout drops this future; the failure policy still needs the checks).
+            let (checks, decoded) = batcher.decide(plan.checks.clone()).await?;
+            for (mine, decided) in plan.checks.iter_mut().zip(checks) {
+                mine.verdict = decided.verdict;
+            }
+            plan.admitted = decoded.admitted;
+            return Ok(());
+        }
+        let single_slot = plan
+            .checks
+            .iter()
+            .all(|c| c.key.tag == plan.checks[0].key.tag);
+        if single_slot {
+            let inv = script::decide_invocation(
+                script::decide_script(),
+                &self.options.prefix,
+                &plan.checks,
+                None,
+            );
+            let reply: redis::Value = self.connections.invoke(&inv).await?;
+            plan.admitted = script::decode(&reply, &mut plan.checks)?.admitted;
+            return Ok(());
+        }
+        self.decide_across_slots(plan).await
+    }
+
+    /// Reserves slot by slot, in ascending tag order (the same order on every replica), and
+    /// refunds the slots already committed when a later one rejects. Never over-admits; a
+    /// concurrent request may see the reservation for the length of one round trip and be
+    /// rejected although the plan is refunded right after.
+    async fn decide_across_slots(&self, plan: &mut Plan) -> Result<(), StoreError> {
+        // Groups of checks sharing a tag (one slot), in ascending tag order. The plan's own
+        // order is kept: the limiter maps verdicts back by position.
+        let mut order: Vec<usize> = (0..plan.checks.len()).collect();
+        order.sort_by_key(|&i| plan.checks[i].key);
+        let mut committed: Vec<(Vec<Check>, u64)> = Vec::new();
+        let mut rest = order.as_slice();
+        while let Some(&first) = rest.first() {
+            let tag = plan.checks[first].key.tag;
+            let len = rest
+                .iter()
+                .take_while(|&&i| plan.checks[i].key.tag == tag)
+                .count();
+            let (indices, tail) = rest.split_at(len);
+            rest = tail;
+            let mut group: Vec<Check> = indices.iter().map(|&i| plan.checks[i].clone()).collect();
+            let inv = script::decide_invocation(
+                script::decide_script(),
+                &self.options.prefix,
+                &group,
+                None,
+            );
+            let reply = match self.connections.invoke::<redis::Value>(&inv).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.refund(&committed).await;
+                    return Err(e);
+                }
+            };
+            let decoded = script::decode(&reply, &mut group)?;
+            for (&i, c) in indices.iter().zip(&group) {
+                plan.checks[i].verdict = c.verdict;
+            }
+            if !decoded.admitted {
+                self.refund(&committed).await;
+                // Later slots were never asked: report them as not limiting.
+                for &i in rest {
+                    plan.checks[i].verdict = Some(unasked(&plan.checks[i]));
+                }
+                plan.admitted = false;
+                return Ok(());
+            }
+            committed.push((group, decoded.now));
+        }
+        plan.admitted = true;
+        Ok(())
+    }
+
+    async fn refund(&self, committed: &[(Vec<Check>, u64)]) {
+        for (group, at) in committed {
+            let inv = script::refund_invocation(&self.options.prefix, group, *at);
+            if let Err(e) = self.connections.invoke::<redis::Value>(&inv).await {
+                // The reservation stays until its counters expire: a false rejection for at
+                // most one window, never an over-admission.
+                tracing::warn!(error = %e, "refund of a cross-slot reservation failed");
+            }
+        }
+    }
+}
+
+/// The verdict reported for a limit the store did not consult.
+fn unasked(c: &Check) -> Verdict {
+    Verdict {
+        allowed: true,
+        remaining: c.quota.limit,
+        reset_after: 0,
+        retry_after: RetryAfter::Now,
+    }
+}
+
+impl Store for RedisStore {
+    async fn apply(&self, batch: &mut [Plan]) -> Result<(), StoreError> {
+        for plan in batch.iter_mut() {
+            self.apply_plan(plan).await?;
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.options.timeout * 4, self.connections.ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.options.timeout * 4)),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
