@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod redis;
+
 use ratelimiter::api::AppState;
 use ratelimiter::app::{self, AppOptions};
 use ratelimiter::server::{self, Listeners, ServeOptions};
@@ -154,12 +156,7 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(config: &Path) -> InProcess {
-        let state = app::build(&AppOptions {
-            config: config.to_owned(),
-            redis_url: None,
-            max_counters: 100_000,
-        })
-        .unwrap();
+        let state = app::build(&AppOptions::new(config)).unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());

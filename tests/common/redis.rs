@@ -1,0 +1,540 @@
+//! Real `redis-server` processes for the Redis store's tests: one server, or a 3-master Redis
+//! Cluster, each on free loopback ports with its work directory under Cargo's per-target temp
+//! dir. Never a fixed port, never the system Redis on 6379. `redis-server` and `redis-cli` must
+//! be on PATH (`make setup` / `scripts/setup.sh` installs them).
+//!
+//! Also the client side the Redis tests share: one `POST /check` with its answer classified
+//! (a normal decision, or one of the failure policies' documented answers).
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::temp_dir;
+
+/// How long a freshly started server gets to answer PING.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at starting a server on a fresh free port before giving up.
+const START_ATTEMPTS: usize = 5;
+
+/// A port nobody listens on right now: bind port 0, note the port, release it.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A synchronous connection to `port`, with timeouts so that a test never hangs on it.
+fn connect(port: u16, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(Duration::from_secs(10)))?;
+    con.set_write_timeout(Some(Duration::from_secs(10)))?;
+    Ok(con)
+}
+
+/// Runs one command on a fresh connection to `port`.
+fn run<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    let mut con = connect(port, Duration::from_secs(2))?;
+    cmd.query(&mut con)
+}
+
+/// Starts `redis-server` on `port` with `extra` arguments, logging to `dir`, and waits until
+/// it answers PING. Errors (the port was taken, the binary is missing) come back with the log.
+fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
+    let log_path = dir.join(format!("redis-{port}.log"));
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot run redis-server ({e}); install it with `make setup` (scripts/setup.sh)"
+            )
+        })?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!(
+                "redis-server on port {port} exited with {status}:\n{log}"
+            ));
+        }
+        if let Ok(mut con) = connect(port, Duration::from_millis(200))
+            && redis::cmd("PING").query::<String>(&mut con).ok().as_deref() == Some("PONG")
+        {
+            return Ok(child);
+        }
+        if started.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!(
+                "redis-server on port {port} did not answer PING within {START_TIMEOUT:?}:\n{log}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sum of the `calls=` of the commands named in `names` in an `INFO commandstats` text.
+fn calls_in(info: &str, names: &[&str]) -> u64 {
+    let mut total = 0;
+    for line in info.lines() {
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, stats)) = rest.split_once(':') else {
+            continue;
+        };
+        if !names.contains(&name) {
+            continue;
+        }
+        for field in stats.split(',') {
+            if let Some(n) = field.strip_prefix("calls=") {
+                total += n.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// Every way a client can run a script: what the over-limit cache must not call.
+pub const SCRIPT_COMMANDS: [&str; 6] = [
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+];
+
+/// One `redis-server` on a free port; killed on drop.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A standalone server without persistence.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra `redis-server` arguments; a fresh free port on each attempt.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = temp_dir("redis");
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let mut errors = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            match spawn(port, &dir, &extra) {
+                Ok(child) => {
+                    return RedisServer {
+                        port,
+                        dir,
+                        extra,
+                        child: Some(child),
+                    };
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("could not start redis-server:\n{}", errors.join("\n---\n"));
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:P`, for `--redis-url`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL: no goodbye to the clients, no save.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A new server on the same port (empty: nothing was saved). Retries for a few seconds
+    /// in case the port is not free again at once.
+    pub fn restart(&mut self) {
+        self.kill();
+        let started = Instant::now();
+        loop {
+            match spawn(self.port, &self.dir, &self.extra) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) if started.elapsed() > Duration::from_secs(5) => {
+                    panic!("could not restart redis-server on {}: {e}", self.port)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Runs one command on a fresh connection.
+    pub fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        run(self.port, cmd).unwrap_or_else(|e| panic!("redis {:?}: {e}", cmd.args_iter().next()))
+    }
+
+    /// `CLIENT PAUSE ms` (mode ALL): every client's commands wait until the pause ends.
+    pub fn pause(&self, ms: u64) {
+        let () = self.cmd(redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("ALL"));
+    }
+
+    /// `SCRIPT FLUSH`: the next `EVALSHA` of every script gets NOSCRIPT.
+    pub fn script_flush(&self) {
+        let () = self.cmd(redis::cmd("SCRIPT").arg("FLUSH"));
+    }
+
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.cmd(redis::cmd("KEYS").arg(pattern))
+    }
+
+    pub fn flushall(&self) {
+        let () = self.cmd(&redis::cmd("FLUSHALL"));
+    }
+
+    /// `INFO section` as text.
+    pub fn info(&self, section: &str) -> String {
+        self.cmd(redis::cmd("INFO").arg(section))
+    }
+
+    /// How many script calls (`EVAL`, `EVALSHA`, `FCALL`, …) the server has run.
+    pub fn script_calls(&self) -> u64 {
+        calls_in(&self.info("commandstats"), &SCRIPT_COMMANDS)
+    }
+
+    /// `calls=` of one command in `INFO commandstats` (lower-case name, e.g. `evalsha`).
+    pub fn command_calls(&self, name: &str) -> u64 {
+        calls_in(&self.info("commandstats"), &[name])
+    }
+
+    /// How many replies carried the error `prefix` (e.g. `NOSCRIPT`), from `INFO errorstats`.
+    pub fn error_count(&self, prefix: &str) -> u64 {
+        let info = self.info("errorstats");
+        let wanted = format!("errorstat_{prefix}:count=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&wanted))
+            .map_or(0, |n| n.trim().parse().unwrap_or(0))
+    }
+
+    /// Redis's clock (`TIME`) in microseconds since the epoch.
+    pub fn time_us(&self) -> u64 {
+        let (secs, micros): (u64, u64) = self.cmd(&redis::cmd("TIME"));
+        secs * 1_000_000 + micros
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Redis Cluster of masters only, every slot assigned; every node killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// `masters` (≥ 3) nodes on free ports (client and cluster-bus ports both picked free),
+    /// joined with `redis-cli --cluster create`; returns once every node says
+    /// `cluster_state:ok`.
+    pub fn start(masters: usize) -> RedisCluster {
+        assert!(masters >= 3, "Redis Cluster needs at least 3 masters");
+        let mut errors = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start(masters) {
+                Ok(cluster) => return cluster,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!(
+            "could not start a Redis Cluster:\n{}",
+            errors.join("\n---\n")
+        );
+    }
+
+    fn try_start(masters: usize) -> Result<RedisCluster, String> {
+        let dir = temp_dir("redis-cluster");
+        let mut nodes = Vec::with_capacity(masters);
+        for _ in 0..masters {
+            // The cluster bus defaults to port + 10000, which may be taken or past 65535: pick
+            // it free as well.
+            let (port, bus) = (free_port(), free_port());
+            let extra = vec![
+                "--cluster-enabled".to_owned(),
+                "yes".to_owned(),
+                "--cluster-config-file".to_owned(),
+                dir.join(format!("nodes-{port}.conf"))
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+                "--cluster-port".to_owned(),
+                bus.to_string(),
+                "--cluster-node-timeout".to_owned(),
+                "5000".to_owned(),
+            ];
+            let child = spawn(port, &dir, &extra)?;
+            nodes.push(RedisServer {
+                port,
+                dir: dir.clone(),
+                extra,
+                child: Some(child),
+            });
+        }
+        let cluster = RedisCluster { nodes };
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let started = Instant::now();
+        loop {
+            let states: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|n| {
+                    run::<String>(n.port, redis::cmd("CLUSTER").arg("INFO"))
+                        .map(|info| {
+                            info.lines()
+                                .find(|l| l.starts_with("cluster_state:"))
+                                .unwrap_or("")
+                                .trim()
+                                .to_owned()
+                        })
+                        .unwrap_or_else(|e| e.to_string())
+                })
+                .collect();
+            if states.iter().all(|s| s == "cluster_state:ok") {
+                return Ok(cluster);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("cluster not ok after 30 s: {states:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`
+    pub fn url(&self) -> String {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", addrs.join(","))
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// `KEYS pattern` on every node (each holds only its own slots).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.nodes.iter().flat_map(|n| n.keys(pattern)).collect()
+    }
+
+    /// Script calls summed over every node.
+    pub fn script_calls(&self) -> u64 {
+        self.nodes.iter().map(RedisServer::script_calls).sum()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The client side.
+
+/// Microseconds since the epoch by this machine's clock (the one Redis reads, too).
+pub fn wall_us() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap()
+}
+
+/// One `POST /check` answer.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// The `x-ratelimit-degraded` header.
+    pub degraded: Option<String>,
+    pub body: serde_json::Value,
+    /// Wall clock (µs since the epoch) just before sending and just after the answer.
+    pub sent_us: u64,
+    pub received_us: u64,
+    pub elapsed: Duration,
+}
+
+/// What kind of answer a reply is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A decision by the store: 200 or 429, not marked degraded.
+    Normal { allowed: bool },
+    /// `fail_open`: 200, header and body say `fail_open`.
+    FailOpen,
+    /// `fail_closed`: 503 with a JSON error.
+    FailClosed,
+    /// `local`: 200 or 429 decided in-process, header and body say `local`.
+    Local { allowed: bool },
+    /// Anything else, described.
+    Other(String),
+}
+
+impl Reply {
+    pub fn kind(&self) -> Kind {
+        let body_degraded = self.body.get("degraded").and_then(|d| d.as_str());
+        let allowed = self
+            .body
+            .get("allowed")
+            .and_then(serde_json::Value::as_bool);
+        match (
+            self.status,
+            self.degraded.as_deref(),
+            body_degraded,
+            allowed,
+        ) {
+            (200, None, None, Some(true)) => Kind::Normal { allowed: true },
+            (429, None, None, Some(false)) => Kind::Normal { allowed: false },
+            (200, Some("fail_open"), Some("fail_open"), Some(true)) => Kind::FailOpen,
+            (503, None, None, None) if self.body.get("error").is_some_and(|e| e.is_string()) => {
+                Kind::FailClosed
+            }
+            (200, Some("local"), Some("local"), Some(true)) => Kind::Local { allowed: true },
+            (429, Some("local"), Some("local"), Some(false)) => Kind::Local { allowed: false },
+            _ => Kind::Other(format!("{self:?}")),
+        }
+    }
+
+    pub fn is_normal(&self) -> bool {
+        matches!(self.kind(), Kind::Normal { .. })
+    }
+
+    pub fn allowed(&self) -> bool {
+        self.body
+            .get("allowed")
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
+    }
+
+    pub fn remaining(&self) -> Option<u64> {
+        self.body
+            .get("remaining")
+            .and_then(serde_json::Value::as_u64)
+    }
+
+    /// `retry_after` of the body, in seconds.
+    pub fn retry_after(&self) -> Option<f64> {
+        self.body
+            .get("retry_after")
+            .and_then(serde_json::Value::as_f64)
+    }
+}
+
+/// An HTTP client for these tests: every request gives up after `timeout` (a hang is then an
+/// error, not a stuck test).
+pub fn http_client(timeout: Duration, pool: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_max_idle_per_host(pool)
+        .build()
+        .unwrap()
+}
+
+/// `POST {base}/check?cost=N` with `X-API-Key: key`; an error when no answer came (a refused
+/// connection or the client's timeout).
+pub async fn check(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    cost: u64,
+) -> Result<Reply, String> {
+    let sent_us = wall_us();
+    let started = Instant::now();
+    let resp = client
+        .post(format!("{base}/check?cost={cost}"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .map_err(|e| format!("no answer after {:?}: {e}", started.elapsed()))?;
+    let status = resp.status().as_u16();
+    let degraded = resp
+        .headers()
+        .get("x-ratelimit-degraded")
+        .map(|v| v.to_str().unwrap_or("<not ascii>").to_owned());
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| format!("body cut after {:?}: {e}", started.elapsed()))?;
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    Ok(Reply {
+        status,
+        degraded,
+        body,
+        sent_us,
+        received_us: wall_us(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// `GET {base}/readyz`: the status, or an error when no answer came.
+pub async fn readyz(client: &reqwest::Client, base: &str) -> Result<u16, String> {
+    client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
