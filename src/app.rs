@@ -70,8 +70,14 @@ pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
             store: MemoryStore::new(Clock::system(), options.max_counters),
             replicas: options.replicas.max(1),
         });
+    let metrics = Metrics::new()?;
+    if let Backend::Redis(redis) = &store {
+        for c in redis.stats.collectors() {
+            metrics.register(c)?;
+        }
+    }
     let limiter = Arc::new(Limiter::new(rules, store, fallback));
-    Ok(Arc::new(AppState::new(limiter, Arc::new(Metrics::new()?))))
+    Ok(Arc::new(AppState::new(limiter, Arc::new(metrics))))
 }
 
 /// Reloads the configuration on SIGHUP. A configuration that does not load is logged with

@@ -110,6 +110,14 @@ impl Metrics {
         })
     }
 
+    /// Adds collectors owned elsewhere (a store's own counters) to `/metrics`.
+    pub fn register(
+        &self,
+        c: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(c)
+    }
+
     pub fn record(&self, door: Door, outcome: Outcome, seconds: f64) {
         self.decisions[door as usize][outcome as usize].inc();
         self.latency[door as usize].observe(seconds);

@@ -97,36 +97,47 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-pub enum Connections {
+pub struct Connections {
+    pool: Pool,
+    /// Calls sent to Redis (a pipeline counts once): the round trips.
+    round_trips: prometheus::IntCounter,
+}
+
+enum Pool {
     Single(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),
     Sentinel(deadpool_redis::sentinel::Pool),
 }
 
 impl Connections {
-    pub fn new(url: &RedisUrl, size: usize, timeout: Duration) -> Result<Self, StoreError> {
-        let mut pool = PoolConfig::new(size.max(1));
+    pub fn new(
+        url: &RedisUrl,
+        size: usize,
+        timeout: Duration,
+        round_trips: prometheus::IntCounter,
+    ) -> Result<Self, StoreError> {
+        let mut pool_config = PoolConfig::new(size.max(1));
         // Waiting for a free connection counts against the call's own time limit; these
         // bound the pool's parts so nothing waits without end.
-        pool.timeouts = Timeouts {
+        pool_config.timeouts = Timeouts {
             wait: Some(timeout),
             create: Some(timeout.max(Duration::from_millis(500))),
             recycle: Some(timeout),
         };
         let config_err = |e: &dyn std::fmt::Display| StoreError::Config(format!("Redis pool: {e}"));
-        Ok(match url {
+        let pool = match url {
             RedisUrl::Single(u) => {
                 let mut cfg = deadpool_redis::Config::from_url(u.clone());
-                cfg.pool = Some(pool);
-                Connections::Single(
+                cfg.pool = Some(pool_config);
+                Pool::Single(
                     cfg.create_pool(Some(Runtime::Tokio1))
                         .map_err(|e| config_err(&e))?,
                 )
             }
             RedisUrl::Cluster(urls) => {
                 let mut cfg = deadpool_redis::cluster::Config::from_urls(urls.clone());
-                cfg.pool = Some(pool);
-                Connections::Cluster(
+                cfg.pool = Some(pool_config);
+                Pool::Cluster(
                     cfg.create_pool(Some(Runtime::Tokio1))
                         .map_err(|e| config_err(&e))?,
                 )
@@ -152,17 +163,18 @@ impl Connections {
                         },
                     ));
                 }
-                cfg.pool = Some(pool);
-                Connections::Sentinel(
+                cfg.pool = Some(pool_config);
+                Pool::Sentinel(
                     cfg.create_pool(Some(Runtime::Tokio1))
                         .map_err(|e| config_err(&e))?,
                 )
             }
-        })
+        };
+        Ok(Connections { pool, round_trips })
     }
 
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Connections::Cluster(_))
+        matches!(self.pool, Pool::Cluster(_))
     }
 
     /// Runs a script (EVALSHA, loading it on NOSCRIPT) on a pooled connection.
@@ -173,16 +185,17 @@ impl Connections {
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        match self {
-            Connections::Single(p) => {
+        self.round_trips.inc();
+        match &self.pool {
+            Pool::Single(p) => {
                 let mut c = p.get().await.map_err(pool_error)?;
                 inv.invoke_async(&mut c).await.map_err(redis_error)
             }
-            Connections::Cluster(p) => {
+            Pool::Cluster(p) => {
                 let mut c = p.get().await.map_err(pool_error)?;
                 inv.invoke_async(&mut c).await.map_err(redis_error)
             }
-            Connections::Sentinel(p) => {
+            Pool::Sentinel(p) => {
                 let mut c = p.get().await.map_err(pool_error)?;
                 inv.invoke_async(&mut c).await.map_err(redis_error)
             }
@@ -192,16 +205,17 @@ impl Connections {
     /// Sends a pipeline on one pooled connection and returns every reply (errors included,
     /// when the pipeline ignores errors).
     pub async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>, StoreError> {
-        match self {
-            Connections::Single(p) => {
+        self.round_trips.inc();
+        match &self.pool {
+            Pool::Single(p) => {
                 let mut c = p.get().await.map_err(pool_error)?;
                 pipe.query_async(&mut c).await.map_err(redis_error)
             }
-            Connections::Cluster(p) => {
+            Pool::Cluster(p) => {
                 let mut c = p.get().await.map_err(pool_error)?;
                 pipe.query_async(&mut c).await.map_err(redis_error)
             }
-            Connections::Sentinel(p) => {
+            Pool::Sentinel(p) => {
                 let mut c = p.get().await.map_err(pool_error)?;
                 pipe.query_async(&mut c).await.map_err(redis_error)
             }
@@ -210,18 +224,19 @@ impl Connections {
 
     /// Loads a script into the script cache (`SCRIPT LOAD`).
     pub async fn load(&self, script: &redis::Script) -> Result<(), StoreError> {
-        let loaded = match self {
-            Connections::Single(p) => {
+        self.round_trips.inc();
+        let loaded = match &self.pool {
+            Pool::Single(p) => {
                 script
                     .load_async(&mut p.get().await.map_err(pool_error)?)
                     .await
             }
-            Connections::Cluster(p) => {
+            Pool::Cluster(p) => {
                 script
                     .load_async(&mut p.get().await.map_err(pool_error)?)
                     .await
             }
-            Connections::Sentinel(p) => {
+            Pool::Sentinel(p) => {
                 script
                     .load_async(&mut p.get().await.map_err(pool_error)?)
                     .await
@@ -233,16 +248,17 @@ impl Connections {
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("PING");
         let cmd = &mut cmd;
-        match self {
-            Connections::Single(p) => {
+        self.round_trips.inc();
+        match &self.pool {
+            Pool::Single(p) => {
                 let mut c = p.get().await.map_err(pool_error)?;
                 cmd.query_async::<()>(&mut c).await.map_err(redis_error)
             }
-            Connections::Cluster(p) => {
+            Pool::Cluster(p) => {
                 let mut c = p.get().await.map_err(pool_error)?;
                 cmd.query_async::<()>(&mut c).await.map_err(redis_error)
             }
-            Connections::Sentinel(p) => {
+            Pool::Sentinel(p) => {
                 let mut c = p.get().await.map_err(pool_error)?;
                 cmd.query_async::<()>(&mut c).await.map_err(redis_error)
             }

@@ -58,7 +58,47 @@ impl Default for RedisOptions {
     }
 }
 
+/// What the Redis store counts, for `/metrics`.
+#[derive(Clone)]
+pub struct RedisStats {
+    /// Calls sent to Redis (a pipeline of many decisions counts once).
+    pub round_trips: prometheus::IntCounter,
+    /// Decisions sent to Redis.
+    pub decisions: prometheus::IntCounter,
+    /// Rejections answered by the over-limit cache, without Redis.
+    pub cached_rejections: prometheus::IntCounter,
+}
+
+impl RedisStats {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(RedisStats {
+            round_trips: prometheus::IntCounter::new(
+                "ratelimiter_redis_round_trips_total",
+                "Calls sent to Redis; a pipeline of many decisions counts once.",
+            )?,
+            decisions: prometheus::IntCounter::new(
+                "ratelimiter_redis_decisions_total",
+                "Decisions (plans) sent to Redis.",
+            )?,
+            cached_rejections: prometheus::IntCounter::new(
+                "ratelimiter_redis_cached_rejections_total",
+                "Rejections answered by the over-limit cache without asking Redis.",
+            )?,
+        })
+    }
+
+    /// The collectors, to register with the service's registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.round_trips.clone()),
+            Box::new(self.decisions.clone()),
+            Box::new(self.cached_rejections.clone()),
+        ]
+    }
+}
+
 pub struct RedisStore {
+    pub stats: RedisStats,
     connections: Arc<Connections>,
     /// Pipelines concurrent decisions; absent on a Cluster, where a pipeline would span nodes.
     batcher: Option<Batcher>,
@@ -73,7 +113,13 @@ impl RedisStore {
     /// failure policy answers until it comes up.
     pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
         let url = RedisUrl::parse(&options.url).map_err(StoreError::Config)?;
-        let connections = Arc::new(Connections::new(&url, options.pool_size, options.timeout)?);
+        let stats = RedisStats::new().map_err(|e| StoreError::Config(e.to_string()))?;
+        let connections = Arc::new(Connections::new(
+            &url,
+            options.pool_size,
+            options.timeout,
+            stats.round_trips.clone(),
+        )?);
         let batcher = (!connections.is_cluster()).then(|| {
             Batcher::start(
                 connections.clone(),
@@ -84,6 +130,7 @@ impl RedisStore {
             )
         });
         Ok(RedisStore {
+            stats,
             connections,
             batcher,
             options,
@@ -103,8 +150,10 @@ impl RedisStore {
             return Ok(());
         }
         if self.over_limit.reject(plan, Instant::now()) {
+            self.stats.cached_rejections.inc();
             return Ok(());
         }
+        self.stats.decisions.inc();
         self.breaker.admit()?;
         let sent = Instant::now();
         let result = tokio::time::timeout(self.options.timeout, self.decide(plan)).await;
@@ -188,7 +237,13 @@ impl RedisStore {
                     return Err(e);
                 }
             };
-            let decoded = script::decode(&reply, &mut group)?;
+            let decoded = match script::decode(&reply, &mut group) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.refund(&committed).await;
+                    return Err(e);
+                }
+            };
             for (&i, c) in indices.iter().zip(&group) {
                 plan.checks[i].verdict = c.verdict;
             }

@@ -657,13 +657,13 @@ async fn refunds_restore_verdicts(
 
 #[test]
 fn decide_matches_the_rust_algorithms() {
-    run_property(4000, case(), same_as_the_model);
+    run_property(256, case(), same_as_the_model);
 }
 
 #[test]
 fn refund_restores_the_verdicts() {
     let strategy = (case(), prop::collection::vec(prop::bool::weighted(0.4), 40));
-    run_property(2000, strategy, refunds_restore_verdicts);
+    run_property(128, strategy, refunds_restore_verdicts);
 }
 
 // ---------------------------------------------------------------------------------------------
