@@ -18,6 +18,7 @@ use std::time::Duration;
 use deadpool_redis::redis::{self, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::breaker::Breaker;
 use super::connection::{Connections, redis_error};
 use super::script::{self, Decoded};
 use crate::store::{Check, StoreError};
@@ -40,6 +41,7 @@ impl Batcher {
     /// Starts `workers` workers over `connections`, with room for `queue` waiting plans.
     pub fn start(
         connections: Arc<Connections>,
+        breaker: Arc<Breaker>,
         prefix: String,
         timeout: Duration,
         workers: usize,
@@ -52,6 +54,7 @@ impl Batcher {
             tokio::spawn(work(
                 rx.clone(),
                 connections.clone(),
+                breaker.clone(),
                 prefix.clone(),
                 timeout,
             ));
@@ -84,9 +87,14 @@ impl Batcher {
 async fn work(
     queue: Arc<Mutex<mpsc::Receiver<Job>>>,
     connections: Arc<Connections>,
+    breaker: Arc<Breaker>,
     prefix: Arc<str>,
     timeout: Duration,
 ) {
+    // Open this worker's connection now rather than on the first decision, so a burst at
+    // start-up does not spend its time limit on connection set-up. A Redis that is down is
+    // not an error here: the first batch will say so.
+    let _ = tokio::time::timeout(timeout * 10, connections.ping()).await;
     let mut jobs: Vec<Option<Job>> = Vec::with_capacity(MAX_BATCH);
     loop {
         {
@@ -104,12 +112,32 @@ async fn work(
                 }
             }
         }
-        let failure =
-            match tokio::time::timeout(timeout, run(&connections, &prefix, &mut jobs)).await {
+        // A caller that gave up (its own time limit passed while queued) gets no decision:
+        // deciding it anyway could consume quota for a request that was answered otherwise.
+        for slot in jobs.iter_mut() {
+            if slot.as_ref().is_some_and(|j| j.reply.is_closed()) {
+                *slot = None;
+            }
+        }
+        let failure = if jobs.iter().all(Option::is_none) {
+            None
+        } else if let Err(e) = breaker.admit() {
+            Some(e)
+        } else {
+            let result = tokio::time::timeout(timeout, run(&connections, &prefix, &mut jobs)).await;
+            let failure = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
                 Err(_) => Some(StoreError::Timeout(timeout)),
             };
+            // The breaker counts what Redis did with a batch, not how long callers queued.
+            match &failure {
+                None => breaker.success(),
+                Some(e) if e.is_transient() => breaker.failure(),
+                Some(_) => {}
+            }
+            failure
+        };
         // Every job `run` did not answer gets the batch's error.
         for job in jobs.drain(..).flatten() {
             let e = failure.as_ref().map_or_else(

@@ -103,7 +103,7 @@ pub struct RedisStore {
     /// Pipelines concurrent decisions; absent on a Cluster, where a pipeline would span nodes.
     batcher: Option<Batcher>,
     options: RedisOptions,
-    breaker: Breaker,
+    breaker: Arc<Breaker>,
     over_limit: OverLimitCache,
 }
 
@@ -120,9 +120,11 @@ impl RedisStore {
             options.timeout,
             stats.round_trips.clone(),
         )?);
+        let breaker = Arc::new(Breaker::new(5, Duration::from_millis(200)));
         let batcher = (!connections.is_cluster()).then(|| {
             Batcher::start(
                 connections.clone(),
+                breaker.clone(),
                 options.prefix.clone(),
                 options.timeout,
                 options.pool_size,
@@ -134,7 +136,7 @@ impl RedisStore {
             connections,
             batcher,
             options,
-            breaker: Breaker::new(5, Duration::from_millis(200)),
+            breaker,
             over_limit: OverLimitCache::new(100_000),
         })
     }
@@ -161,15 +163,17 @@ impl RedisStore {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.options.timeout)),
         };
-        match &result {
-            Ok(()) => {
-                self.breaker.success();
-                if !plan.admitted {
-                    self.over_limit.remember(plan, sent);
-                }
+        if result.is_ok() && !plan.admitted {
+            self.over_limit.remember(plan, sent);
+        }
+        // Batch workers keep the breaker's count themselves, from what Redis did; here a
+        // timeout may only mean the decision waited in the queue of a busy replica.
+        if self.batcher.is_none() {
+            match &result {
+                Ok(()) => self.breaker.success(),
+                Err(e) if e.is_transient() => self.breaker.failure(),
+                Err(_) => {}
             }
-            Err(e) if e.is_transient() => self.breaker.failure(),
-            Err(_) => {}
         }
         result
     }
