@@ -252,3 +252,49 @@ async fn grpc_health_serves_then_stops() {
     }
     svc.stop().await;
 }
+
+/// A message whose field 1 is a number where the service expects a string: bytes that do not
+/// decode as an `AllowRequestRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotARequest {
+    #[prost(uint64, tag = "1")]
+    api_key: u64,
+}
+
+#[tokio::test]
+async fn undecodable_messages_get_an_error_and_the_server_carries_on() {
+    let dir = config_dir("grpc-garbage", &[("service.yaml", BASIC)]);
+    let svc = InProcess::start(&dir).await;
+    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/ratelimiter.v1.RateLimiter/AllowRequest",
+    );
+    let codec = tonic_prost::ProstCodec::<
+        NotARequest,
+        ratelimiter::api::grpc::pb::AllowRequestResponse,
+    >::default();
+    let status = grpc
+        .unary(tonic::Request::new(NotARequest { api_key: 7 }), path, codec)
+        .await
+        .unwrap_err();
+    // tonic refuses the bytes before our code sees them, with a message saying why.
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("decode"), "{status:?}");
+    // The server is unharmed.
+    let mut client = RateLimiterClient::new(channel);
+    assert!(
+        client
+            .allow_request(req("k1", None))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    svc.stop().await;
+}
