@@ -46,6 +46,34 @@ fn run<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisRes
 /// Starts `redis-server` on `port` with `extra` arguments, logging to `dir`, and waits until
 /// it answers PING. Errors (the port was taken, the binary is missing) come back with the log.
 fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .args(extra);
+    launch(command, port, dir, || answers_ping(port))
+}
+
+/// Whether a plain-TCP client gets PONG from `port`.
+fn answers_ping(port: u16) -> bool {
+    connect(port, Duration::from_millis(200)).is_ok_and(|mut con| {
+        redis::cmd("PING").query::<String>(&mut con).ok().as_deref() == Some("PONG")
+    })
+}
+
+/// Runs `command` (a `redis-server` listening on `port`) with its output in
+/// `dir/redis-{port}.log`, and waits until `ready` says it serves. Errors (the port was
+/// taken, the binary is missing) come back with the log.
+fn launch(
+    mut command: Command,
+    port: u16,
+    dir: &Path,
+    ready: impl Fn() -> bool,
+) -> Result<Child, String> {
     let log_path = dir.join(format!("redis-{port}.log"));
     let log = OpenOptions::new()
         .create(true)
@@ -53,14 +81,7 @@ fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
         .open(&log_path)
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string()])
-        .args(["--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .args(["--daemonize", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .args(extra)
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -78,9 +99,7 @@ fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
                 "redis-server on port {port} exited with {status}:\n{log}"
             ));
         }
-        if let Ok(mut con) = connect(port, Duration::from_millis(200))
-            && redis::cmd("PING").query::<String>(&mut con).ok().as_deref() == Some("PONG")
-        {
+        if ready() {
             return Ok(child);
         }
         if started.elapsed() > START_TIMEOUT {
