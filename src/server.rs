@@ -17,8 +17,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::api::AppState;
+use crate::api::ext_authz::ExtAuthzDoor;
 use crate::api::grpc::AllowRequestService;
 use crate::api::http::router;
+use crate::api::ratelimit_service::RateLimitDoor;
 
 pub struct Listeners {
     pub http: TcpListener,
@@ -57,7 +59,12 @@ pub enum ServeError {
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// The gRPC service names health is reported for, besides the whole server ("").
-const GRPC_SERVICES: &[&str] = &["", "ratelimiter.v1.RateLimiter"];
+const GRPC_SERVICES: &[&str] = &[
+    "",
+    "ratelimiter.v1.RateLimiter",
+    "envoy.service.ratelimit.v3.RateLimitService",
+    "envoy.service.auth.v3.Authorization",
+];
 
 /// Serves until `shutdown` resolves, then drains. Returns once both servers have stopped.
 pub async fn run(
@@ -91,6 +98,8 @@ pub async fn run(
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_service(health_service)
         .add_service(AllowRequestService::server(state.clone()))
+        .add_service(RateLimitDoor::server(state.clone()))
+        .add_service(ExtAuthzDoor::server(state.clone()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped());
     let mut http = tokio::spawn(http);
     let mut grpc = tokio::spawn(grpc);

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{AppState, validate_api_key};
 use crate::algorithm::RetryAfter;
-use crate::limiter::{API_KEY, Degraded, Descriptor, Entry, LimitError, LimitRequest};
+use crate::limiter::{API_KEY, Descriptor, Entry, LimitError, LimitRequest};
 use crate::metrics::Door;
 
 /// Code generated from `proto/ratelimiter.proto`.
@@ -81,11 +81,10 @@ impl RateLimiter for AllowRequestService {
             policy: tightest.map(|l| l.name.to_string()).unwrap_or_default(),
             window_ms: tightest.map_or(0, |l| l.quota.window.div_ceil(1000)),
             retry_never: decision.retry_after == RetryAfter::Never,
-            degraded: match decision.degraded {
-                Some(Degraded::FailOpen) => "fail_open".into(),
-                Some(Degraded::LocalFallback) => "local".into(),
-                None => String::new(),
-            },
+            degraded: decision
+                .degraded
+                .map(|d| super::degraded_label(d).to_owned())
+                .unwrap_or_default(),
         }))
     }
 }

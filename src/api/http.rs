@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::{AppState, headers, validate_api_key};
 use crate::algorithm::{Micros, RetryAfter};
 use crate::config::FailurePolicy;
-use crate::limiter::{Decision, Degraded, LimitError, LimitRequest};
+use crate::limiter::{Decision, LimitError, LimitRequest};
 use crate::metrics::Door;
 
 /// Bodies are not read by `/check`; one announced as larger than this is refused with 413.
@@ -33,9 +33,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// What `/check` answers, allowed or not.
+/// What `/check` answers, allowed or not (and ext_authz's denied body).
 #[derive(Serialize)]
-struct CheckBody<'a> {
+pub(crate) struct CheckBody<'a> {
     allowed: bool,
     /// The tightest limit's size, what is left of it, and its name.
     limit: Option<u64>,
@@ -136,9 +136,10 @@ fn secs(us: Micros) -> f64 {
     (us / 1_000) as f64 / 1_000.0
 }
 
-fn render(decision: &Decision, style: crate::config::HeaderStyle) -> Response {
+/// The JSON body for a decision.
+pub(crate) fn body(decision: &Decision) -> CheckBody<'_> {
     let tightest = decision.tightest();
-    let body = CheckBody {
+    CheckBody {
         allowed: decision.allowed,
         limit: tightest.map(|l| l.quota.limit),
         remaining: tightest.map(|l| l.verdict.remaining),
@@ -149,14 +150,14 @@ fn render(decision: &Decision, style: crate::config::HeaderStyle) -> Response {
             RetryAfter::Never => None,
         },
         policy: tightest.map(|l| &*l.name),
-        degraded: match decision.degraded {
-            Some(Degraded::FailOpen) => Some("fail_open"),
-            Some(Degraded::LocalFallback) => Some("local"),
-            None => None,
-        },
+        degraded: decision.degraded.map(super::degraded_label),
         reason: (decision.retry_after == RetryAfter::Never)
             .then_some("the cost exceeds what the limit can ever admit at once"),
-    };
+    }
+}
+
+fn render(decision: &Decision, style: crate::config::HeaderStyle) -> Response {
+    let body = body(decision);
     let status = if decision.allowed {
         StatusCode::OK
     } else {
@@ -170,11 +171,10 @@ fn render(decision: &Decision, style: crate::config::HeaderStyle) -> Response {
         }
     }
     if let Some(d) = decision.degraded {
-        let v = match d {
-            Degraded::FailOpen => "fail_open",
-            Degraded::LocalFallback => "local",
-        };
-        h.insert("x-ratelimit-degraded", HeaderValue::from_static(v));
+        h.insert(
+            "x-ratelimit-degraded",
+            HeaderValue::from_static(super::degraded_label(d)),
+        );
     }
     resp
 }

@@ -2,9 +2,11 @@
 //! [`Limiter::decide`](crate::limiter::Limiter::decide) call and the answer back; status
 //! mapping for each protocol lives in that protocol's module, in one place.
 
+pub mod ext_authz;
 pub mod grpc;
 pub mod headers;
 pub mod http;
+pub mod ratelimit_service;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +94,14 @@ fn short_hash(req: &LimitRequest<'_>) -> String {
         }
     }
     hex::encode(&h.finalize()[..4])
+}
+
+/// How a degraded decision is labelled in headers and bodies.
+pub fn degraded_label(d: Degraded) -> &'static str {
+    match d {
+        Degraded::FailOpen => "fail_open",
+        Degraded::LocalFallback => "local",
+    }
 }
 
 /// Checks an API key's shape: 1 to 256 visible ASCII characters.

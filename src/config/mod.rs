@@ -96,6 +96,73 @@ pub struct Settings {
     pub on_store_failure: FailurePolicy,
     /// The largest cost one request may ask for (at least 1).
     pub max_cost: u64,
+    /// The body Envoy's rate-limit filter returns on OVER_LIMIT (`raw_body`); none when empty.
+    pub over_limit_body: String,
+    /// How the ext_authz door builds descriptors from a `CheckRequest`.
+    pub ext_authz: Vec<ExtAuthzDescriptor>,
+}
+
+/// One descriptor the ext_authz door builds, entry by entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtAuthzDescriptor {
+    pub entries: Vec<ExtAuthzEntry>,
+}
+
+/// One entry: a descriptor key and where its value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtAuthzEntry {
+    pub key: String,
+    pub from: ValueSource,
+}
+
+/// Where an ext_authz descriptor value comes from. In YAML: `header:<name>`, `path`,
+/// `method`, `host`, `context:<name>` (Envoy's `context_extensions`) or `value:<literal>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueSource {
+    /// A request header, by lower-case name.
+    Header(String),
+    Path,
+    Method,
+    Host,
+    ContextExtension(String),
+    Literal(String),
+}
+
+impl ValueSource {
+    pub fn parse(s: &str) -> Result<ValueSource, String> {
+        let nonempty = |v: &str, what: &str| {
+            if v.is_empty() {
+                Err(format!("`{what}:` needs a name after the colon"))
+            } else {
+                Ok(v.to_owned())
+            }
+        };
+        match s.split_once(':') {
+            Some(("header", name)) => Ok(ValueSource::Header(
+                nonempty(name, "header")?.to_ascii_lowercase(),
+            )),
+            Some(("context", name)) => {
+                Ok(ValueSource::ContextExtension(nonempty(name, "context")?))
+            }
+            Some(("value", v)) => Ok(ValueSource::Literal(v.to_owned())),
+            None if s == "path" => Ok(ValueSource::Path),
+            None if s == "method" => Ok(ValueSource::Method),
+            None if s == "host" => Ok(ValueSource::Host),
+            _ => Err(format!(
+                "unknown value source '{s}' (expected header:<name>, path, method, host, context:<name> or value:<literal>)"
+            )),
+        }
+    }
+}
+
+/// The ext_authz default: the API key from the `x-api-key` header, as `POST /check` does.
+pub fn default_ext_authz() -> Vec<ExtAuthzDescriptor> {
+    vec![ExtAuthzDescriptor {
+        entries: vec![ExtAuthzEntry {
+            key: "api_key".to_owned(),
+            from: ValueSource::Header("x-api-key".to_owned()),
+        }],
+    }]
 }
 
 impl Default for Settings {
@@ -105,6 +172,8 @@ impl Default for Settings {
             headers: HeaderStyle::Ietf,
             on_store_failure: FailurePolicy::FailClosed,
             max_cost: 1000,
+            over_limit_body: String::new(),
+            ext_authz: default_ext_authz(),
         }
     }
 }

@@ -13,10 +13,19 @@ use crate::algorithm::Algorithm;
 use super::error::{Pos, Problems};
 use super::limits::parse_limit_list;
 use super::yaml::{self, Node, Value, index, join, no_hint};
-use super::{FailurePolicy, HeaderStyle, LimitDef, Settings};
+use super::{
+    ExtAuthzDescriptor, ExtAuthzEntry, FailurePolicy, HeaderStyle, LimitDef, Settings, ValueSource,
+};
 
 const TOP_KEYS: [&str; 2] = ["settings", "clients"];
-const SETTINGS_KEYS: [&str; 4] = ["default_domain", "headers", "on_store_failure", "max_cost"];
+const SETTINGS_KEYS: [&str; 6] = [
+    "default_domain",
+    "headers",
+    "on_store_failure",
+    "max_cost",
+    "over_limit_body",
+    "ext_authz",
+];
 const CLIENTS_KEYS: [&str; 3] = ["unknown_key", "tiers", "keys"];
 const KEY_KEYS: [&str; 5] = ["key", "sha256", "tier", "limits", "name"];
 
@@ -124,7 +133,68 @@ fn parse_settings(problems: &mut Problems<'_>, node: &Node) -> Option<Settings> 
         Some((n, _)) => settings.max_cost = n,
         None => {}
     }
+    if let Some((body, _)) = yaml::text(problems, &fields, "over_limit_body") {
+        settings.over_limit_body = body;
+    }
+    if let Some(node) = fields.get("ext_authz")
+        && let Some(rules) = parse_ext_authz(problems, node, &fields.path_of("ext_authz"))
+    {
+        settings.ext_authz = rules;
+    }
     Some(settings)
+}
+
+/// `ext_authz: { descriptors: [ [ { key: api_key, from: "header:x-api-key" }, … ], … ] }`
+fn parse_ext_authz(
+    problems: &mut Problems<'_>,
+    node: &Node,
+    path: &str,
+) -> Option<Vec<ExtAuthzDescriptor>> {
+    let fields = yaml::fields(problems, node, path, &["descriptors"], &no_hint)?;
+    let items = yaml::list(problems, &fields, "descriptors")?;
+    let path = fields.path_of("descriptors");
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let dpath = index(&path, i);
+        let Value::Seq(entries) = &item.value else {
+            problems.at(
+                item.pos,
+                &dpath,
+                format_args!("expected a list of entries, found {}", item.kind()),
+            );
+            continue;
+        };
+        if entries.is_empty() {
+            problems.at(item.pos, &dpath, "a descriptor needs at least one entry");
+            continue;
+        }
+        let mut descriptor = ExtAuthzDescriptor {
+            entries: Vec::new(),
+        };
+        for (j, entry) in entries.iter().enumerate() {
+            let epath = index(&dpath, j);
+            let Some(f) = yaml::fields(problems, entry, &epath, &["key", "from"], &no_hint) else {
+                continue;
+            };
+            let key = yaml::text(problems, &f, "key");
+            let from = yaml::text(problems, &f, "from");
+            match (key, from) {
+                (Some((key, knode)), Some((from, fnode))) => {
+                    if key.is_empty() {
+                        problems.at(knode.pos, &f.path_of("key"), "must not be empty");
+                        continue;
+                    }
+                    match ValueSource::parse(&from) {
+                        Ok(from) => descriptor.entries.push(ExtAuthzEntry { key, from }),
+                        Err(e) => problems.at(fnode.pos, &f.path_of("from"), e),
+                    }
+                }
+                _ => problems.at(entry.pos, &epath, "an entry needs `key` and `from`"),
+            }
+        }
+        out.push(descriptor);
+    }
+    Some(out)
 }
 
 fn parse_clients(problems: &mut Problems<'_>, node: &Node, file: &mut ServiceFile) {

@@ -122,6 +122,7 @@ fn settings_parse_every_value() {
             headers: HeaderStyle::XRateLimit,
             on_store_failure: FailurePolicy::Local,
             max_cost: 5,
+            ..Settings::default()
         }
     );
     for (text, style) in [
@@ -578,4 +579,60 @@ fn a_directory_mixing_both_shapes_loads() {
     assert_eq!(config.clients.keys.len(), 2);
     assert_eq!(config.clients.tiers.len(), 2);
     assert_eq!(config.settings, Settings::default());
+}
+
+#[test]
+fn ext_authz_rules_and_over_limit_body() {
+    use crate::config::{ExtAuthzEntry, ValueSource};
+    let config = ok(concat!(
+        "settings:\n  over_limit_body: slow down\n  ext_authz:\n    descriptors:\n",
+        "      - [ { key: route, from: path }, { key: tenant, from: \"context:tenant\" } ]\n",
+        "      - [ { key: k, from: \"header:X-Key\" }, { key: c, from: \"value:fixed\" } ]\n",
+    ));
+    assert_eq!(config.settings.over_limit_body, "slow down");
+    let rules = &config.settings.ext_authz;
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        rules[0].entries[1],
+        ExtAuthzEntry {
+            key: "tenant".into(),
+            from: ValueSource::ContextExtension("tenant".into())
+        }
+    );
+    assert_eq!(
+        rules[1].entries[0].from,
+        ValueSource::Header("x-key".into()),
+        "header names are lower-cased"
+    );
+    assert_eq!(
+        rules[1].entries[1].from,
+        ValueSource::Literal("fixed".into())
+    );
+    for (bad, message) in [
+        (
+            "settings:\n  ext_authz:\n    descriptors:\n      - [ { key: a, from: cookie } ]\n",
+            "unknown value source",
+        ),
+        (
+            "settings:\n  ext_authz:\n    descriptors:\n      - [ { key: a, from: \"header:\" } ]\n",
+            "needs a name",
+        ),
+        (
+            "settings:\n  ext_authz:\n    descriptors:\n      - []\n",
+            "at least one entry",
+        ),
+        (
+            "settings:\n  ext_authz:\n    descriptors:\n      - [ { key: a } ]\n",
+            "needs `key` and `from`",
+        ),
+        (
+            "settings:\n  ext_authz:\n    rules: []\n",
+            "unknown key 'rules'",
+        ),
+    ] {
+        let err = crate::config::parse_str("s.yaml", bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(message), "{err}");
+    }
 }

@@ -1,0 +1,223 @@
+//! Envoy's external authorization: `envoy.service.auth.v3.Authorization/Check`.
+//!
+//! Descriptors are built from the `CheckRequest` by the rules in `settings.ext_authz`
+//! (by default one descriptor, `api_key` = the `x-api-key` header, exactly what `POST /check`
+//! builds, so both share counters); the domain is `context_extensions["domain"]` or the default
+//! domain. A descriptor whose source is missing is left out, except the API key: a request
+//! without one is decided as the anonymous client (the empty key), which the client table
+//! rejects with 401 unless `unknown_key` names a tier.
+//!
+//! Answers: allowed → OK, with the RateLimit headers added to the upstream's response;
+//! over limit → denied 429 with `Retry-After`, `RateLimit-Policy`, `RateLimit` and the same
+//! JSON body as `POST /check`; unknown key → 401; bad input → 400; store down under
+//! `fail_closed` → 503 with `Retry-After: 1`. Every denial is a `CheckResponse`, never a gRPC
+//! error, so Envoy's own `failure_mode_allow` only decides when this service is unreachable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, AuthorizationServer, CheckRequest, CheckResponse, HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use tonic::{Request, Response, Status};
+
+use super::{AppState, headers, validate_api_key};
+use crate::config::ValueSource;
+use crate::limiter::{API_KEY, Decision, Descriptor, Entry, LimitError, LimitRequest};
+use crate::metrics::Door;
+
+pub struct ExtAuthzDoor {
+    state: Arc<AppState>,
+}
+
+impl ExtAuthzDoor {
+    pub fn server(state: Arc<AppState>) -> AuthorizationServer<Self> {
+        AuthorizationServer::new(ExtAuthzDoor { state })
+    }
+}
+
+/// The parts of a `CheckRequest` descriptor values come from.
+struct Attributes<'a> {
+    headers: Option<&'a HashMap<String, String>>,
+    path: &'a str,
+    method: &'a str,
+    host: &'a str,
+    context: Option<&'a HashMap<String, String>>,
+}
+
+impl<'a> Attributes<'a> {
+    fn of(req: &'a CheckRequest) -> Self {
+        let attrs = req.attributes.as_ref();
+        let http = attrs
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        Attributes {
+            headers: http.map(|h| &h.headers),
+            path: http.map_or("", |h| h.path.as_str()),
+            method: http.map_or("", |h| h.method.as_str()),
+            host: http.map_or("", |h| h.host.as_str()),
+            context: attrs.map(|a| &a.context_extensions),
+        }
+    }
+
+    fn value(&self, source: &'a ValueSource) -> Option<&'a str> {
+        let nonempty = |s: &'a str| (!s.is_empty()).then_some(s);
+        match source {
+            ValueSource::Header(name) => self.headers?.get(name).map(String::as_str),
+            ValueSource::Path => nonempty(self.path),
+            ValueSource::Method => nonempty(self.method),
+            ValueSource::Host => nonempty(self.host),
+            ValueSource::ContextExtension(name) => self.context?.get(name).map(String::as_str),
+            ValueSource::Literal(v) => Some(v.as_str()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzDoor {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let msg = request.get_ref();
+        let attrs = Attributes::of(msg);
+        let rules = self.state.limiter.rules();
+        let settings = &rules.settings;
+        let domain = attrs
+            .context
+            .and_then(|c| c.get("domain"))
+            .filter(|d| !d.is_empty())
+            .map_or(settings.default_domain.as_str(), String::as_str);
+
+        let mut descriptors = Vec::with_capacity(settings.ext_authz.len());
+        'rules: for rule in &settings.ext_authz {
+            let mut entries = Vec::with_capacity(rule.entries.len());
+            for e in &rule.entries {
+                let value = match attrs.value(&e.from) {
+                    Some(v) => v,
+                    // No key: the anonymous client, decided by the client table.
+                    None if e.key == API_KEY => "",
+                    None => continue 'rules,
+                };
+                if e.key == API_KEY
+                    && !value.is_empty()
+                    && let Err(m) = validate_api_key(value)
+                {
+                    return Ok(Response::new(deny(
+                        HttpStatusCode::BadRequest,
+                        tonic::Code::InvalidArgument,
+                        &format!("malformed API key: {m}"),
+                    )));
+                }
+                entries.push(Entry::new(&e.key, value));
+            }
+            descriptors.push(Descriptor {
+                entries,
+                hits: None,
+                limit_override: None,
+            });
+        }
+        if descriptors.is_empty() {
+            return Ok(Response::new(allow(None, settings.headers)));
+        }
+        let anonymous = descriptors.iter().any(|d| {
+            d.entries
+                .iter()
+                .any(|e| e.key == API_KEY && e.value.is_empty())
+        });
+        let req = LimitRequest {
+            domain,
+            descriptors,
+            hits: 1,
+        };
+        let response = match self.state.decide(Door::ExtAuthz, &req).await {
+            Ok(d) if d.allowed => allow(Some(&d), settings.headers),
+            Ok(d) => over_limit(&d, settings.headers),
+            Err(LimitError::UnknownClient) => deny(
+                HttpStatusCode::Unauthorized,
+                tonic::Code::Unauthenticated,
+                if anonymous {
+                    "missing API key"
+                } else {
+                    "unknown API key"
+                },
+            ),
+            Err(LimitError::Store(_)) => {
+                let mut r = deny(
+                    HttpStatusCode::ServiceUnavailable,
+                    tonic::Code::Unavailable,
+                    "rate limit store unavailable",
+                );
+                add_denied_header(&mut r, "retry-after", "1");
+                r
+            }
+            Err(e) => deny(
+                HttpStatusCode::BadRequest,
+                tonic::Code::InvalidArgument,
+                &e.to_string(),
+            ),
+        };
+        Ok(Response::new(response))
+    }
+}
+
+fn allow(decision: Option<&Decision>, style: crate::config::HeaderStyle) -> CheckResponse {
+    let mut ok = OkHttpResponseBuilder::new();
+    if let Some(d) = decision {
+        for (name, value) in headers::render(d, style) {
+            ok.add_response_header(name, value, None, false);
+        }
+        if let Some(deg) = d.degraded {
+            ok.add_response_header(
+                "x-ratelimit-degraded",
+                super::degraded_label(deg),
+                None,
+                false,
+            );
+        }
+    }
+    let mut r = CheckResponse::with_status(Status::ok(""));
+    r.set_http_response(ok);
+    r
+}
+
+fn over_limit(decision: &Decision, style: crate::config::HeaderStyle) -> CheckResponse {
+    let mut denied = DeniedHttpResponseBuilder::new();
+    denied.set_http_status(HttpStatusCode::TooManyRequests);
+    for (name, value) in headers::render(decision, style) {
+        denied.add_header(name, value, None, false);
+    }
+    denied.add_header("content-type", "application/json", None, false);
+    denied.set_body(serde_json::to_string(&super::http::body(decision)).unwrap_or_default());
+    let mut r = CheckResponse::with_status(Status::resource_exhausted("over limit"));
+    r.set_http_response(denied);
+    r
+}
+
+fn deny(http: HttpStatusCode, code: tonic::Code, message: &str) -> CheckResponse {
+    let mut denied = DeniedHttpResponseBuilder::new();
+    denied.set_http_status(http);
+    denied.add_header("content-type", "application/json", None, false);
+    denied.set_body(serde_json::json!({ "error": message }).to_string());
+    let mut r = CheckResponse::with_status(Status::new(code, message));
+    r.set_http_response(denied);
+    r
+}
+
+fn add_denied_header(r: &mut CheckResponse, name: &str, value: &str) {
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
+    if let Some(HttpResponse::DeniedResponse(d)) = r.http_response.as_mut() {
+        d.headers
+            .push(envoy_types::ext_authz::v3::pb::HeaderValueOption {
+                header: Some(envoy_types::ext_authz::v3::pb::HeaderValue {
+                    key: name.to_owned(),
+                    value: value.to_owned(),
+                    raw_value: Vec::new(),
+                }),
+                ..Default::default()
+            });
+    }
+}

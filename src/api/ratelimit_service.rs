@@ -1,0 +1,286 @@
+//! Envoy's global rate-limit service: `envoy.service.ratelimit.v3.RateLimitService`.
+//!
+//! Semantics follow envoyproxy/ratelimit so its users can switch: the request's domain and
+//! descriptors go to the limiter as they are; request-level `hits_addend` 0 means 1, a
+//! descriptor's own `hits_addend` overrides it (0 = check without consuming); a descriptor's
+//! `limit` replaces the configured limit for that descriptor. The answer has one status per
+//! descriptor (the tightest limit that matched it, what remains, and the time until reset),
+//! the overall code, the RateLimit headers for every limit that applied, and on OVER_LIMIT the
+//! configured `raw_body`.
+//!
+//! Errors: an empty domain, no descriptors or an unusable override → INVALID_ARGUMENT; a store
+//! failure → UNAVAILABLE (never UNKNOWN, which Envoy treats as OK), per the failure policy.
+//! An unknown API key under `unknown_key: reject` is OVER_LIMIT: this door has no 401 (use
+//! ext_authz for that).
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use tonic::{Request, Response, Status};
+
+use super::grpc::status_of;
+use super::{AppState, headers};
+use crate::algorithm::{Micros, Quota};
+use crate::limiter::{Decision, Descriptor, Entry, LimitError, LimitRequest, QuotaOverride};
+use crate::metrics::Door;
+
+/// Bounds on one request, so a message cannot make the limiter do unbounded work.
+pub const MAX_DESCRIPTORS: usize = 64;
+pub const MAX_ENTRIES: usize = 32;
+pub const MAX_ENTRY_LEN: usize = 1024;
+
+const SECOND: Micros = 1_000_000;
+
+pub struct RateLimitDoor {
+    state: Arc<AppState>,
+}
+
+impl RateLimitDoor {
+    pub fn server(state: Arc<AppState>) -> RateLimitServiceServer<Self> {
+        RateLimitServiceServer::new(RateLimitDoor { state })
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RateLimitDoor {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let msg = request.get_ref();
+        if msg.domain.is_empty() {
+            return Err(Status::invalid_argument("domain must not be empty"));
+        }
+        if msg.descriptors.is_empty() {
+            return Err(Status::invalid_argument(
+                "at least one descriptor is required",
+            ));
+        }
+        if msg.descriptors.len() > MAX_DESCRIPTORS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_DESCRIPTORS} descriptors per request"
+            )));
+        }
+        let mut descriptors = Vec::with_capacity(msg.descriptors.len());
+        for (i, d) in msg.descriptors.iter().enumerate() {
+            descriptors.push(descriptor(i, d)?);
+        }
+        let req = LimitRequest {
+            domain: &msg.domain,
+            descriptors,
+            // envoyproxy/ratelimit: 0 (unset) means one hit.
+            hits: u64::from(msg.hits_addend.max(1)),
+        };
+        let rules = self.state.limiter.rules();
+        let decision = match self.state.decide(Door::RateLimitService, &req).await {
+            Ok(d) => d,
+            Err(LimitError::UnknownClient) => return Ok(Response::new(unknown_client(&req))),
+            Err(e) => return Err(status_of(e)),
+        };
+        let mut response = RateLimitResponse {
+            overall_code: if decision.allowed {
+                Code::Ok
+            } else {
+                Code::OverLimit
+            } as i32,
+            statuses: statuses(&decision, req.descriptors.len()),
+            response_headers_to_add: headers::render(&decision, rules.settings.headers)
+                .into_iter()
+                .map(|(key, value)| header(key, value))
+                .collect(),
+            ..Default::default()
+        };
+        if let Some(d) = decision.degraded {
+            response.response_headers_to_add.push(header(
+                "x-ratelimit-degraded",
+                super::degraded_label(d).to_owned(),
+            ));
+        }
+        if !decision.allowed && !rules.settings.over_limit_body.is_empty() {
+            response.raw_body = rules.settings.over_limit_body.as_bytes().to_vec();
+        }
+        Ok(Response::new(response))
+    }
+}
+
+fn descriptor(i: usize, d: &RateLimitDescriptor) -> Result<Descriptor<'_>, Status> {
+    if d.entries.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "descriptors[{i}] has no entries"
+        )));
+    }
+    if d.entries.len() > MAX_ENTRIES {
+        return Err(Status::invalid_argument(format!(
+            "descriptors[{i}] has more than {MAX_ENTRIES} entries"
+        )));
+    }
+    let mut entries = Vec::with_capacity(d.entries.len());
+    for (j, e) in d.entries.iter().enumerate() {
+        if e.key.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "descriptors[{i}].entries[{j}].key is empty"
+            )));
+        }
+        if e.key.len() > MAX_ENTRY_LEN || e.value.len() > MAX_ENTRY_LEN {
+            return Err(Status::invalid_argument(format!(
+                "descriptors[{i}].entries[{j}] is longer than {MAX_ENTRY_LEN} bytes"
+            )));
+        }
+        entries.push(Entry::new(&e.key, &e.value));
+    }
+    let limit_override = match &d.limit {
+        None => None,
+        Some(o) => {
+            let unit = RateLimitUnit::try_from(o.unit)
+                .ok()
+                .and_then(unit_length)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("descriptors[{i}].limit has an unknown unit"))
+                })?;
+            Some(QuotaOverride {
+                quota: Quota::new(u64::from(o.requests_per_unit), unit),
+            })
+        }
+    };
+    // `is_negative_hits` asks to give hits back, which no algorithm here supports: such a
+    // descriptor is checked without consuming anything.
+    let hits = if d.is_negative_hits {
+        Some(0)
+    } else {
+        d.hits_addend.as_ref().map(|h| h.value)
+    };
+    Ok(Descriptor {
+        entries,
+        hits,
+        limit_override,
+    })
+}
+
+/// A unit's length; `None` for UNKNOWN.
+fn unit_length(unit: RateLimitUnit) -> Option<Micros> {
+    Some(match unit {
+        RateLimitUnit::Second => SECOND,
+        RateLimitUnit::Minute => 60 * SECOND,
+        RateLimitUnit::Hour => 3600 * SECOND,
+        RateLimitUnit::Day => 86_400 * SECOND,
+        RateLimitUnit::Month => 30 * 86_400 * SECOND,
+        RateLimitUnit::Year => 365 * 86_400 * SECOND,
+        RateLimitUnit::Unknown => return None,
+    })
+}
+
+/// A limit as Envoy's `RateLimit` can say it: per the smallest unit that is a whole multiple
+/// of the window (10 per 10 s is 60 per minute); per the window's own unit when it is one.
+pub fn envoy_limit(name: &str, quota: &Quota) -> RateLimit {
+    const UNITS: [(Unit, Micros); 7] = [
+        (Unit::Second, SECOND),
+        (Unit::Minute, 60 * SECOND),
+        (Unit::Hour, 3600 * SECOND),
+        (Unit::Day, 86_400 * SECOND),
+        (Unit::Week, 7 * 86_400 * SECOND),
+        (Unit::Month, 30 * 86_400 * SECOND),
+        (Unit::Year, 365 * 86_400 * SECOND),
+    ];
+    let found = UNITS
+        .iter()
+        .find(|(_, len)| *len >= quota.window && len % quota.window.max(1) == 0);
+    let (unit, per_unit) = match found {
+        Some((unit, len)) => (*unit, quota.limit.saturating_mul(len / quota.window.max(1))),
+        None => (Unit::Unknown, quota.limit),
+    };
+    RateLimit {
+        name: name.to_owned(),
+        requests_per_unit: u32::try_from(per_unit).unwrap_or(u32::MAX),
+        unit: unit as i32,
+    }
+}
+
+/// One status per request descriptor: its tightest limit (the rejecting one that frees up
+/// last, or the one with the least remaining).
+fn statuses(decision: &Decision, descriptors: usize) -> Vec<DescriptorStatus> {
+    (0..descriptors)
+        .map(|i| {
+            let mine = decision.limits.iter().filter(|l| l.descriptor == i);
+            let tightest = if decision.over_limit[i] {
+                mine.filter(|l| l.rejects())
+                    .max_by_key(|l| crate::limiter::retry_rank(l.verdict.retry_after))
+            } else {
+                mine.min_by_key(|l| l.verdict.remaining)
+            };
+            match tightest {
+                None => DescriptorStatus {
+                    code: Code::Ok as i32,
+                    ..Default::default()
+                },
+                Some(l) => DescriptorStatus {
+                    code: if decision.over_limit[i] {
+                        Code::OverLimit
+                    } else {
+                        Code::Ok
+                    } as i32,
+                    current_limit: Some(envoy_limit(&l.name, &l.quota)),
+                    limit_remaining: u32::try_from(l.verdict.remaining).unwrap_or(u32::MAX),
+                    duration_until_reset: Some(duration(l.verdict.reset_after)),
+                    quota: None,
+                },
+            }
+        })
+        .collect()
+}
+
+fn unknown_client(req: &LimitRequest<'_>) -> RateLimitResponse {
+    RateLimitResponse {
+        overall_code: Code::OverLimit as i32,
+        statuses: (0..req.descriptors.len())
+            .map(|_| DescriptorStatus {
+                code: Code::OverLimit as i32,
+                ..Default::default()
+            })
+            .collect(),
+        response_headers_to_add: vec![header("x-ratelimit-reason", "unknown API key".to_owned())],
+        ..Default::default()
+    }
+}
+
+fn duration(us: Micros) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(us / SECOND).unwrap_or(i64::MAX),
+        nanos: i32::try_from((us % SECOND) * 1000).unwrap_or(0),
+    }
+}
+
+fn header(key: &str, value: String) -> HeaderValue {
+    HeaderValue {
+        key: key.to_owned(),
+        value,
+        raw_value: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_in_envoy_units() {
+        let l = envoy_limit("a", &Quota::new(10, 60 * SECOND));
+        assert_eq!((l.requests_per_unit, l.unit), (10, Unit::Minute as i32));
+        let l = envoy_limit("a", &Quota::new(5, 10 * SECOND));
+        assert_eq!((l.requests_per_unit, l.unit), (30, Unit::Minute as i32));
+        let l = envoy_limit("a", &Quota::new(5, 7 * SECOND));
+        assert_eq!((l.requests_per_unit, l.unit), (5, Unit::Unknown as i32));
+        let l = envoy_limit("a", &Quota::new(3, 500_000));
+        assert_eq!((l.requests_per_unit, l.unit), (6, Unit::Second as i32));
+    }
+}

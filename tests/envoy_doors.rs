@@ -1,0 +1,419 @@
+//! The two Envoy front doors over real gRPC sockets (no Envoy here; `tests/envoy_*.rs` run
+//! the real proxy): `RateLimitService/ShouldRateLimit` and `Authorization/Check`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{BASIC, InProcess, config_dir};
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use tonic::transport::Channel;
+
+const EDGE: &str = r#"
+domain: edge
+descriptors:
+  - key: remote_address
+    rate_limit: { unit: minute, requests_per_unit: 3 }
+  - key: generic_key
+    value: global
+    rate_limit: { unit: hour, requests_per_unit: 100, name: global }
+  - key: api_key
+    rate_limit: { unit: day, requests_per_unit: 2 }
+"#;
+
+async fn start(extra_settings: &str) -> (InProcess, Channel) {
+    let service = BASIC.replace("max_cost: 1000", &format!("max_cost: 1000{extra_settings}"));
+    let dir = config_dir(
+        "envoy-doors",
+        &[("service.yaml", &service), ("edge.yaml", EDGE)],
+    );
+    let svc = InProcess::start(&dir).await;
+    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (svc, channel)
+}
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn rls(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.into(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+fn header<'a>(r: &'a RateLimitResponse, name: &str) -> Option<&'a str> {
+    r.response_headers_to_add
+        .iter()
+        .find(|h| h.key == name)
+        .map(|h| h.value.as_str())
+}
+
+#[tokio::test]
+async fn should_rate_limit_counts_per_descriptor_and_reports_statuses() {
+    let (svc, channel) = start("").await;
+    let mut client = RateLimitServiceClient::new(channel);
+    let req = || {
+        rls(
+            "edge",
+            vec![
+                descriptor(&[("remote_address", "10.0.0.1")]),
+                descriptor(&[("generic_key", "global")]),
+            ],
+        )
+    };
+    for i in 0..3u32 {
+        let r = client.should_rate_limit(req()).await.unwrap().into_inner();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses.len(), 2);
+        let s = &r.statuses[0];
+        assert_eq!(s.code, Code::Ok as i32);
+        assert_eq!(s.limit_remaining, 2 - i);
+        let limit = s.current_limit.as_ref().unwrap();
+        assert_eq!(
+            (limit.requests_per_unit, limit.unit),
+            (3, Unit::Minute as i32)
+        );
+        assert!(s.duration_until_reset.is_some());
+        assert_eq!(r.statuses[1].limit_remaining, 99 - i);
+        // Every limit that applied is in the policy header; the tightest in RateLimit.
+        let policy = header(&r, "ratelimit-policy").unwrap();
+        assert!(
+            policy.contains(r#""3-per-1m";q=3;w=60"#)
+                && policy.contains(r#""global";q=100;w=3600"#),
+            "{policy}"
+        );
+        assert!(
+            header(&r, "ratelimit")
+                .unwrap()
+                .starts_with(r#""3-per-1m""#)
+        );
+    }
+    let r = client.should_rate_limit(req()).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+    assert_eq!(
+        r.statuses[1].code,
+        Code::Ok as i32,
+        "the global descriptor itself is fine"
+    );
+    assert!(header(&r, "retry-after").is_some());
+    // All or nothing: the rejected request did not charge the global limit.
+    let r = client
+        .should_rate_limit(rls("edge", vec![descriptor(&[("generic_key", "global")])]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.statuses[0].limit_remaining, 96);
+    // Another address has its own counter; an unknown domain or descriptor is not limited.
+    let r = client
+        .should_rate_limit(rls(
+            "edge",
+            vec![descriptor(&[("remote_address", "10.0.0.2")])],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    let r = client
+        .should_rate_limit(rls("nope", vec![descriptor(&[("a", "b")])]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert!(r.statuses[0].current_limit.is_none());
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn hits_addend_and_limit_override() {
+    let (svc, channel) = start("").await;
+    let mut client = RateLimitServiceClient::new(channel);
+    // Request-level hits_addend.
+    let mut req = rls("edge", vec![descriptor(&[("remote_address", "1.1.1.1")])]);
+    req.hits_addend = 2;
+    let r = client.should_rate_limit(req).await.unwrap().into_inner();
+    assert_eq!(r.statuses[0].limit_remaining, 1);
+    // A descriptor's hits_addend of 0 checks without consuming.
+    let mut d = descriptor(&[("remote_address", "1.1.1.1")]);
+    d.hits_addend = Some(UInt64Value { value: 0 });
+    for _ in 0..3 {
+        let r = client
+            .should_rate_limit(rls("edge", vec![d.clone()]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.overall_code, Code::Ok as i32);
+        assert_eq!(r.statuses[0].limit_remaining, 1);
+    }
+    // A per-request limit replaces the configured one, on its own counter.
+    let mut d = descriptor(&[("remote_address", "1.1.1.1")]);
+    d.limit = Some(RateLimitOverride {
+        requests_per_unit: 10,
+        unit: 3, /* HOUR */
+    });
+    let r = client
+        .should_rate_limit(rls("edge", vec![d.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    let limit = r.statuses[0].current_limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit),
+        (10, Unit::Hour as i32)
+    );
+    assert_eq!(r.statuses[0].limit_remaining, 9);
+    d.limit = Some(RateLimitOverride {
+        requests_per_unit: 10,
+        unit: 0,
+    });
+    let e = client
+        .should_rate_limit(rls("edge", vec![d]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn should_rate_limit_bad_input_and_raw_body() {
+    let (svc, channel) = start("\n  over_limit_body: slow down").await;
+    let mut client = RateLimitServiceClient::new(channel);
+    for (req, message) in [
+        (rls("", vec![descriptor(&[("a", "b")])]), "domain"),
+        (rls("edge", vec![]), "descriptor"),
+        (rls("edge", vec![descriptor(&[])]), "no entries"),
+        (rls("edge", vec![descriptor(&[("", "b")])]), "key is empty"),
+        (
+            rls("edge", vec![descriptor(&[("a", &"v".repeat(5000))])]),
+            "longer than",
+        ),
+    ] {
+        let e = client.should_rate_limit(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{message}");
+        assert!(e.message().contains(message), "{e:?}");
+    }
+    let d = || rls("edge", vec![descriptor(&[("api_key", "anything")])]);
+    for _ in 0..2 {
+        let r = client.should_rate_limit(d()).await.unwrap().into_inner();
+        assert!(r.raw_body.is_empty());
+    }
+    let r = client.should_rate_limit(d()).await.unwrap().into_inner();
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    assert_eq!(r.raw_body, b"slow down");
+    svc.stop().await;
+}
+
+fn check_request(headers: &[(&str, &str)], context: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).into(), (*v).into()))
+                        .collect(),
+                    path: "/x".into(),
+                    method: "GET".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: context
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect::<HashMap<_, _>>(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The HTTP status a check answer means, and its headers (added upstream or on the denial).
+fn outcome(
+    r: &envoy_types::ext_authz::v3::pb::CheckResponse,
+) -> (u16, HashMap<String, String>, String) {
+    match r.http_response.as_ref().unwrap() {
+        HttpResponse::OkResponse(ok) => {
+            assert_eq!(r.status.as_ref().unwrap().code, 0);
+            let h = ok.response_headers_to_add.iter().map(|h| {
+                let h = h.header.as_ref().unwrap();
+                (h.key.clone(), h.value.clone())
+            });
+            (200, h.collect(), String::new())
+        }
+        HttpResponse::DeniedResponse(d) => {
+            assert_ne!(r.status.as_ref().unwrap().code, 0);
+            let h = d.headers.iter().map(|h| {
+                let h = h.header.as_ref().unwrap();
+                (h.key.clone(), h.value.clone())
+            });
+            (
+                d.status.as_ref().unwrap().code as u16,
+                h.collect(),
+                d.body.clone(),
+            )
+        }
+        HttpResponse::ErrorResponse(_) => panic!("unexpected error response"),
+    }
+}
+
+#[tokio::test]
+async fn ext_authz_allows_then_denies_with_headers_and_shares_counters() {
+    let (svc, channel) = start("").await;
+    let mut client = AuthorizationClient::new(channel);
+    // Two units spent through POST /check first.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(svc.url("/check?cost=2"))
+        .header("x-api-key", "k1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for remaining in [2, 1, 0] {
+        let r = client
+            .check(check_request(&[("x-api-key", "k1")], &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        let (status, headers, _) = outcome(&r);
+        assert_eq!(status, 200);
+        assert_eq!(headers["ratelimit-policy"], r#""small";q=5;w=3600"#);
+        assert!(
+            headers["ratelimit"].starts_with(&format!(r#""small";r={remaining};"#)),
+            "{headers:?}"
+        );
+    }
+    let r = client
+        .check(check_request(&[("x-api-key", "k1")], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, headers, body) = outcome(&r);
+    assert_eq!(status, 429);
+    assert!(
+        headers.contains_key("retry-after") && headers.contains_key("ratelimit"),
+        "{headers:?}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["allowed"], false);
+    assert_eq!(body["policy"], "small");
+    // And the counter is the one POST /check sees.
+    let r = http
+        .post(svc.url("/check"))
+        .header("x-api-key", "k1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn ext_authz_unknown_missing_and_malformed_keys() {
+    let (svc, channel) = start("").await;
+    let mut client = AuthorizationClient::new(channel);
+    for (headers, status, message) in [
+        (vec![("x-api-key", "nope")], 401, "unknown API key"),
+        (vec![], 401, "missing API key"),
+        (vec![("x-api-key", "has space")], 400, "malformed"),
+    ] {
+        let r = client
+            .check(check_request(&headers, &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        let (got, _, body) = outcome(&r);
+        assert_eq!(got, status, "{body}");
+        assert!(body.contains(message), "{body}");
+    }
+    // context_extensions pick the domain: in `edge`, api_key has a key-only limit of 2 a day.
+    for expected in [200, 200, 429] {
+        let r = client
+            .check(check_request(
+                &[("x-api-key", "whoever")],
+                &[("domain", "edge")],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(outcome(&r).0, expected);
+    }
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn ext_authz_rules_build_descriptors_from_the_request() {
+    let rules = r#"
+  ext_authz:
+    descriptors:
+      - [ { key: api_key, from: "header:x-api-key" } ]
+      - [ { key: route, from: path }, { key: verb, from: method } ]"#;
+    let routes = r#"
+domain: ratelimiter
+descriptors:
+  - key: route
+    value: /x
+    descriptors:
+      - key: verb
+        value: GET
+        rate_limit: { unit: hour, requests_per_unit: 1, name: get-x }
+"#;
+    let service = BASIC.replace("max_cost: 1000", &format!("max_cost: 1000{rules}"));
+    let dir = config_dir(
+        "envoy-rules",
+        &[("service.yaml", &service), ("routes.yaml", routes)],
+    );
+    let svc = InProcess::start(&dir).await;
+    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AuthorizationClient::new(channel);
+    let r = client
+        .check(check_request(&[("x-api-key", "k1")], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&r).0, 200);
+    let r = client
+        .check(check_request(&[("x-api-key", "k2")], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, _, body) = outcome(&r);
+    assert_eq!(status, 429, "GET /x is limited to 1 an hour whoever asks");
+    assert!(body.contains("get-x"), "{body}");
+    svc.stop().await;
+}
