@@ -452,8 +452,17 @@ async fn script_flush_mid_load_is_invisible_to_clients() {
     const REQUESTS: usize = 600;
     let _serial = SERIAL.lock().await;
     let redis = Arc::new(RedisServer::start());
-    // fail_closed: any failure would be a visible 503.
-    let svc = start("rfail-flush", Policy::FailClosed, &redis, &[]);
+    // fail_closed: any failure would be a visible 503. The subject is NOSCRIPT recovery, not
+    // latency: a generous time limit keeps a busy machine's scheduling out of the verdict
+    // (a reload costs an extra round trip with the whole script).
+    let dir = config_dir(
+        "rfail-flush",
+        &[("service.yaml", &config(Policy::FailClosed))],
+    );
+    let svc = Service::start(
+        &dir,
+        &["--redis-url", &redis.url(), "--redis-timeout-ms", "1000"],
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let flusher = {
         let (redis, stop) = (redis.clone(), stop.clone());

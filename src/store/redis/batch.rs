@@ -50,6 +50,15 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let prefix: Arc<str> = prefix.into();
+        // Open the pool's connections now rather than on the first decisions, so a burst at
+        // start-up does not spend its time limit on connection set-up. Workers do not wait
+        // for it; a Redis that is down is not an error here: the first batch will say so.
+        for _ in 0..workers.max(1) {
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(timeout * 10, connections.ping()).await;
+            });
+        }
         for _ in 0..workers.max(1) {
             tokio::spawn(work(
                 rx.clone(),
@@ -91,10 +100,6 @@ async fn work(
     prefix: Arc<str>,
     timeout: Duration,
 ) {
-    // Open this worker's connection now rather than on the first decision, so a burst at
-    // start-up does not spend its time limit on connection set-up. A Redis that is down is
-    // not an error here: the first batch will say so.
-    let _ = tokio::time::timeout(timeout * 10, connections.ping()).await;
     let mut jobs: Vec<Option<Job>> = Vec::with_capacity(MAX_BATCH);
     loop {
         {
