@@ -1,0 +1,113 @@
+//! Redis round trips per decision, read from the service's own `/metrics` after a storm.
+//! `cargo test --test redis_round_trips -- --nocapture` prints the figures quoted in the
+//! closing notes; the assertion is the hot-path rule: never more than one round trip per
+//! decision (pipelining makes it fewer under load).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::redis::RedisServer;
+use common::{Service, config_dir};
+use tokio::sync::Semaphore;
+
+const CONFIG: &str = r#"
+clients:
+  tiers:
+    t: [ { name: per-day, limit: 1000, window: 1d } ]
+  keys:
+    - { key: k1, tier: t }
+    - { key: k2, tier: t }
+    - { key: k3, tier: t }
+    - { key: k4, tier: t }
+"#;
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_most_one_round_trip_per_decision() {
+    const REQUESTS: usize = 2000;
+    const IN_FLIGHT: usize = 256;
+    let redis = RedisServer::start();
+    let dir = config_dir("redis-round-trips", &[("service.yaml", CONFIG)]);
+    let svc = Service::start(
+        &dir,
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--redis-timeout-ms",
+            "2000",
+            "--redis-pool-size",
+            "8",
+        ],
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(IN_FLIGHT)
+        .build()
+        .unwrap();
+    let before = client
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let trips_before = counter(&before, "ratelimiter_redis_round_trips_total");
+    let gate = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut tasks = Vec::new();
+    for i in 0..REQUESTS {
+        let (client, gate, url) = (client.clone(), gate.clone(), svc.url("/check"));
+        tasks.push(tokio::spawn(async move {
+            let _p = gate.acquire_owned().await.unwrap();
+            let key = ["k1", "k2", "k3", "k4"][i % 4];
+            client
+                .post(url)
+                .header("x-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => admitted += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(admitted, REQUESTS.min(4 * 1000));
+    let after = client
+        .get(svc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let decisions = counter(&after, "ratelimiter_redis_decisions_total");
+    let trips = counter(&after, "ratelimiter_redis_round_trips_total") - trips_before;
+    let cached = counter(&after, "ratelimiter_redis_cached_rejections_total");
+    println!(
+        "{REQUESTS} requests, {IN_FLIGHT} in flight, pool of 8: {decisions} decisions sent to Redis, \
+         {trips} round trips ({:.3} per decision), {cached} answered by the over-limit cache",
+        trips as f64 / decisions as f64
+    );
+    assert_eq!(
+        decisions as usize, REQUESTS,
+        "every request was decided by Redis"
+    );
+    assert!(
+        trips <= decisions,
+        "{trips} round trips for {decisions} decisions"
+    );
+}
