@@ -331,3 +331,7 @@ fn protocol(message: String) -> StoreError {
 #[cfg(test)]
 #[path = "script_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "linearizability_tests.rs"]
+mod linearizability_tests;

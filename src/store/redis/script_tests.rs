@@ -37,13 +37,13 @@ const DAY: u64 = 86_400_000_000;
 // A redis-server of our own.
 
 /// A `redis-server` child on a free port, killed on drop.
-struct RedisServer {
+pub(super) struct RedisServer {
     child: Child,
     port: u16,
 }
 
 impl RedisServer {
-    fn start() -> Self {
+    pub(super) fn start() -> Self {
         for _ in 0..20 {
             let port = free_port();
             let mut child = Command::new("redis-server")
@@ -68,7 +68,7 @@ impl RedisServer {
         ::redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
     }
 
-    async fn connect(&self) -> MultiplexedConnection {
+    pub(super) async fn connect(&self) -> MultiplexedConnection {
         self.client()
             .get_multiplexed_async_connection()
             .await
