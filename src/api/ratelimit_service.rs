@@ -278,7 +278,7 @@ mod tests {
         assert_eq!((l.requests_per_unit, l.unit), (10, Unit::Minute as i32));
         let l = envoy_limit("a", &Quota::new(5, 10 * SECOND));
         assert_eq!((l.requests_per_unit, l.unit), (30, Unit::Minute as i32));
-        let l = envoy_limit("a", &Quota::new(5, 7 * SECOND));
+        let l = envoy_limit("a", &Quota::new(5, 13 * SECOND));
         assert_eq!((l.requests_per_unit, l.unit), (5, Unit::Unknown as i32));
         let l = envoy_limit("a", &Quota::new(3, 500_000));
         assert_eq!((l.requests_per_unit, l.unit), (6, Unit::Second as i32));

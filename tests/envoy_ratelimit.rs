@@ -1,0 +1,292 @@
+//! Envoy's global rate-limit filter against the real service: a real Envoy 1.40 runs the
+//! shipped `envoy/ratelimit.yaml` (ports rewritten) in front of an upstream, and asks the
+//! service (real binary, `envoy/config`, counters in a real redis-server) through
+//! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
+//!
+//! Needs Envoy and redis-server: `make setup`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::envoy::{
+    Stack, UPSTREAM_BODY, allow_request, clear_of_hour_boundary, client_from, get, post_check,
+};
+
+/// The `envoy-demo` tier of envoy/config/service.yaml: 5 per hour, token bucket.
+const KEY_QUOTA: usize = 5;
+/// envoy/config/edge.yaml: `generic_key: global`, 4 per clock hour.
+const GLOBAL_QUOTA: usize = 4;
+/// envoy/config/edge.yaml: `remote_address`, 3 per clock hour per address.
+const ADDRESS_QUOTA: usize = 3;
+
+const LOCAL: [u8; 4] = [127, 0, 0, 1];
+const OTHER: [u8; 4] = [127, 0, 0, 2];
+
+#[tokio::test]
+async fn api_key_quota_passes_then_429_with_headers() {
+    let stack = Stack::start("ratelimit.yaml").await;
+    let client = client_from(LOCAL);
+    let url = stack.envoy.url("/api/orders");
+    for i in 0..KEY_QUOTA {
+        let r = get(&client, &url, Some("alice-key")).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.body, UPSTREAM_BODY, "request {i}");
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            r#""envoy-demo";q=5;w=3600"#,
+            "request {i}"
+        );
+        let remaining = KEY_QUOTA - 1 - i;
+        assert!(
+            r.header("ratelimit")
+                .starts_with(&format!(r#""envoy-demo";r={remaining};t="#)),
+            "request {i}: {r:?}"
+        );
+        assert!(!r.has("retry-after"), "request {i}: {r:?}");
+    }
+    let r = get(&client, &url, Some("alice-key")).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_ne!(r.body, UPSTREAM_BODY);
+    // A token of the 5-per-hour bucket comes back every 720 s.
+    let retry: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=720).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.header("ratelimit-policy"), r#""envoy-demo";q=5;w=3600"#);
+    assert!(
+        r.header("ratelimit").starts_with(r#""envoy-demo";r=0;t="#),
+        "{r:?}"
+    );
+    assert_eq!(r.header("x-envoy-ratelimited"), "true");
+    assert_eq!(
+        stack.upstream.hits(),
+        KEY_QUOTA,
+        "only the quota reached the upstream"
+    );
+    // Another key has its own counter.
+    let r = get(&client, &url, Some("bob-key")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(stack.upstream.hits(), KEY_QUOTA + 1);
+}
+
+#[tokio::test]
+async fn api_key_shares_counters_with_post_check_and_allow_request() {
+    let stack = Stack::start("ratelimit.yaml").await;
+    let service = stack.service();
+    // 2 via POST /check, 1 via AllowRequest: 2 left for Envoy.
+    for _ in 0..2 {
+        let (status, body) = post_check(service, "carol-key").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let r = allow_request(service, "carol-key").await;
+    assert!(r.allowed);
+    assert_eq!(r.remaining, 2);
+    let client = client_from(LOCAL);
+    let url = stack.envoy.url("/api/orders");
+    for i in 0..2 {
+        let r = get(&client, &url, Some("carol-key")).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert!(
+            r.header("ratelimit")
+                .starts_with(&format!(r#""envoy-demo";r={};t="#, 1 - i)),
+            "request {i}: {r:?}"
+        );
+    }
+    let r = get(&client, &url, Some("carol-key")).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(stack.upstream.hits(), 2);
+    // And the hits through Envoy count for the other doors.
+    let (status, body) = post_check(service, "carol-key").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(!allow_request(service, "carol-key").await.allowed);
+}
+
+#[tokio::test]
+async fn generic_key_is_one_quota_for_everybody() {
+    clear_of_hour_boundary(Duration::from_secs(20)).await;
+    let stack = Stack::start("ratelimit.yaml").await;
+    let url = stack.envoy.url("/global/feed");
+    let (a, b) = (client_from(LOCAL), client_from(OTHER));
+    for i in 0..GLOBAL_QUOTA {
+        // Two client addresses, with and without a key: all one counter.
+        let client = if i % 2 == 0 { &a } else { &b };
+        let key = (i % 3 == 0).then_some("alice-key");
+        let r = get(client, &url, key).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.body, UPSTREAM_BODY);
+        assert!(
+            r.header("ratelimit-policy").contains(";q=4;w=3600"),
+            "{r:?}"
+        );
+        assert!(
+            r.header("ratelimit")
+                .contains(&format!(";r={};", GLOBAL_QUOTA - 1 - i)),
+            "request {i}: {r:?}"
+        );
+    }
+    for client in [&a, &b] {
+        let r = get(client, &url, None).await;
+        assert_eq!(r.status, 429, "{r:?}");
+        assert!(r.has("retry-after"), "{r:?}");
+        assert!(
+            r.header("ratelimit-policy").contains(";q=4;w=3600"),
+            "{r:?}"
+        );
+        assert!(r.header("ratelimit").contains(";r=0;"), "{r:?}");
+    }
+    assert_eq!(stack.upstream.hits(), GLOBAL_QUOTA);
+}
+
+#[tokio::test]
+async fn remote_address_is_one_quota_per_client_address() {
+    clear_of_hour_boundary(Duration::from_secs(20)).await;
+    let stack = Stack::start("ratelimit.yaml").await;
+    let url = stack.envoy.url("/anything");
+    let (a, b) = (client_from(LOCAL), client_from(OTHER));
+    for i in 0..ADDRESS_QUOTA {
+        let r = get(&a, &url, None).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert!(
+            r.header("ratelimit-policy").contains(";q=3;w=3600"),
+            "{r:?}"
+        );
+        assert!(
+            r.header("ratelimit")
+                .contains(&format!(";r={};", ADDRESS_QUOTA - 1 - i)),
+            "request {i}: {r:?}"
+        );
+    }
+    let r = get(&a, &url, None).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(r.has("retry-after"), "{r:?}");
+    assert!(r.header("ratelimit").contains(";r=0;"), "{r:?}");
+    // Another address has its own counter.
+    let r = get(&b, &url, None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("ratelimit")
+            .contains(&format!(";r={};", ADDRESS_QUOTA - 1)),
+        "{r:?}"
+    );
+    assert_eq!(stack.upstream.hits(), ADDRESS_QUOTA + 1);
+}
+
+/// failure_mode_deny: false — with the service gone, requests pass (and carry no RateLimit
+/// headers, since nobody decided them).
+#[tokio::test]
+async fn service_down_lets_requests_through() {
+    let mut stack = Stack::start("ratelimit.yaml").await;
+    let client = client_from(LOCAL);
+    let url = stack.envoy.url("/api/orders");
+    let r = get(&client, &url, Some("alice-key")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.has("ratelimit"), "the service answered: {r:?}");
+    stack.stop_service();
+    let n = KEY_QUOTA + 2;
+    for i in 0..n {
+        let r = get(&client, &url, Some("alice-key")).await;
+        assert_eq!(r.status, 200, "request {i} with the service down: {r:?}");
+        assert_eq!(r.body, UPSTREAM_BODY);
+        assert!(!r.has("ratelimit"), "{r:?}");
+    }
+    assert_eq!(stack.upstream.hits(), n + 1);
+    let allowed = stack
+        .envoy
+        .stat("cluster.upstream.ratelimit.failure_mode_allowed")
+        .await;
+    assert_eq!(
+        allowed,
+        n as u64,
+        "Envoy's stats: {:?}",
+        stack.envoy.stats("ratelimit").await
+    );
+}
+
+/// Redis killed: the service answers UNAVAILABLE (`on_store_failure: fail_closed` in
+/// envoy/config/service.yaml), which Envoy treats as an error: with failure_mode_deny: false,
+/// requests pass.
+#[tokio::test]
+async fn store_down_lets_requests_through() {
+    let mut stack = Stack::start("ratelimit.yaml").await;
+    let client = client_from(LOCAL);
+    let url = stack.envoy.url("/api/orders");
+    let r = get(&client, &url, Some("alice-key")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.has("ratelimit"), "the service answered: {r:?}");
+    stack.redis.kill();
+    let n = KEY_QUOTA + 2;
+    for i in 0..n {
+        let r = get(&client, &url, Some("alice-key")).await;
+        assert_eq!(r.status, 200, "request {i} with Redis down: {r:?}");
+        assert_eq!(r.body, UPSTREAM_BODY);
+        assert!(!r.has("ratelimit"), "{r:?}");
+    }
+    assert_eq!(stack.upstream.hits(), n + 1);
+    let allowed = stack
+        .envoy
+        .stat("cluster.upstream.ratelimit.failure_mode_allowed")
+        .await;
+    assert_eq!(
+        allowed,
+        n as u64,
+        "Envoy's stats: {:?}",
+        stack.envoy.stats("ratelimit").await
+    );
+}
+
+/// The rate-limit protocol has no 401: an unknown API key is OVER_LIMIT, so it never reaches
+/// the upstream (rather than an error, which failure_mode_deny: false would let through).
+#[tokio::test]
+async fn unknown_api_key_is_refused() {
+    let stack = Stack::start("ratelimit.yaml").await;
+    let client = client_from(LOCAL);
+    let url = stack.envoy.url("/api/orders");
+    for i in 0..3 {
+        let r = get(&client, &url, Some("mallory-key")).await;
+        assert_eq!(r.status, 429, "request {i}: {r:?}");
+        assert_eq!(r.header("x-envoy-ratelimited"), "true");
+    }
+    assert_eq!(stack.upstream.hits(), 0);
+}
+
+/// One key, every door: POST /check, AllowRequest, Envoy's rate-limit filter and Envoy's
+/// ext_authz filter all spend from one counter.
+#[tokio::test]
+async fn both_filters_and_both_apis_share_one_counter() {
+    let stack = Stack::start("ratelimit.yaml").await;
+    let service = stack.service();
+    let authz =
+        common::envoy::Envoy::start("ext-authz.yaml", service.grpc.port(), stack.upstream.port())
+            .await;
+    let client = client_from(LOCAL);
+    let via_ratelimit = stack.envoy.url("/api/orders");
+    let via_authz = authz.url("/orders");
+    assert_eq!(post_check(service, "alice-key").await.0, 200);
+    assert!(allow_request(service, "alice-key").await.allowed);
+    let r = get(&client, &via_ratelimit, Some("alice-key")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("ratelimit").starts_with(r#""envoy-demo";r=2;"#),
+        "{r:?}"
+    );
+    let r = get(&client, &via_authz, Some("alice-key")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("ratelimit").starts_with(r#""envoy-demo";r=1;"#),
+        "{r:?}"
+    );
+    let r = get(&client, &via_ratelimit, Some("alice-key")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("ratelimit").starts_with(r#""envoy-demo";r=0;"#),
+        "{r:?}"
+    );
+    // The quota is spent, whichever door asks.
+    let r = get(&client, &via_ratelimit, Some("alice-key")).await;
+    assert_eq!(r.status, 429, "rate-limit filter: {r:?}");
+    let r = get(&client, &via_authz, Some("alice-key")).await;
+    assert_eq!(r.status, 429, "ext_authz filter: {r:?}");
+    assert_eq!(post_check(service, "alice-key").await.0, 429);
+    assert!(!allow_request(service, "alice-key").await.allowed);
+    assert_eq!(stack.upstream.hits(), 3);
+}
