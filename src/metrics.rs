@@ -59,6 +59,7 @@ pub struct Metrics {
     latency: [Histogram; 4],
     store_errors: IntCounterVec,
     degraded: IntCounterVec,
+    detailed: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,6 +94,16 @@ impl Metrics {
             ),
             &["policy"],
         )?;
+        // Labelled by configured names only (never by request values), so cardinality is
+        // bounded by the configuration.
+        let detailed = IntCounterVec::new(
+            Opts::new(
+                "ratelimiter_limit_decisions_total",
+                "Per-limit verdicts, for descriptors with detailed_metric: true.",
+            ),
+            &["domain", "limit", "outcome"],
+        )?;
+        registry.register(Box::new(detailed.clone()))?;
         registry.register(Box::new(decisions_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
@@ -107,6 +118,7 @@ impl Metrics {
             latency,
             store_errors,
             degraded,
+            detailed,
         })
     }
 
@@ -121,6 +133,14 @@ impl Metrics {
     pub fn record(&self, door: Door, outcome: Outcome, seconds: f64) {
         self.decisions[door as usize][outcome as usize].inc();
         self.latency[door as usize].observe(seconds);
+    }
+
+    /// Records one limit's verdict for a descriptor with `detailed_metric: true`.
+    pub fn detailed(&self, domain: &str, limit: &str, allowed: bool) {
+        let outcome = if allowed { "allowed" } else { "rejected" };
+        self.detailed
+            .with_label_values(&[domain, limit, outcome])
+            .inc();
     }
 
     pub fn store_error(&self, kind: &str) {

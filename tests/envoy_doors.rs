@@ -32,6 +32,7 @@ descriptors:
   - key: generic_key
     value: global
     rate_limit: { unit: hour, requests_per_unit: 100, name: global }
+    detailed_metric: true
   - key: api_key
     rate_limit: { unit: day, requests_per_unit: 2 }
 "#;

@@ -55,6 +55,10 @@ impl AppState {
             .record(door, outcome, started.elapsed().as_secs_f64());
         match &result {
             Ok(d) => {
+                for l in d.limits.iter().filter(|l| l.detailed_metric) {
+                    self.metrics
+                        .detailed(req.domain, &l.name, l.verdict.allowed);
+                }
                 match d.degraded {
                     Some(Degraded::FailOpen) => self.metrics.degraded("fail_open"),
                     Some(Degraded::LocalFallback) => self.metrics.degraded("local"),

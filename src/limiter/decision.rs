@@ -13,6 +13,8 @@ pub struct LimitStatus {
     pub algorithm: Algorithm,
     pub quota: Quota,
     pub shadow: bool,
+    /// The descriptor asked for per-limit metrics (envoyproxy/ratelimit's `detailed_metric`).
+    pub detailed_metric: bool,
     pub verdict: Verdict,
 }
 

@@ -228,6 +228,7 @@ impl Limiter {
                 algorithm: rule.algorithm,
                 quota,
                 shadow: rule.shadow,
+                detailed_metric: rule.detailed_metric,
                 verdict,
             };
             if status.rejects() {
