@@ -19,7 +19,7 @@ use deadpool_redis::redis::{self, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::breaker::Breaker;
-use super::connection::{Connections, redis_error};
+use super::connection::{Connections, Held, redis_error};
 use super::script::{self, Decoded};
 use crate::store::{Check, StoreError};
 
@@ -50,15 +50,6 @@ impl Batcher {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let prefix: Arc<str> = prefix.into();
-        // Open the pool's connections now rather than on the first decisions, so a burst at
-        // start-up does not spend its time limit on connection set-up. Workers do not wait
-        // for it; a Redis that is down is not an error here: the first batch will say so.
-        for _ in 0..workers.max(1) {
-            let connections = connections.clone();
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(timeout * 10, connections.ping()).await;
-            });
-        }
         for _ in 0..workers.max(1) {
             tokio::spawn(work(
                 rx.clone(),
@@ -101,6 +92,12 @@ async fn work(
     timeout: Duration,
 ) {
     let mut jobs: Vec<Option<Job>> = Vec::with_capacity(MAX_BATCH);
+    // Open this worker's connection now, while the service starts, rather than on the first
+    // decision. A Redis that is down is not an error here: the first batch will say so.
+    let mut held: Option<Held> = tokio::time::timeout(timeout * 10, connections.hold())
+        .await
+        .ok()
+        .and_then(Result::ok);
     loop {
         {
             // Only the worker holding the lock collects; the others are busy with Redis or
@@ -129,7 +126,17 @@ async fn work(
         } else if let Err(e) = breaker.admit() {
             Some(e)
         } else {
-            let result = tokio::time::timeout(timeout, run(&connections, &prefix, &mut jobs)).await;
+            let result = tokio::time::timeout(timeout, async {
+                if held.as_ref().is_none_or(|h| connections.is_stale(h)) {
+                    held = None;
+                    held = Some(connections.hold().await?);
+                }
+                match held.as_mut() {
+                    Some(h) => run(&connections, h, &prefix, &mut jobs).await,
+                    None => Err(StoreError::Unavailable("no Redis connection".into())),
+                }
+            })
+            .await;
             let failure = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
@@ -140,6 +147,11 @@ async fn work(
                 None => breaker.success(),
                 Some(e) if e.is_transient() => breaker.failure(),
                 Some(_) => {}
+            }
+            if failure.is_some() {
+                // Whatever went wrong, the next batch starts on a connection the pool has
+                // checked (a reply may still be in flight on this one).
+                held = None;
             }
             failure
         };
@@ -157,6 +169,7 @@ async fn work(
 /// Sends the batch as one pipeline and answers (takes) every job it could decide.
 async fn run(
     connections: &Connections,
+    held: &mut Held,
     prefix: &str,
     jobs: &mut [Option<Job>],
 ) -> Result<(), StoreError> {
@@ -173,7 +186,7 @@ async fn run(
         for inv in &invocations {
             pipe.invoke_script(inv);
         }
-        let replies: Vec<Value> = connections.pipeline(&pipe).await?;
+        let replies: Vec<Value> = connections.pipeline_on(held, &pipe).await?;
         if replies.len() != pending.len() {
             return Err(StoreError::Protocol(format!(
                 "a pipeline of {} plans got {} replies",
@@ -192,7 +205,7 @@ async fn run(
         if again.is_empty() {
             return Ok(());
         }
-        connections.load(script::decide_script()).await?;
+        connections.load_on(held, script::decide_script()).await?;
         pending = again;
     }
     Err(StoreError::Protocol(

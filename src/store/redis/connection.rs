@@ -6,7 +6,8 @@
 //!   server's certificate is checked against the system's CAs, or against those of a CA file
 //!   ([`Connections::with_ca_file`]) instead; `rediss://…/#insecure` checks nothing (a
 //!   warning says so). TLS is rustls with the ring provider, installed for the process here;
-//! - `redis+cluster://[user:pass@]h1:p1,h2:p2,…`: Redis Cluster, seeded from those nodes;
+//! - `redis+cluster://[user:pass@]h1:p1,h2:p2,…`: Redis Cluster, seeded from those nodes
+//!   (plain TCP, as is Sentinel below);
 //! - `redis+sentinel://[user:pass@]h1:p1,h2:p2,…/master-name[/db]`: the primary that the
 //!   sentinels name, found again through them after a failover. The credentials are the
 //!   primary's; the sentinels are sent them too, as the user `default` when the URL names no
@@ -138,6 +139,21 @@ pub struct Connections {
     pool: Pool,
     /// Calls sent to Redis (a pipeline counts once): the round trips.
     round_trips: prometheus::IntCounter,
+    /// Sentinel only: when the sentinels last named another primary.
+    switched: Option<Arc<Mutex<Option<Instant>>>>,
+}
+
+/// A connection a batch worker keeps across batches. Taking a connection out of a deadpool
+/// pool costs a `PING` round trip (its recycle check), so a worker takes one once and keeps
+/// it until it fails or, behind Sentinel, until another primary is named.
+pub struct Held {
+    conn: HeldConn,
+    taken_at: Instant,
+}
+
+enum HeldConn {
+    Single(deadpool_redis::Connection),
+    Sentinel(deadpool_redis::sentinel::Connection),
 }
 
 enum Pool {
@@ -175,6 +191,7 @@ impl Connections {
             recycle: Some(timeout),
         };
         let config_err = |e: &dyn std::fmt::Display| StoreError::Config(format!("Redis pool: {e}"));
+        let mut switched_handle = None;
         let pool = match url {
             RedisUrl::Single(u) => {
                 let tls = u.starts_with("rediss://");
@@ -278,6 +295,7 @@ impl Connections {
                     .build()
                     .map_err(|e| config_err(&e))?;
                 let weak = pool.weak();
+                switched_handle = Some(switched.clone());
                 follow_sentinels(sentinels, master, switched, move |close_idle| {
                     let Some(pool) = weak.upgrade() else {
                         return false;
@@ -290,7 +308,63 @@ impl Connections {
                 Pool::Sentinel(pool)
             }
         };
-        Ok(Connections { pool, round_trips })
+        Ok(Connections {
+            pool,
+            round_trips,
+            switched: switched_handle,
+        })
+    }
+
+    /// Takes a connection out of the pool for a worker to keep (see [`Held`]). Not for a
+    /// Cluster, whose decisions are not batched.
+    pub async fn hold(&self) -> Result<Held, StoreError> {
+        let conn = match &self.pool {
+            Pool::Single(p) => HeldConn::Single(p.get().await.map_err(pool_error)?),
+            Pool::Sentinel(p) => HeldConn::Sentinel(p.get().await.map_err(pool_error)?),
+            Pool::Cluster(_) => {
+                return Err(StoreError::Config(
+                    "a Cluster connection cannot be held by a batch worker".into(),
+                ));
+            }
+        };
+        Ok(Held {
+            conn,
+            taken_at: Instant::now(),
+        })
+    }
+
+    /// Whether a held connection must be given up: the sentinels have named another primary
+    /// since it was taken.
+    pub fn is_stale(&self, held: &Held) -> bool {
+        self.switched.as_ref().is_some_and(|s| {
+            s.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|at| at > held.taken_at)
+        })
+    }
+
+    /// Sends a pipeline on a held connection and returns every reply (errors included, when
+    /// the pipeline ignores errors): one round trip.
+    pub async fn pipeline_on(
+        &self,
+        held: &mut Held,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        self.round_trips.inc();
+        match &mut held.conn {
+            HeldConn::Single(c) => pipe.query_async(c).await.map_err(redis_error),
+            HeldConn::Sentinel(c) => pipe.query_async(c).await.map_err(redis_error),
+        }
+    }
+
+    /// Loads a script into the script cache (`SCRIPT LOAD`) on a held connection.
+    pub async fn load_on(&self, held: &mut Held, script: &redis::Script) -> Result<(), StoreError> {
+        self.round_trips.inc();
+        let loaded = match &mut held.conn {
+            HeldConn::Single(c) => script.load_async(c).await,
+            HeldConn::Sentinel(c) => script.load_async(c).await,
+        };
+        loaded.map(drop).map_err(redis_error)
     }
 
     pub fn is_cluster(&self) -> bool {

@@ -36,15 +36,21 @@ pub use over_limit::OverLimitCache;
 use super::{Check, Plan, Store, StoreError};
 use crate::algorithm::{RetryAfter, Verdict};
 
+/// Connections beyond the batch workers' own, for health checks.
+const HEALTH_CONNECTIONS: usize = 2;
+
 /// How the Redis store is set up.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
     pub url: String,
     /// The longest a decision may wait on Redis, pool wait included.
     pub timeout: Duration,
+    /// Connections: one per batch worker (each keeps its own), plus a few for health checks.
     pub pool_size: usize,
     /// Prefix of every key the service writes.
     pub prefix: String,
+    /// CA certificates (PEM) trusted over TLS instead of the system's (`--redis-ca-file`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -54,6 +60,7 @@ impl Default for RedisOptions {
             timeout: Duration::from_millis(50),
             pool_size: 32,
             prefix: "rl:".into(),
+            ca_file: None,
         }
     }
 }
@@ -114,9 +121,11 @@ impl RedisStore {
     pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
         let url = RedisUrl::parse(&options.url).map_err(StoreError::Config)?;
         let stats = RedisStats::new().map_err(|e| StoreError::Config(e.to_string()))?;
-        let connections = Arc::new(Connections::new(
+        // Workers keep their connections; the pool holds a few more for `/readyz` pings.
+        let connections = Arc::new(Connections::with_ca_file(
             &url,
-            options.pool_size,
+            options.ca_file.as_deref(),
+            options.pool_size + HEALTH_CONNECTIONS,
             options.timeout,
             stats.round_trips.clone(),
         )?);
