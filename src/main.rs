@@ -56,6 +56,10 @@ struct Cli {
     /// Prefix of every Redis key the service writes.
     #[arg(long, env = "RATELIMITER_REDIS_PREFIX", default_value = "rl:")]
     redis_prefix: String,
+    /// CA certificates (PEM) that a `rediss://` Redis server's certificate must chain to,
+    /// instead of the system's.
+    #[arg(long, env = "RATELIMITER_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
     /// Replicas sharing each quota: with `on_store_failure: local`, each enforces quota ÷ N
     /// while Redis is down.
     #[arg(long, env = "RATELIMITER_REPLICAS", default_value_t = 1)]
@@ -117,6 +121,7 @@ async fn serve(cli: Cli) -> ExitCode {
             timeout: Duration::from_millis(cli.redis_timeout_ms.max(1)),
             pool_size: cli.redis_pool_size.max(1),
             prefix: cli.redis_prefix.clone(),
+            ca_file: cli.redis_ca_file.clone(),
         },
         replicas: cli.replicas.max(1),
     };
