@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{AppState, validate_api_key};
+use super::{AppState, descriptor_entries, validate_api_key};
 use crate::algorithm::RetryAfter;
-use crate::limiter::{API_KEY, Descriptor, Entry, LimitError, LimitRequest};
+use crate::limiter::{API_KEY, Descriptor, LimitError, LimitRequest};
 use crate::metrics::Door;
 
 /// Code generated from `proto/ratelimiter.proto`.
@@ -22,11 +22,8 @@ pub mod pb {
 use pb::rate_limiter_server::{RateLimiter, RateLimiterServer};
 use pb::{AllowRequestRequest, AllowRequestResponse};
 
-/// Bounds on what one request may carry, so a message cannot make the limiter do unbounded
-/// work.
+/// Descriptors one `AllowRequest` may carry, its own key's included.
 pub const MAX_DESCRIPTORS: usize = 16;
-pub const MAX_ENTRIES: usize = 16;
-pub const MAX_ENTRY_LEN: usize = 1024;
 
 pub struct AllowRequestService {
     state: Arc<AppState>,
@@ -90,34 +87,12 @@ impl RateLimiter for AllowRequestService {
 }
 
 fn extra_descriptor(i: usize, d: &pb::Descriptor) -> Result<Descriptor<'_>, Status> {
-    if d.entries.is_empty() {
+    let pairs = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
+    let entries = descriptor_entries(i, pairs).map_err(Status::invalid_argument)?;
+    if entries.first().is_some_and(|e| e.key == API_KEY) {
         return Err(Status::invalid_argument(format!(
-            "descriptors[{i}] has no entries"
+            "descriptors[{i}]: the key `{API_KEY}` is reserved for the request's api_key field"
         )));
-    }
-    if d.entries.len() > MAX_ENTRIES {
-        return Err(Status::invalid_argument(format!(
-            "descriptors[{i}] has more than {MAX_ENTRIES} entries"
-        )));
-    }
-    let mut entries = Vec::with_capacity(d.entries.len());
-    for (j, e) in d.entries.iter().enumerate() {
-        if e.key.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "descriptors[{i}].entries[{j}].key is empty"
-            )));
-        }
-        if e.key.len() > MAX_ENTRY_LEN || e.value.len() > MAX_ENTRY_LEN {
-            return Err(Status::invalid_argument(format!(
-                "descriptors[{i}].entries[{j}] is longer than {MAX_ENTRY_LEN} bytes"
-            )));
-        }
-        if j == 0 && e.key == API_KEY {
-            return Err(Status::invalid_argument(format!(
-                "descriptors[{i}]: the key `{API_KEY}` is reserved for the request's api_key field"
-            )));
-        }
-        entries.push(Entry::new(&e.key, &e.value));
     }
     Ok(Descriptor {
         entries,

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::limiter::{Decision, Degraded, LimitError, LimitRequest, Limiter};
+use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter};
 use crate::metrics::{Door, Metrics, Outcome};
 
 /// What every front door shares.
@@ -98,6 +98,41 @@ fn short_hash(req: &LimitRequest<'_>) -> String {
         }
     }
     hex::encode(&h.finalize()[..4])
+}
+
+/// Bounds on what one descriptor may carry, so a message cannot make the limiter do unbounded
+/// work.
+pub const MAX_ENTRIES: usize = 32;
+pub const MAX_ENTRY_LEN: usize = 1024;
+
+/// Checks the entries of request descriptor `i` (at least one, at most [`MAX_ENTRIES`], keys
+/// not empty, keys and values at most [`MAX_ENTRY_LEN`] bytes) and borrows them. The message
+/// names the offending field, for an INVALID_ARGUMENT.
+pub fn descriptor_entries<'a>(
+    i: usize,
+    entries: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<Entry<'a>>, String> {
+    if entries.len() == 0 {
+        return Err(format!("descriptors[{i}] has no entries"));
+    }
+    if entries.len() > MAX_ENTRIES {
+        return Err(format!(
+            "descriptors[{i}] has more than {MAX_ENTRIES} entries"
+        ));
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (j, (key, value)) in entries.enumerate() {
+        if key.is_empty() {
+            return Err(format!("descriptors[{i}].entries[{j}].key is empty"));
+        }
+        if key.len() > MAX_ENTRY_LEN || value.len() > MAX_ENTRY_LEN {
+            return Err(format!(
+                "descriptors[{i}].entries[{j}] is longer than {MAX_ENTRY_LEN} bytes"
+            ));
+        }
+        out.push(Entry::new(key, value));
+    }
+    Ok(out)
 }
 
 /// How a degraded decision is labelled in headers and bodies.

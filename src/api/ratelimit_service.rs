@@ -30,15 +30,13 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use tonic::{Request, Response, Status};
 
 use super::grpc::status_of;
-use super::{AppState, headers};
+use super::{AppState, descriptor_entries, headers};
 use crate::algorithm::{Micros, Quota};
-use crate::limiter::{Decision, Descriptor, Entry, LimitError, LimitRequest, QuotaOverride};
+use crate::limiter::{Decision, Descriptor, LimitError, LimitRequest, QuotaOverride};
 use crate::metrics::Door;
 
-/// Bounds on one request, so a message cannot make the limiter do unbounded work.
+/// Descriptors one request may carry, so a message cannot make the limiter do unbounded work.
 pub const MAX_DESCRIPTORS: usize = 64;
-pub const MAX_ENTRIES: usize = 32;
-pub const MAX_ENTRY_LEN: usize = 1024;
 
 const SECOND: Micros = 1_000_000;
 
@@ -115,30 +113,8 @@ impl RateLimitService for RateLimitDoor {
 }
 
 fn descriptor(i: usize, d: &RateLimitDescriptor) -> Result<Descriptor<'_>, Status> {
-    if d.entries.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "descriptors[{i}] has no entries"
-        )));
-    }
-    if d.entries.len() > MAX_ENTRIES {
-        return Err(Status::invalid_argument(format!(
-            "descriptors[{i}] has more than {MAX_ENTRIES} entries"
-        )));
-    }
-    let mut entries = Vec::with_capacity(d.entries.len());
-    for (j, e) in d.entries.iter().enumerate() {
-        if e.key.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "descriptors[{i}].entries[{j}].key is empty"
-            )));
-        }
-        if e.key.len() > MAX_ENTRY_LEN || e.value.len() > MAX_ENTRY_LEN {
-            return Err(Status::invalid_argument(format!(
-                "descriptors[{i}].entries[{j}] is longer than {MAX_ENTRY_LEN} bytes"
-            )));
-        }
-        entries.push(Entry::new(&e.key, &e.value));
-    }
+    let pairs = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
+    let entries = descriptor_entries(i, pairs).map_err(Status::invalid_argument)?;
     let limit_override = match &d.limit {
         None => None,
         Some(o) => {
