@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{BASIC, InProcess, config_dir};
+use common::{BASIC, InProcess, config_dir, grpc_channel};
 use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
@@ -44,11 +44,7 @@ async fn start(extra_settings: &str) -> (InProcess, Channel) {
         &[("service.yaml", &service), ("edge.yaml", EDGE)],
     );
     let svc = InProcess::start(&dir).await;
-    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(svc.grpc_url()).await;
     (svc, channel)
 }
 
@@ -396,11 +392,7 @@ descriptors:
         &[("service.yaml", &service), ("routes.yaml", routes)],
     );
     let svc = InProcess::start(&dir).await;
-    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(svc.grpc_url()).await;
     let mut client = AuthorizationClient::new(channel);
     let r = client
         .check(check_request(&[("x-api-key", "k1")], &[]))

@@ -11,20 +11,28 @@ mod common;
 use std::time::Duration;
 
 use common::envoy::{
-    Reply, Stack, UPSTREAM_BODY, allow_request, clear_of_hour_boundary, client_from, get,
-    post_check,
+    KEY_QUOTA, LOCAL, Reply, Stack, UPSTREAM_BODY, assert_demo_quota_spent,
+    assert_quota_reached_upstream_and_another_key_passes,
+    check_counters_shared_with_post_check_and_allow_request, clear_of_hour_boundary, client_from,
+    get, post_check, spend_demo_quota,
 };
 
-/// The `envoy-demo` tier of envoy/config/service.yaml: 5 per hour, token bucket.
-const KEY_QUOTA: usize = 5;
 /// envoy/config/edge.yaml: `api_key` in domain `edge`, 2 per clock hour per value.
 const EDGE_KEY_QUOTA: usize = 2;
-
-const LOCAL: [u8; 4] = [127, 0, 0, 1];
 
 /// The JSON body of a refusal (panics with the reply when it is not JSON).
 fn json(r: &Reply) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {r:?}"))
+}
+
+/// The stack, a client and the `/orders` URL, after one request of `alice-key` passed.
+async fn start_and_pass_one() -> (Stack, reqwest::Client, String) {
+    let stack = Stack::start("ext-authz.yaml").await;
+    let client = client_from(LOCAL);
+    let url = stack.envoy.url("/orders");
+    let r = get(&client, &url, Some("alice-key")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    (stack, client, url)
 }
 
 #[tokio::test]
@@ -32,32 +40,9 @@ async fn quota_passes_then_429_with_headers_and_json_body() {
     let stack = Stack::start("ext-authz.yaml").await;
     let client = client_from(LOCAL);
     let url = stack.envoy.url("/orders");
-    for i in 0..KEY_QUOTA {
-        let r = get(&client, &url, Some("alice-key")).await;
-        assert_eq!(r.status, 200, "request {i}: {r:?}");
-        assert_eq!(r.body, UPSTREAM_BODY, "request {i}");
-        assert_eq!(
-            r.header("ratelimit-policy"),
-            r#""envoy-demo";q=5;w=3600"#,
-            "request {i}"
-        );
-        let remaining = KEY_QUOTA - 1 - i;
-        assert!(
-            r.header("ratelimit")
-                .starts_with(&format!(r#""envoy-demo";r={remaining};t="#)),
-            "request {i}: {r:?}"
-        );
-        assert!(!r.has("retry-after"), "request {i}: {r:?}");
-    }
+    spend_demo_quota(&client, &url, "alice-key", KEY_QUOTA).await;
     let r = get(&client, &url, Some("alice-key")).await;
-    assert_eq!(r.status, 429, "{r:?}");
-    let retry: u64 = r.header("retry-after").parse().unwrap();
-    assert!((1..=720).contains(&retry), "retry-after {retry}");
-    assert_eq!(r.header("ratelimit-policy"), r#""envoy-demo";q=5;w=3600"#);
-    assert!(
-        r.header("ratelimit").starts_with(r#""envoy-demo";r=0;t="#),
-        "{r:?}"
-    );
+    assert_demo_quota_spent(&r);
     assert!(
         r.header("content-type").starts_with("application/json"),
         "{r:?}"
@@ -67,15 +52,7 @@ async fn quota_passes_then_429_with_headers_and_json_body() {
     assert_eq!(body["limit"], 5, "{body}");
     assert_eq!(body["remaining"], 0, "{body}");
     assert_eq!(body["policy"], "envoy-demo", "{body}");
-    assert_eq!(
-        stack.upstream.hits(),
-        KEY_QUOTA,
-        "only the quota reached the upstream"
-    );
-    // Another key has its own counter.
-    let r = get(&client, &url, Some("bob-key")).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(stack.upstream.hits(), KEY_QUOTA + 1);
+    assert_quota_reached_upstream_and_another_key_passes(&stack, &client, &url).await;
 }
 
 #[tokio::test]
@@ -97,32 +74,7 @@ async fn missing_and_unknown_keys_are_refused() {
 
 #[tokio::test]
 async fn shares_counters_with_post_check_and_allow_request() {
-    let stack = Stack::start("ext-authz.yaml").await;
-    let service = stack.service();
-    for _ in 0..2 {
-        let (status, body) = post_check(service, "carol-key").await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let r = allow_request(service, "carol-key").await;
-    assert!(r.allowed);
-    assert_eq!(r.remaining, 2);
-    let client = client_from(LOCAL);
-    let url = stack.envoy.url("/orders");
-    for i in 0..2 {
-        let r = get(&client, &url, Some("carol-key")).await;
-        assert_eq!(r.status, 200, "request {i}: {r:?}");
-        assert!(
-            r.header("ratelimit")
-                .starts_with(&format!(r#""envoy-demo";r={};t="#, 1 - i)),
-            "request {i}: {r:?}"
-        );
-    }
-    let r = get(&client, &url, Some("carol-key")).await;
-    assert_eq!(r.status, 429, "{r:?}");
-    assert_eq!(stack.upstream.hits(), 2);
-    let (status, body) = post_check(service, "carol-key").await;
-    assert_eq!(status, 429, "{body}");
-    assert!(!allow_request(service, "carol-key").await.allowed);
+    check_counters_shared_with_post_check_and_allow_request("ext-authz.yaml", "/orders").await;
 }
 
 /// The /edge/ route sets context_extensions domain: edge, where envoy/config/edge.yaml limits
@@ -159,11 +111,7 @@ async fn context_extensions_pick_the_domain() {
 /// every request with 503 and the upstream sees none.
 #[tokio::test]
 async fn service_down_is_503() {
-    let mut stack = Stack::start("ext-authz.yaml").await;
-    let client = client_from(LOCAL);
-    let url = stack.envoy.url("/orders");
-    let r = get(&client, &url, Some("alice-key")).await;
-    assert_eq!(r.status, 200, "{r:?}");
+    let (mut stack, client, url) = start_and_pass_one().await;
     stack.stop_service();
     for i in 0..3 {
         let r = get(&client, &url, Some("alice-key")).await;
@@ -185,11 +133,7 @@ async fn service_down_is_503() {
 /// service denies with 503 and `Retry-After`; the upstream sees nothing.
 #[tokio::test]
 async fn store_down_is_503() {
-    let mut stack = Stack::start("ext-authz.yaml").await;
-    let client = client_from(LOCAL);
-    let url = stack.envoy.url("/orders");
-    let r = get(&client, &url, Some("alice-key")).await;
-    assert_eq!(r.status, 200, "{r:?}");
+    let (mut stack, client, url) = start_and_pass_one().await;
     stack.redis.kill();
     for i in 0..3 {
         let r = get(&client, &url, Some("alice-key")).await;

@@ -11,17 +11,17 @@ mod common;
 use std::time::Duration;
 
 use common::envoy::{
-    Stack, UPSTREAM_BODY, allow_request, clear_of_hour_boundary, client_from, get, post_check,
+    KEY_QUOTA, LOCAL, Stack, UPSTREAM_BODY, allow_request, assert_demo_quota_spent,
+    assert_quota_reached_upstream_and_another_key_passes,
+    check_counters_shared_with_post_check_and_allow_request, clear_of_hour_boundary, client_from,
+    get, post_check, spend_demo_quota,
 };
 
-/// The `envoy-demo` tier of envoy/config/service.yaml: 5 per hour, token bucket.
-const KEY_QUOTA: usize = 5;
 /// envoy/config/edge.yaml: `generic_key: global`, 4 per clock hour.
 const GLOBAL_QUOTA: usize = 4;
 /// envoy/config/edge.yaml: `remote_address`, 3 per clock hour per address.
 const ADDRESS_QUOTA: usize = 3;
 
-const LOCAL: [u8; 4] = [127, 0, 0, 1];
 const OTHER: [u8; 4] = [127, 0, 0, 2];
 
 #[tokio::test]
@@ -29,76 +29,18 @@ async fn api_key_quota_passes_then_429_with_headers() {
     let stack = Stack::start("ratelimit.yaml").await;
     let client = client_from(LOCAL);
     let url = stack.envoy.url("/api/orders");
-    for i in 0..KEY_QUOTA {
-        let r = get(&client, &url, Some("alice-key")).await;
-        assert_eq!(r.status, 200, "request {i}: {r:?}");
-        assert_eq!(r.body, UPSTREAM_BODY, "request {i}");
-        assert_eq!(
-            r.header("ratelimit-policy"),
-            r#""envoy-demo";q=5;w=3600"#,
-            "request {i}"
-        );
-        let remaining = KEY_QUOTA - 1 - i;
-        assert!(
-            r.header("ratelimit")
-                .starts_with(&format!(r#""envoy-demo";r={remaining};t="#)),
-            "request {i}: {r:?}"
-        );
-        assert!(!r.has("retry-after"), "request {i}: {r:?}");
-    }
+    spend_demo_quota(&client, &url, "alice-key", KEY_QUOTA).await;
     let r = get(&client, &url, Some("alice-key")).await;
-    assert_eq!(r.status, 429, "{r:?}");
-    assert_ne!(r.body, UPSTREAM_BODY);
     // A token of the 5-per-hour bucket comes back every 720 s.
-    let retry: u64 = r.header("retry-after").parse().unwrap();
-    assert!((1..=720).contains(&retry), "retry-after {retry}");
-    assert_eq!(r.header("ratelimit-policy"), r#""envoy-demo";q=5;w=3600"#);
-    assert!(
-        r.header("ratelimit").starts_with(r#""envoy-demo";r=0;t="#),
-        "{r:?}"
-    );
+    assert_demo_quota_spent(&r);
+    assert_ne!(r.body, UPSTREAM_BODY);
     assert_eq!(r.header("x-envoy-ratelimited"), "true");
-    assert_eq!(
-        stack.upstream.hits(),
-        KEY_QUOTA,
-        "only the quota reached the upstream"
-    );
-    // Another key has its own counter.
-    let r = get(&client, &url, Some("bob-key")).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(stack.upstream.hits(), KEY_QUOTA + 1);
+    assert_quota_reached_upstream_and_another_key_passes(&stack, &client, &url).await;
 }
 
 #[tokio::test]
 async fn api_key_shares_counters_with_post_check_and_allow_request() {
-    let stack = Stack::start("ratelimit.yaml").await;
-    let service = stack.service();
-    // 2 via POST /check, 1 via AllowRequest: 2 left for Envoy.
-    for _ in 0..2 {
-        let (status, body) = post_check(service, "carol-key").await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let r = allow_request(service, "carol-key").await;
-    assert!(r.allowed);
-    assert_eq!(r.remaining, 2);
-    let client = client_from(LOCAL);
-    let url = stack.envoy.url("/api/orders");
-    for i in 0..2 {
-        let r = get(&client, &url, Some("carol-key")).await;
-        assert_eq!(r.status, 200, "request {i}: {r:?}");
-        assert!(
-            r.header("ratelimit")
-                .starts_with(&format!(r#""envoy-demo";r={};t="#, 1 - i)),
-            "request {i}: {r:?}"
-        );
-    }
-    let r = get(&client, &url, Some("carol-key")).await;
-    assert_eq!(r.status, 429, "{r:?}");
-    assert_eq!(stack.upstream.hits(), 2);
-    // And the hits through Envoy count for the other doors.
-    let (status, body) = post_check(service, "carol-key").await;
-    assert_eq!(status, 429, "{body}");
-    assert!(!allow_request(service, "carol-key").await.allowed);
+    check_counters_shared_with_post_check_and_allow_request("ratelimit.yaml", "/api/orders").await;
 }
 
 #[tokio::test]
@@ -171,21 +113,21 @@ async fn remote_address_is_one_quota_per_client_address() {
     assert_eq!(stack.upstream.hits(), ADDRESS_QUOTA + 1);
 }
 
-/// failure_mode_deny: false — with the service gone, requests pass (and carry no RateLimit
-/// headers, since nobody decided them).
-#[tokio::test]
-async fn service_down_lets_requests_through() {
+/// One request of `alice-key` passes with the service's answer; then `down` (what `kill`
+/// stopped) is gone, and `KEY_QUOTA + 2` more pass without RateLimit headers, each counted by
+/// Envoy as allowed by failure_mode_deny: false.
+async fn lets_requests_through_when_down(down: &str, kill: fn(&mut Stack)) {
     let mut stack = Stack::start("ratelimit.yaml").await;
     let client = client_from(LOCAL);
     let url = stack.envoy.url("/api/orders");
     let r = get(&client, &url, Some("alice-key")).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.has("ratelimit"), "the service answered: {r:?}");
-    stack.stop_service();
+    kill(&mut stack);
     let n = KEY_QUOTA + 2;
     for i in 0..n {
         let r = get(&client, &url, Some("alice-key")).await;
-        assert_eq!(r.status, 200, "request {i} with the service down: {r:?}");
+        assert_eq!(r.status, 200, "request {i} with {down} down: {r:?}");
         assert_eq!(r.body, UPSTREAM_BODY);
         assert!(!r.has("ratelimit"), "{r:?}");
     }
@@ -202,36 +144,19 @@ async fn service_down_lets_requests_through() {
     );
 }
 
+/// failure_mode_deny: false — with the service gone, requests pass (and carry no RateLimit
+/// headers, since nobody decided them).
+#[tokio::test]
+async fn service_down_lets_requests_through() {
+    lets_requests_through_when_down("the service", Stack::stop_service).await;
+}
+
 /// Redis killed: the service answers UNAVAILABLE (`on_store_failure: fail_closed` in
 /// envoy/config/service.yaml), which Envoy treats as an error: with failure_mode_deny: false,
 /// requests pass.
 #[tokio::test]
 async fn store_down_lets_requests_through() {
-    let mut stack = Stack::start("ratelimit.yaml").await;
-    let client = client_from(LOCAL);
-    let url = stack.envoy.url("/api/orders");
-    let r = get(&client, &url, Some("alice-key")).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.has("ratelimit"), "the service answered: {r:?}");
-    stack.redis.kill();
-    let n = KEY_QUOTA + 2;
-    for i in 0..n {
-        let r = get(&client, &url, Some("alice-key")).await;
-        assert_eq!(r.status, 200, "request {i} with Redis down: {r:?}");
-        assert_eq!(r.body, UPSTREAM_BODY);
-        assert!(!r.has("ratelimit"), "{r:?}");
-    }
-    assert_eq!(stack.upstream.hits(), n + 1);
-    let allowed = stack
-        .envoy
-        .stat("cluster.upstream.ratelimit.failure_mode_allowed")
-        .await;
-    assert_eq!(
-        allowed,
-        n as u64,
-        "Envoy's stats: {:?}",
-        stack.envoy.stats("ratelimit").await
-    );
+    lets_requests_through_when_down("Redis", |stack| stack.redis.kill()).await;
 }
 
 /// The rate-limit protocol has no 401: an unknown API key is OVER_LIMIT, so it never reaches

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{BASIC, InProcess, config_dir};
+use common::{BASIC, InProcess, config_dir, grpc_channel};
 use ratelimiter::api::grpc::pb::rate_limiter_client::RateLimiterClient;
 use ratelimiter::api::grpc::pb::{AllowRequestRequest, Descriptor, descriptor::Entry};
 use tonic::Code;
@@ -234,11 +234,7 @@ async fn bad_input_is_invalid_argument() {
 async fn grpc_health_serves_then_stops() {
     let dir = config_dir("grpc-health", &[("service.yaml", BASIC)]);
     let svc = InProcess::start(&dir).await;
-    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(svc.grpc_url()).await;
     let mut health = HealthClient::new(channel);
     for service in ["", "ratelimiter.v1.RateLimiter"] {
         let r = health
@@ -265,11 +261,7 @@ struct NotARequest {
 async fn undecodable_messages_get_an_error_and_the_server_carries_on() {
     let dir = config_dir("grpc-garbage", &[("service.yaml", BASIC)]);
     let svc = InProcess::start(&dir).await;
-    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(svc.grpc_url()).await;
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(

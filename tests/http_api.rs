@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{BASIC, Service, config_dir};
+use common::{BASIC, Service, config_dir, metrics};
 use reqwest::StatusCode;
 
 fn client() -> reqwest::Client {
@@ -350,14 +350,7 @@ async fn health_ready_and_metrics() {
         check(&svc, Some("k1"), "").await;
     }
     check(&svc, None, "").await;
-    let text = client()
-        .get(svc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&client(), &svc.url("/metrics")).await;
     assert!(
         text.contains(r#"ratelimiter_decisions_total{door="http",outcome="allowed"} 5"#),
         "{text}"

@@ -26,8 +26,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::RedisCluster;
-use common::{Service, config_dir};
+use common::redis::{RedisCluster, start_replicas};
+use common::{Service, all_logs, config_dir, counter, metrics, warm_grpc_channels};
 use ratelimiter::api::grpc::pb::rate_limiter_client::RateLimiterClient;
 use ratelimiter::api::grpc::pb::{
     AllowRequestRequest, AllowRequestResponse, Descriptor, descriptor::Entry,
@@ -180,39 +180,6 @@ fn config(name: &str, keys: &[String], quota: u64, route_limit: u64) -> std::pat
     )
 }
 
-fn start_replicas(dir: &std::path::Path, url: &str) -> Vec<Service> {
-    (0..REPLICAS)
-        .map(|_| Service::start(dir, &["--redis-url", url, "--redis-timeout-ms", "2000"]))
-        .collect()
-}
-
-fn all_logs(services: &[Service]) -> String {
-    services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("--- replica {i} ---\n{}", s.logs()))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// A gRPC channel to `svc`, after one call so that the server's HTTP/2 settings are known
-/// before many streams open on it.
-async fn grpc_channel(svc: &Service) -> Channel {
-    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
-        .unwrap()
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .unwrap();
-    tonic_health::pb::health_client::HealthClient::new(channel.clone())
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap();
-    channel
-}
-
 fn request(api_key: &str, with_route: bool) -> AllowRequestRequest {
     AllowRequestRequest {
         api_key: api_key.into(),
@@ -289,19 +256,8 @@ async fn decisions_sent(services: &[Service]) -> u64 {
     let client = reqwest::Client::new();
     let mut total = 0;
     for svc in services {
-        let text = client
-            .get(svc.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("ratelimiter_redis_decisions_total "))
-            .unwrap_or_else(|| panic!("no ratelimiter_redis_decisions_total in\n{text}"));
-        total += line.trim().parse::<u64>().unwrap();
+        let text = metrics(&client, &svc.url("/metrics")).await;
+        total += counter(&text, "ratelimiter_redis_decisions_total");
     }
     total
 }
@@ -380,6 +336,35 @@ fn check_placement(
     (route_name, route)
 }
 
+/// A 3-master cluster; one key per algorithm, named after `stem`, picked with its tag before
+/// the route's when `keys_first` (else after), each with its own `quota`, and the route
+/// limited to `global`; `REPLICAS` replicas on that config, each with a warmed gRPC channel;
+/// then [`settled_day`]. Returns the cluster, its probe, the keys, the replicas, their
+/// channels and the UTC day (by Redis's clock) the test runs in.
+async fn set_up(
+    name: &str,
+    stem: &str,
+    keys_first: bool,
+    quota: u64,
+    global: u64,
+) -> (
+    RedisCluster,
+    Probe,
+    Vec<String>,
+    Vec<Service>,
+    Vec<Channel>,
+    u64,
+) {
+    let cluster = RedisCluster::start(3);
+    let mut probe = Probe::new(&cluster);
+    let keys = pick_keys(&mut probe, stem, ALGORITHMS.len(), keys_first);
+    let dir = config(name, &keys, quota, global);
+    let services = start_replicas(&dir, &cluster.url(), "2000", REPLICAS);
+    let channels = warm_grpc_channels(&services).await;
+    let day = settled_day(&cluster).await;
+    (cluster, probe, keys, services, channels, day)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn global_limit_binds_and_keys_are_refunded() {
     /// Each key's own quota, and how many requests each key sends: no key can run out.
@@ -388,16 +373,8 @@ async fn global_limit_binds_and_keys_are_refunded() {
     /// The route's limit: less than the 4 × 150 requests sent, so it binds.
     const GLOBAL: u64 = 250;
     let started = Instant::now();
-    let cluster = RedisCluster::start(3);
-    let mut probe = Probe::new(&cluster);
-    let keys = pick_keys(&mut probe, "first", ALGORITHMS.len(), true);
-    let dir = config("cluster-slots-global", &keys, QUOTA, GLOBAL);
-    let services = start_replicas(&dir, &cluster.url());
-    let mut channels = Vec::new();
-    for svc in &services {
-        channels.push(grpc_channel(svc).await);
-    }
-    let day = settled_day(&cluster).await;
+    let (cluster, mut probe, keys, services, channels, day) =
+        set_up("cluster-slots-global", "first", true, QUOTA, GLOBAL).await;
 
     let admitted = storm(&services, &channels, &keys, PER_KEY).await;
     let total: usize = admitted.values().sum();
@@ -454,16 +431,8 @@ async fn key_limit_binds_and_the_route_is_refunded() {
     /// The route's limit: more than every request sent, so it never binds.
     const GLOBAL: u64 = 1000;
     let started = Instant::now();
-    let cluster = RedisCluster::start(3);
-    let mut probe = Probe::new(&cluster);
-    let keys = pick_keys(&mut probe, "last", ALGORITHMS.len(), false);
-    let dir = config("cluster-slots-key", &keys, QUOTA, GLOBAL);
-    let services = start_replicas(&dir, &cluster.url());
-    let mut channels = Vec::new();
-    for svc in &services {
-        channels.push(grpc_channel(svc).await);
-    }
-    let day = settled_day(&cluster).await;
+    let (cluster, mut probe, keys, services, channels, day) =
+        set_up("cluster-slots-key", "last", false, QUOTA, GLOBAL).await;
 
     let admitted = storm(&services, &channels, &keys, PER_KEY).await;
     for (k, a) in &admitted {

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use common::redis::RedisServer;
-use common::{Service, config_dir};
+use common::{Service, config_dir, counter, metrics, post_status};
 use tokio::sync::Semaphore;
 
 const CONFIG: &str = r#"
@@ -22,13 +22,6 @@ clients:
     - { key: k3, tier: t }
     - { key: k4, tier: t }
 "#;
-
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn at_most_one_round_trip_per_decision() {
@@ -51,14 +44,7 @@ async fn at_most_one_round_trip_per_decision() {
         .pool_max_idle_per_host(IN_FLIGHT)
         .build()
         .unwrap();
-    let before = client
-        .get(svc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = metrics(&client, &svc.url("/metrics")).await;
     let trips_before = counter(&before, "ratelimiter_redis_round_trips_total");
     // Redis's own count of the commands it ran, to catch round trips the service does not
     // count itself (a connection pool's check-out PING, say).
@@ -70,14 +56,7 @@ async fn at_most_one_round_trip_per_decision() {
         tasks.push(tokio::spawn(async move {
             let _p = gate.acquire_owned().await.unwrap();
             let key = ["k1", "k2", "k3", "k4"][i % 4];
-            client
-                .post(url)
-                .header("x-api-key", key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
+            post_status(&client, url, key).await
         }));
     }
     let mut admitted = 0;
@@ -89,14 +68,7 @@ async fn at_most_one_round_trip_per_decision() {
         }
     }
     assert_eq!(admitted, REQUESTS.min(4 * 1000));
-    let after = client
-        .get(svc.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = metrics(&client, &svc.url("/metrics")).await;
     let decisions = counter(&after, "ratelimiter_redis_decisions_total");
     let trips = counter(&after, "ratelimiter_redis_round_trips_total") - trips_before;
     let cached = counter(&after, "ratelimiter_redis_cached_rejections_total");

@@ -11,12 +11,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisSentinel, RedisServer, check, http_client, wait_until};
+use common::redis::{RedisSentinel, RedisServer, check, http_client, storm, wait_until};
 use common::{Service, config_dir};
-use tokio::sync::Semaphore;
 
 /// The tests here time a failover: one at a time, so that a busy machine does not slow the
 /// sentinels' own timers.
@@ -129,26 +127,32 @@ fn start_service(name: &str, group: &Group) -> Service {
     )
 }
 
-/// `n` concurrent requests for `key` (at most `in_flight` at once); how many were admitted.
-/// Panics, with the service's log, if any answer is not a normal decision.
-async fn storm(svc: &Service, key: &'static str, n: usize, in_flight: usize) -> usize {
-    let client = http_client(Duration::from_secs(30), in_flight);
-    let gate = Arc::new(Semaphore::new(in_flight));
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (client, base, gate) = (client.clone(), svc.url(""), gate.clone());
-            tokio::spawn(async move {
-                let _permit = gate.acquire_owned().await.unwrap();
-                check(&client, &base, key, 1).await
-            })
-        })
-        .collect();
+/// Waits (within [`PROMOTED_WITHIN`], blocking this worker thread in place) until every
+/// sentinel names the server on `port` as the primary; how long that took.
+fn wait_named_primary(group: &Group, port: u16) -> Duration {
+    tokio::task::block_in_place(|| {
+        wait_until(
+            "the sentinels name the replica as the primary",
+            PROMOTED_WITHIN,
+            || {
+                group
+                    .sentinels
+                    .iter()
+                    .all(|s| s.primary_port(MASTER) == Some(port))
+            },
+        )
+    })
+}
+
+/// 8 requests for `carried` once the failover is over; how many were admitted. Panics unless
+/// each is a normal decision.
+async fn carried_after_failover(client: &reqwest::Client, base: &str) -> usize {
     let mut admitted = 0;
-    for t in tasks {
-        let reply = t.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
-        match reply.kind() {
+    for _ in 0..8 {
+        let r = check(client, base, "carried", 1).await.unwrap();
+        match r.kind() {
             common::redis::Kind::Normal { allowed } => admitted += usize::from(allowed),
-            other => panic!("not a normal decision: {other:?}\n{}", svc.logs()),
+            other => panic!("not a normal decision after the failover: {other:?}"),
         }
     }
     admitted
@@ -202,18 +206,7 @@ async fn after_a_failover_the_service_finds_the_promoted_replica_without_a_resta
     let new = group.replica.port();
     group.primary.kill();
     let killed = Instant::now();
-    let sentinels = &group.sentinels;
-    let promoted = tokio::task::block_in_place(|| {
-        wait_until(
-            "the sentinels name the replica as the primary",
-            PROMOTED_WITHIN,
-            || {
-                sentinels
-                    .iter()
-                    .all(|s| s.primary_port(MASTER) == Some(new))
-            },
-        )
-    });
+    let promoted = wait_named_primary(&group, new);
     assert_eq!(group.replica.role(), "master");
     eprintln!("failover {old} -> {new}: promoted {promoted:?} after the kill");
 
@@ -238,14 +231,7 @@ async fn after_a_failover_the_service_finds_the_promoted_replica_without_a_resta
     );
 
     // `carried` goes on from 5 used: exactly 5 more are admitted.
-    let mut admitted = 0;
-    for _ in 0..8 {
-        let r = check(&client, &base, "carried", 1).await.unwrap();
-        match r.kind() {
-            common::redis::Kind::Normal { allowed } => admitted += usize::from(allowed),
-            other => panic!("not a normal decision after the failover: {other:?}"),
-        }
-    }
+    let admitted = carried_after_failover(&client, &base).await;
     assert_eq!(admitted, 5, "the counter did not survive the failover");
 }
 
@@ -272,18 +258,7 @@ async fn after_a_planned_failover_the_service_leaves_the_old_primary_at_once() {
     let (old, new) = (&group.primary, &group.replica);
     let started = Instant::now();
     let () = group.sentinels[0].cmd(redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER));
-    let sentinels = &group.sentinels;
-    let named = tokio::task::block_in_place(|| {
-        wait_until(
-            "the sentinels name the replica as the primary",
-            PROMOTED_WITHIN,
-            || {
-                sentinels
-                    .iter()
-                    .all(|s| s.primary_port(MASTER) == Some(new.port()))
-            },
-        )
-    });
+    let named = wait_named_primary(&group, new.port());
 
     // Decisions move to the new primary within a few polls of the sentinels, well before
     // the old primary is demoted.
@@ -310,14 +285,7 @@ async fn after_a_planned_failover_the_service_leaves_the_old_primary_at_once() {
 
     // Every decision is the new primary's: `carried` goes on from 5 used.
     let before = old.script_calls();
-    let mut admitted = 0;
-    for _ in 0..8 {
-        let r = check(&client, &base, "carried", 1).await.unwrap();
-        match r.kind() {
-            common::redis::Kind::Normal { allowed } => admitted += usize::from(allowed),
-            other => panic!("not a normal decision after the failover: {other:?}"),
-        }
-    }
+    let admitted = carried_after_failover(&client, &base).await;
     assert_eq!(admitted, 5, "the counter did not carry over");
     assert_eq!(
         old.script_calls(),

@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::{RedisCluster, RedisServer, check, http_client, wall_us};
-use common::{Service, config_dir};
+use common::{Service, all_logs, config_dir, warm_grpc_channels};
 use ratelimiter::api::grpc::pb::AllowRequestRequest;
 use ratelimiter::api::grpc::pb::rate_limiter_client::RateLimiterClient;
 use tokio::sync::Semaphore;
-use tonic::transport::Channel;
 
 /// Replicas (separate processes) sharing one Redis.
 const REPLICAS: usize = 3;
@@ -69,41 +68,7 @@ clients:
 
 fn start_replicas(name: &str, url: &str, n: usize) -> Vec<Service> {
     let dir = config_dir(name, &[("service.yaml", CONFIG)]);
-    (0..n)
-        .map(|_| {
-            Service::start(
-                &dir,
-                &["--redis-url", url, "--redis-timeout-ms", STORM_TIMEOUT_MS],
-            )
-        })
-        .collect()
-}
-
-fn all_logs(services: &[Service]) -> String {
-    services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("--- replica {i} ---\n{}", s.logs()))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// A gRPC channel to `svc`, after one call so that the server's HTTP/2 settings (its stream
-/// limit among them) are known before thousands of streams open on it.
-async fn grpc_channel(svc: &Service) -> Channel {
-    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
-        .unwrap()
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .unwrap();
-    tonic_health::pb::health_client::HealthClient::new(channel.clone())
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap();
-    channel
+    common::redis::start_replicas(&dir, url, STORM_TIMEOUT_MS, n)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -122,10 +87,7 @@ async fn storm(
     door: impl Fn(usize) -> Door,
 ) -> usize {
     let http = http_client(Duration::from_secs(30), IN_FLIGHT);
-    let mut channels = Vec::new();
-    for svc in services {
-        channels.push(grpc_channel(svc).await);
-    }
+    let channels = warm_grpc_channels(services).await;
     let gate = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut tasks = Vec::with_capacity(REQUESTS);
     for i in 0..REQUESTS {

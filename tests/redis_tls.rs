@@ -13,12 +13,10 @@
 mod common;
 
 use std::io::Read;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{Kind, RedisServer, TestCerts, check, http_client};
+use common::redis::{Kind, RedisServer, TestCerts, check, http_client, storm};
 use common::{Service, config_dir};
-use tokio::sync::Semaphore;
 
 /// Generous: these tests check TLS, not latency (a handshake is a few round trips).
 const TIMEOUT_MS: &str = "1000";
@@ -43,31 +41,6 @@ fn start(name: &str, url: &str, extra: &[&str]) -> Service {
     let mut args = vec!["--redis-url", url, "--redis-timeout-ms", TIMEOUT_MS];
     args.extend_from_slice(extra);
     Service::start(&dir, &args)
-}
-
-/// `n` concurrent requests for `key` (at most `in_flight` at once); how many were admitted.
-/// Panics, with the service's log, if any answer is not a normal decision.
-async fn storm(svc: &Service, key: &'static str, n: usize, in_flight: usize) -> usize {
-    let client = http_client(Duration::from_secs(30), in_flight);
-    let gate = Arc::new(Semaphore::new(in_flight));
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (client, base, gate) = (client.clone(), svc.url(""), gate.clone());
-            tokio::spawn(async move {
-                let _permit = gate.acquire_owned().await.unwrap();
-                check(&client, &base, key, 1).await
-            })
-        })
-        .collect();
-    let mut admitted = 0;
-    for t in tasks {
-        let reply = t.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
-        match reply.kind() {
-            Kind::Normal { allowed } => admitted += usize::from(allowed),
-            other => panic!("not a normal decision: {other:?}\n{}", svc.logs()),
-        }
-    }
-    admitted
 }
 
 /// Whether a plain-TCP client gets any answer to PING from `port`.

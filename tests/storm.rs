@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{BASIC, Service, config_dir};
+use common::{BASIC, Service, config_dir, grpc_channel, post_status, warm_up};
 use ratelimiter::api::grpc::pb::AllowRequestRequest;
 use ratelimiter::api::grpc::pb::rate_limiter_client::RateLimiterClient;
 use tokio::sync::Semaphore;
@@ -28,14 +28,7 @@ async fn http_storm(svc: &Service, key: &'static str, cost: u64) -> (usize, usiz
         let (client, gate, url) = (client.clone(), gate.clone(), url.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.unwrap();
-            client
-                .post(url)
-                .header("x-api-key", key)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
+            post_status(&client, url, key).await
         }));
     }
     let (mut ok, mut limited) = (0, 0);
@@ -79,19 +72,10 @@ async fn http_storm_with_cost_admits_whole_requests_only() {
 async fn grpc_storm_admits_exactly_the_quota() {
     let dir = config_dir("storm-grpc", &[("service.yaml", BASIC)]);
     let svc = Service::start(&dir, &[]);
-    let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(svc.grpc_url()).await;
     // One call first, so the HTTP/2 settings (the server's stream limit among them) are
     // known before thousands of streams open on the connection.
-    tonic_health::pb::health_client::HealthClient::new(channel.clone())
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap();
+    warm_up(&channel).await;
     let mut tasks = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
         let mut client = RateLimiterClient::new(channel.clone());

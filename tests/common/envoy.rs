@@ -32,6 +32,12 @@ pub const ADMIN_PORT: u16 = 9901;
 pub const RATELIMITER_GRPC_PORT: u16 = 50051;
 pub const UPSTREAM_PORT: u16 = 8000;
 
+/// The `envoy-demo` tier of envoy/config/service.yaml: 5 per hour, token bucket.
+pub const KEY_QUOTA: usize = 5;
+
+/// The loopback address most requests through Envoy come from (see [`client_from`]).
+pub const LOCAL: [u8; 4] = [127, 0, 0, 1];
+
 /// The repository's root (where Cargo.toml is).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -493,4 +499,96 @@ pub async fn allow_request(
         .await
         .unwrap()
         .into_inner()
+}
+
+/// Spends `quota` requests of `key`'s `envoy-demo` quota (5 per hour) through `url`: each one
+/// reaches the upstream, with the tier's `RateLimit-Policy`, a `RateLimit` counting down to 0
+/// and no `Retry-After`.
+pub async fn spend_demo_quota(client: &reqwest::Client, url: &str, key: &str, quota: usize) {
+    for i in 0..quota {
+        let r = get(client, url, Some(key)).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.body, UPSTREAM_BODY, "request {i}");
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            r#""envoy-demo";q=5;w=3600"#,
+            "request {i}"
+        );
+        let remaining = quota - 1 - i;
+        assert!(
+            r.header("ratelimit")
+                .starts_with(&format!(r#""envoy-demo";r={remaining};t="#)),
+            "request {i}: {r:?}"
+        );
+        assert!(!r.has("retry-after"), "request {i}: {r:?}");
+    }
+}
+
+/// Checks the refusal of a request past the `envoy-demo` quota: 429, a `Retry-After` within
+/// the 720 s in which a token of the 5-per-hour bucket comes back, the tier's
+/// `RateLimit-Policy` and a `RateLimit` with nothing left.
+pub fn assert_demo_quota_spent(r: &Reply) {
+    assert_eq!(r.status, 429, "{r:?}");
+    let retry: u64 = r.header("retry-after").parse().unwrap();
+    assert!((1..=720).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.header("ratelimit-policy"), r#""envoy-demo";q=5;w=3600"#);
+    assert!(
+        r.header("ratelimit").starts_with(r#""envoy-demo";r=0;t="#),
+        "{r:?}"
+    );
+}
+
+/// Once one key's quota is spent through `url`: only [`KEY_QUOTA`] requests reached the
+/// upstream, and another key (`bob-key`) has its own counter, so its request passes.
+pub async fn assert_quota_reached_upstream_and_another_key_passes(
+    stack: &Stack,
+    client: &reqwest::Client,
+    url: &str,
+) {
+    assert_eq!(
+        stack.upstream.hits(),
+        KEY_QUOTA,
+        "only the quota reached the upstream"
+    );
+    // Another key has its own counter.
+    let r = get(client, url, Some("bob-key")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(stack.upstream.hits(), KEY_QUOTA + 1);
+}
+
+/// The stack around `envoy/<envoy_config>`: 2 requests of `carol-key` via `POST /check` and 1
+/// via `AllowRequest` leave 2 of its 5 for Envoy at `path`; then the quota is spent through
+/// Envoy, and the other doors see it spent too.
+pub async fn check_counters_shared_with_post_check_and_allow_request(
+    envoy_config: &str,
+    path: &str,
+) {
+    let stack = Stack::start(envoy_config).await;
+    let service = stack.service();
+    // 2 via POST /check, 1 via AllowRequest: 2 left for Envoy.
+    for _ in 0..2 {
+        let (status, body) = post_check(service, "carol-key").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let r = allow_request(service, "carol-key").await;
+    assert!(r.allowed);
+    assert_eq!(r.remaining, 2);
+    let client = client_from(LOCAL);
+    let url = stack.envoy.url(path);
+    for i in 0..2 {
+        let r = get(&client, &url, Some("carol-key")).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert!(
+            r.header("ratelimit")
+                .starts_with(&format!(r#""envoy-demo";r={};t="#, 1 - i)),
+            "request {i}: {r:?}"
+        );
+    }
+    let r = get(&client, &url, Some("carol-key")).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(stack.upstream.hits(), 2);
+    // And the hits through Envoy count for the other doors.
+    let (status, body) = post_check(service, "carol-key").await;
+    assert_eq!(status, 429, "{body}");
+    assert!(!allow_request(service, "carol-key").await.allowed);
 }

@@ -15,6 +15,7 @@ pub mod redis;
 use ratelimiter::api::AppState;
 use ratelimiter::app::{self, AppOptions};
 use ratelimiter::server::{self, Listeners, ServeOptions};
+use tonic::transport::Channel;
 
 /// A fresh directory under Cargo's per-target temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
@@ -193,6 +194,78 @@ impl InProcess {
         }
         (&mut self.task).await.unwrap().unwrap();
     }
+}
+
+/// `POST url` with `x-api-key: key`; the status code.
+pub async fn post_status(client: &reqwest::Client, url: String, key: &str) -> u16 {
+    client
+        .post(url)
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Every replica's log, each under a `--- replica i ---` heading.
+pub fn all_logs(services: &[Service]) -> String {
+    services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("--- replica {i} ---\n{}", s.logs()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A gRPC channel to `url` (`http://host:port`), connected.
+pub async fn grpc_channel(url: String) -> Channel {
+    tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// One gRPC health call on `channel`, so that the server's HTTP/2 settings (its stream limit
+/// among them) are known before many streams open on it.
+pub async fn warm_up(channel: &Channel) {
+    tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+/// A gRPC channel to each of `services`, with a 30 s limit on every call, each warmed up
+/// ([`warm_up`]) before it is returned.
+pub async fn warm_grpc_channels(services: &[Service]) -> Vec<Channel> {
+    let mut channels = Vec::with_capacity(services.len());
+    for svc in services {
+        let channel = tonic::transport::Endpoint::from_shared(svc.grpc_url())
+            .unwrap()
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .unwrap();
+        warm_up(&channel).await;
+        channels.push(channel);
+    }
+    channels
+}
+
+/// The Prometheus text that `GET url` (a service's `/metrics`) answers, fetched with `client`.
+pub async fn metrics(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` text; panics when it is not there.
+pub fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
 }
 
 /// The own-format config most tests use: `k1`..`k3` on a 5-per-hour token bucket, `big` on a

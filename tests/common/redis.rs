@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::temp_dir;
+use super::{Service, temp_dir};
 
 /// How long a freshly started server gets to answer PING.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -942,4 +942,37 @@ pub async fn readyz(client: &reqwest::Client, base: &str) -> Result<u16, String>
         .await
         .map(|r| r.status().as_u16())
         .map_err(|e| e.to_string())
+}
+
+/// `n` replicas of the service on the config in `dir`, all on the Redis at `url` with
+/// `--redis-timeout-ms timeout_ms`.
+pub fn start_replicas(dir: &Path, url: &str, timeout_ms: &str, n: usize) -> Vec<Service> {
+    (0..n)
+        .map(|_| Service::start(dir, &["--redis-url", url, "--redis-timeout-ms", timeout_ms]))
+        .collect()
+}
+
+/// `n` concurrent `POST /check` for `key` on `svc` (at most `in_flight` at once); how many were
+/// admitted. Panics, with the service's log, if any answer is not a normal decision.
+pub async fn storm(svc: &Service, key: &'static str, n: usize, in_flight: usize) -> usize {
+    let client = http_client(Duration::from_secs(30), in_flight);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, base, gate) = (client.clone(), svc.url(""), gate.clone());
+            tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await.unwrap();
+                check(&client, &base, key, 1).await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        let reply = t.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        match reply.kind() {
+            Kind::Normal { allowed } => admitted += usize::from(allowed),
+            other => panic!("not a normal decision: {other:?}\n{}", svc.logs()),
+        }
+    }
+    admitted
 }
