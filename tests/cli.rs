@@ -195,3 +195,38 @@ async fn wait_for_log(svc: &Service, needle: &str) {
     }
     panic!("{needle:?} never logged:\n{}", svc.logs());
 }
+
+#[tokio::test]
+async fn each_rejection_is_logged_at_debug_without_the_key() {
+    let dir = config_dir("cli-debug", &[("service.yaml", BASIC)]);
+    let svc = Service::start_with_log_filter(&dir, &[], "ratelimiter=debug");
+    let client = reqwest::Client::new();
+    for _ in 0..7 {
+        client
+            .post(svc.url("/check"))
+            .header("x-api-key", "k1")
+            .send()
+            .await
+            .unwrap();
+    }
+    wait_for_log(&svc, "rejected").await;
+    let logs = svc.logs();
+    let rejections: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("\"rejected\""))
+        .collect();
+    assert_eq!(
+        rejections.len(),
+        2,
+        "one line per rejected request:\n{logs}"
+    );
+    for line in rejections {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["level"], "DEBUG");
+        assert_eq!(v["fields"]["door"], "http");
+        assert_eq!(v["fields"]["limit"], "small");
+        // A short fingerprint tells clients apart; the key itself never appears.
+        assert_eq!(v["fields"]["client"].as_str().unwrap().len(), 8, "{line}");
+        assert!(!line.contains("k1"), "{line}");
+    }
+}

@@ -52,12 +52,17 @@ impl Service {
     /// Starts the binary with `--config dir` on free loopback ports, plus `extra` arguments,
     /// and waits for its "listening" line.
     pub fn start(config: &Path, extra: &[&str]) -> Service {
+        Self::start_with_log_filter(config, extra, "info")
+    }
+
+    /// The same with another `RATELIMITER_LOG` filter (e.g. `debug`).
+    pub fn start_with_log_filter(config: &Path, extra: &[&str], filter: &str) -> Service {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
             .args(["--config", config.to_str().unwrap()])
             .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .args(extra)
-            .env("RATELIMITER_LOG", "info")
+            .env("RATELIMITER_LOG", filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
