@@ -209,8 +209,16 @@ async fn each_rejection_is_logged_at_debug_without_the_key() {
             .await
             .unwrap();
     }
-    wait_for_log(&svc, "rejected").await;
-    let logs = svc.logs();
+    // The log is read by a thread: wait until both lines have arrived (the responses were
+    // sent after logging, so they are on their way).
+    let mut logs = String::new();
+    for _ in 0..250 {
+        logs = svc.logs();
+        if logs.matches("\"rejected\"").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rejections: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("\"rejected\""))
