@@ -141,26 +141,29 @@ impl Limiter {
         }
 
         // One plan; checks on the same counter are merged so the store sees each once.
-        let tags: Vec<u128> = req
-            .descriptors
-            .iter()
-            .map(|d| counter_tag(req.domain, d))
-            .collect();
         let mut plan = Plan {
             checks: Vec::with_capacity(applied.len()),
             admitted: false,
         };
         let mut check_of: Vec<usize> = Vec::with_capacity(applied.len());
+        // `applied` is in descriptor order, so a descriptor's tag is hashed once, and only
+        // for descriptors that have limits.
+        let mut tag: Option<(usize, u128)> = None;
         for (i, rule) in &applied {
             let d = &req.descriptors[*i];
+            let tag = match tag {
+                Some((at, t)) if at == *i => t,
+                _ => {
+                    let t = counter_tag(req.domain, d);
+                    tag = Some((*i, t));
+                    t
+                }
+            };
             let (quota, id) = match d.limit_override {
                 Some(o) => (o.quota, override_id(rule.algorithm, &o)),
                 None => (rule.quota, rule.id),
             };
-            let key = CounterKey {
-                tag: tags[*i],
-                limit: id,
-            };
+            let key = CounterKey { tag, limit: id };
             let cost = d.hits.unwrap_or(req.hits);
             match plan.checks.iter().position(|c| c.key == key) {
                 Some(at) => {
