@@ -396,49 +396,6 @@ impl Connections {
         }
     }
 
-    /// Sends a pipeline on one pooled connection and returns every reply (errors included,
-    /// when the pipeline ignores errors).
-    pub async fn pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>, StoreError> {
-        self.round_trips.inc();
-        match &self.pool {
-            Pool::Single(p) => {
-                let mut c = p.get().await.map_err(pool_error)?;
-                pipe.query_async(&mut c).await.map_err(redis_error)
-            }
-            Pool::Cluster(p) => {
-                let mut c = p.get().await.map_err(pool_error)?;
-                pipe.query_async(&mut c).await.map_err(redis_error)
-            }
-            Pool::Sentinel(p) => {
-                let mut c = p.get().await.map_err(pool_error)?;
-                pipe.query_async(&mut c).await.map_err(redis_error)
-            }
-        }
-    }
-
-    /// Loads a script into the script cache (`SCRIPT LOAD`).
-    pub async fn load(&self, script: &redis::Script) -> Result<(), StoreError> {
-        self.round_trips.inc();
-        let loaded = match &self.pool {
-            Pool::Single(p) => {
-                script
-                    .load_async(&mut p.get().await.map_err(pool_error)?)
-                    .await
-            }
-            Pool::Cluster(p) => {
-                script
-                    .load_async(&mut p.get().await.map_err(pool_error)?)
-                    .await
-            }
-            Pool::Sentinel(p) => {
-                script
-                    .load_async(&mut p.get().await.map_err(pool_error)?)
-                    .await
-            }
-        };
-        loaded.map(drop).map_err(redis_error)
-    }
-
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("PING");
         let cmd = &mut cmd;
