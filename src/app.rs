@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::api::AppState;
-use crate::config::{self, ConfigErrors, FailurePolicy};
+use crate::config::{self, ConfigErrors};
 use crate::limiter::{Limiter, LocalFallback, Rules};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Clock, MemoryStore, RedisOptions, RedisStore};
@@ -52,9 +52,17 @@ pub fn load_rules(path: &Path) -> Result<Rules, ConfigErrors> {
     Rules::compile(&config)
 }
 
+/// Logs what [`Rules::warnings`] finds in a configuration about to be used.
+fn log_warnings(rules: &Rules, path: &Path) {
+    for w in rules.warnings() {
+        tracing::warn!(config = %path.display(), "{w}");
+    }
+}
+
 /// Builds the shared state every front door uses.
 pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
     let rules = load_rules(&options.config)?;
+    log_warnings(&rules, &options.config);
     let store = match &options.redis_url {
         None => Backend::Memory(MemoryStore::new(Clock::system(), options.max_counters)),
         Some(url) => Backend::Redis(
@@ -65,11 +73,12 @@ pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
             .map_err(|e| BuildError::Store(e.to_string()))?,
         ),
     };
-    let fallback =
-        (rules.settings.on_store_failure == FailurePolicy::Local).then(|| LocalFallback {
-            store: MemoryStore::new(Clock::system(), options.max_counters),
-            replicas: options.replicas.max(1),
-        });
+    // Built whatever the policy at start-up: a reload may switch to `local` later. Empty
+    // until first used, it costs nothing meanwhile.
+    let fallback = matches!(store, Backend::Redis(_)).then(|| LocalFallback {
+        store: MemoryStore::new(Clock::system(), options.max_counters),
+        replicas: options.replicas.max(1),
+    });
     let metrics = Metrics::new()?;
     if let Backend::Redis(redis) = &store {
         for c in redis.stats.collectors() {
@@ -96,6 +105,7 @@ pub async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf) {
         while hup.recv().await.is_some() {
             match load_rules(&path) {
                 Ok(rules) => {
+                    log_warnings(&rules, &path);
                     state.limiter.reload(rules);
                     tracing::info!(config = %path.display(), "configuration reloaded");
                 }

@@ -88,7 +88,10 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     if let Some(Command::Validate { path }) = &cli.command {
         return match app::load_rules(path) {
-            Ok(_) => {
+            Ok(rules) => {
+                for w in rules.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }

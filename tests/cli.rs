@@ -37,6 +37,26 @@ fn validate_accepts_the_shipped_config() {
 }
 
 #[test]
+fn validate_warns_when_no_client_table_is_loaded() {
+    let envoy_only = "domain: ratelimiter\ndescriptors:\n  - key: generic_key\n    rate_limit: { unit: hour, requests_per_unit: 10 }\n";
+    let dir = config_dir("cli-no-clients", &[("edge.yaml", envoy_only)]);
+    let out = bin()
+        .args(["validate", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a warning, not an error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: no client table") && stderr.contains("401"),
+        "{stderr}"
+    );
+    // The shipped config has a client table: no warning.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let out = bin().args(["validate", shipped]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
+
+#[test]
 fn validate_lists_every_problem_with_its_file() {
     let dir = config_dir(
         "cli-broken",

@@ -410,3 +410,54 @@ descriptors:
     assert!(body.contains("get-x"), "{body}");
     svc.stop().await;
 }
+
+/// Upstream's override: one fixed window, never in shadow mode, for any descriptor of a
+/// known domain, matched or not; every unit Envoy has (WEEK included).
+#[tokio::test]
+async fn a_limit_override_replaces_every_configured_limit_of_its_descriptor() {
+    let edge = r#"
+domain: edge
+descriptors:
+  - key: tenant
+    rate_limit: { unit: second, requests_per_unit: 1000 }
+    limits:
+      - { name: per-minute, algorithm: fixed_window, limit: 1000, window: 1m }
+  - key: shadowed
+    rate_limit: { unit: second, requests_per_unit: 1000 }
+    shadow_mode: true
+"#;
+    let dir = config_dir(
+        "envoy-override",
+        &[("service.yaml", BASIC), ("edge.yaml", edge)],
+    );
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimitServiceClient::new(grpc_channel(svc.grpc_url()).await);
+    for (entries, unit) in [
+        (("tenant", "t1"), Unit::Minute),
+        (("shadowed", "s1"), Unit::Hour),
+        (("unmatched", "u1"), Unit::Week),
+    ] {
+        let mut d = descriptor(&[entries]);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 5,
+            unit: unit as i32,
+        });
+        let mut codes = Vec::new();
+        for _ in 0..6 {
+            let r = client
+                .should_rate_limit(rls("edge", vec![d.clone()]))
+                .await
+                .unwrap()
+                .into_inner();
+            codes.push(r.overall_code);
+        }
+        let ok = Code::Ok as i32;
+        let over = Code::OverLimit as i32;
+        assert_eq!(
+            codes,
+            [ok, ok, ok, ok, ok, over],
+            "{entries:?} per {unit:?}"
+        );
+    }
+    svc.stop().await;
+}

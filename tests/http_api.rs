@@ -327,7 +327,9 @@ async fn x_ratelimit_headers_behind_a_switch() {
 #[tokio::test]
 async fn health_ready_and_metrics() {
     let dir = config_dir("http-meta", &[("service.yaml", BASIC)]);
-    let svc = Service::start(&dir, &[]);
+    // At debug level a rejection is logged, so the check below that the key is absent from
+    // the logs has lines about this very key to look at.
+    let svc = Service::start_with_log_filter(&dir, &[], "ratelimiter=debug");
     assert_eq!(
         client()
             .get(svc.url("/healthz"))
@@ -365,5 +367,56 @@ async fn health_ready_and_metrics() {
     );
     // API keys never appear in metrics or logs.
     assert!(!text.contains("k1"));
-    assert!(!svc.logs().contains("\"k1\""));
+    let mut logs = String::new();
+    for _ in 0..250 {
+        logs = svc.logs();
+        if logs.contains("\"rejected\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        logs.contains("\"rejected\""),
+        "k1's rejection was logged:\n{logs}"
+    );
+    assert!(!logs.contains("k1"), "{logs}");
+}
+
+#[tokio::test]
+async fn cost_is_digits_only_given_once_and_percent_decoded() {
+    let dir = config_dir("http-cost-edges", &[("service.yaml", BASIC)]);
+    let svc = Service::start(&dir, &[]);
+    for query in ["?cost=+5", "?cost=%2B5", "?cost=5%20", "?cost=-1"] {
+        let r = check(&svc, Some("k1"), query).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{query}");
+        let body = r.json::<serde_json::Value>().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("cost"), "{body}");
+    }
+    let r = client()
+        .post(svc.url("/check"))
+        .header("x-api-key", "k1")
+        .header("x-ratelimit-cost", "1")
+        .header("x-ratelimit-cost", "4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "two cost headers");
+    // `%33` is `3`: the query is decoded as any HTTP framework decodes it.
+    let r = check(&svc, Some("k1"), "?cost=%33").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["remaining"], 2);
+    // Nothing above was charged but that one request of cost 3.
+    let r = check(&svc, Some("k1"), "?cost=2").await;
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["remaining"], 0);
+}
+
+#[tokio::test]
+async fn without_a_client_table_every_key_gets_401() {
+    let envoy_only = "domain: ratelimiter\ndescriptors:\n  - key: generic_key\n    value: g\n    rate_limit: { unit: hour, requests_per_unit: 10 }\n";
+    let dir = config_dir("http-no-clients", &[("edge.yaml", envoy_only)]);
+    let svc = Service::start(&dir, &[]);
+    for key in ["k1", "anything"] {
+        let r = check(&svc, Some(key), "").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{key}");
+    }
 }

@@ -28,6 +28,7 @@ use super::{AppState, headers, validate_api_key};
 use crate::config::ValueSource;
 use crate::limiter::{API_KEY, Decision, Descriptor, Entry, LimitError, LimitRequest};
 use crate::metrics::Door;
+use crate::store::StoreError;
 
 pub struct ExtAuthzDoor {
     state: Arc<AppState>,
@@ -132,8 +133,9 @@ impl Authorization for ExtAuthzDoor {
             domain,
             descriptors,
             hits: 1,
+            client_required: false,
         };
-        let response = match self.state.decide(Door::ExtAuthz, &req).await {
+        let response = match self.state.decide(Door::ExtAuthz, &rules, &req).await {
             Ok(d) if d.allowed => allow(Some(&d), settings.headers),
             Ok(d) => over_limit(&d, settings.headers),
             Err(LimitError::UnknownClient) => deny(
@@ -144,6 +146,11 @@ impl Authorization for ExtAuthzDoor {
                 } else {
                     "unknown API key"
                 },
+            ),
+            Err(e @ LimitError::Store(StoreError::Full { .. })) => deny(
+                HttpStatusCode::ServiceUnavailable,
+                tonic::Code::ResourceExhausted,
+                &e.to_string(),
             ),
             Err(LimitError::Store(_)) => {
                 let mut r = deny(
@@ -189,6 +196,14 @@ fn over_limit(decision: &Decision, style: crate::config::HeaderStyle) -> CheckRe
     denied.set_http_status(HttpStatusCode::TooManyRequests);
     for (name, value) in headers::render(decision, style) {
         denied.add_header(name, value, None, false);
+    }
+    if let Some(deg) = decision.degraded {
+        denied.add_header(
+            "x-ratelimit-degraded",
+            super::degraded_label(deg),
+            None,
+            false,
+        );
     }
     denied.add_header("content-type", "application/json", None, false);
     denied.set_body(serde_json::to_string(&super::http::body(decision)).unwrap_or_default());

@@ -12,6 +12,7 @@ use super::{AppState, descriptor_entries, validate_api_key};
 use crate::algorithm::RetryAfter;
 use crate::limiter::{API_KEY, Descriptor, LimitError, LimitRequest};
 use crate::metrics::Door;
+use crate::store::StoreError;
 
 /// Code generated from `proto/ratelimiter.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -62,7 +63,7 @@ impl RateLimiter for AllowRequestService {
         }
         let decision = self
             .state
-            .decide(Door::Grpc, &req)
+            .decide(Door::Grpc, &rules, &req)
             .await
             .map_err(status_of)?;
         let tightest = decision.tightest();
@@ -109,6 +110,8 @@ pub fn status_of(e: LimitError) -> Status {
         | LimitError::NoDescriptors
         | LimitError::NoDomain
         | LimitError::EmptyDescriptor(_) => Status::invalid_argument(e.to_string()),
+        // A full memory store refuses only the requests that need a new counter.
+        LimitError::Store(StoreError::Full { .. }) => Status::resource_exhausted(e.to_string()),
         // UNAVAILABLE, not UNKNOWN: Envoy treats UNKNOWN as OK, while UNAVAILABLE lets its
         // `failure_mode_deny` decide. The detail is in the log, not the response.
         LimitError::Store(_) => Status::unavailable("rate limit store unavailable"),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use crate::algorithm::{Micros, RetryAfter};
 use crate::config::FailurePolicy;
 use crate::limiter::{Decision, LimitError, LimitRequest};
 use crate::metrics::Door;
+use crate::store::StoreError;
 
 /// Bodies are not read by `/check`; one announced as larger than this is refused with 413.
 const MAX_BODY: u64 = 64 * 1024;
@@ -91,25 +92,33 @@ async fn check_inner(
 
     let rules = state.limiter.rules();
     let req = LimitRequest::for_api_key(&rules.settings.default_domain, key, cost);
-    let decision = state.decide(Door::Http, &req).await?;
+    let decision = state.decide(Door::Http, &rules, &req).await?;
     Ok(render(&decision, rules.settings.headers))
 }
 
-/// The request's cost: `X-RateLimit-Cost` or `?cost=`, 1 when neither is given.
+/// The request's cost: `X-RateLimit-Cost` or `?cost=` (percent-decoded), 1 when neither is
+/// given. Each may be given once; when both are, they must agree.
 fn cost(uri: &Uri, headers: &HeaderMap) -> Result<u64, ApiError> {
-    let from_header = match headers.get("x-ratelimit-cost") {
-        Some(v) => Some(parse_cost(v.to_str().unwrap_or("?"))?),
-        None => None,
-    };
-    let mut from_query = None;
-    for pair in uri.query().unwrap_or("").split('&') {
-        if let Some(v) = pair.strip_prefix("cost=") {
-            if from_query.is_some() {
-                return Err(ApiError::BadRequest("`cost` given more than once".into()));
-            }
-            from_query = Some(parse_cost(v)?);
+    let mut values = headers.get_all("x-ratelimit-cost").iter();
+    let from_header = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "more than one X-RateLimit-Cost header".into(),
+            ));
         }
-    }
+        (Some(v), None) => Some(parse_cost(v.to_str().unwrap_or("?"))?),
+    };
+    let query: Query<Vec<(String, String)>> = Query::try_from_uri(uri)
+        .map_err(|e| ApiError::BadRequest(format!("malformed query string: {e}")))?;
+    let mut costs = query.0.into_iter().filter(|(k, _)| k == "cost");
+    let from_query = match (costs.next(), costs.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest("`cost` given more than once".into()));
+        }
+        (Some((_, v)), None) => Some(parse_cost(&v)?),
+    };
     match (from_header, from_query) {
         (Some(h), Some(q)) if h != q => Err(ApiError::BadRequest(
             "X-RateLimit-Cost and ?cost= disagree".into(),
@@ -118,22 +127,25 @@ fn cost(uri: &Uri, headers: &HeaderMap) -> Result<u64, ApiError> {
     }
 }
 
+/// A cost: decimal digits only (no sign, no space), at least 1.
 fn parse_cost(s: &str) -> Result<u64, ApiError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest(format!(
+            "cost must be a positive whole number, got {:?}",
+            s.chars().take(32).collect::<String>()
+        )));
+    }
     match s.parse::<u64>() {
         Ok(0) => Err(ApiError::BadRequest("cost must be at least 1".into())),
         Ok(n) => Ok(n),
-        Err(_) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            Err(ApiError::BadRequest(format!("cost {s} is too large")))
-        }
-        Err(_) => Err(ApiError::BadRequest(format!(
-            "cost must be a positive whole number, got {:?}",
-            s.chars().take(32).collect::<String>()
-        ))),
+        Err(_) => Err(ApiError::BadRequest(format!("cost {s} is too large"))),
     }
 }
 
+/// Seconds with millisecond precision, rounded up as the headers and gRPC round: a client
+/// that waits what it is told never comes back early.
 fn secs(us: Micros) -> f64 {
-    (us / 1_000) as f64 / 1_000.0
+    us.div_ceil(1_000) as f64 / 1_000.0
 }
 
 /// The JSON body for a decision.
@@ -244,6 +256,10 @@ impl IntoResponse for ApiError {
                 | LimitError::NoDescriptors
                 | LimitError::NoDomain
                 | LimitError::EmptyDescriptor(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+                // A full memory store refuses only the requests that need a new counter.
+                LimitError::Store(StoreError::Full { .. }) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
                 // The detail went to the log; clients learn only that they may retry.
                 LimitError::Store(_) => (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -258,5 +274,19 @@ impl IntoResponse for ApiError {
                 .insert("retry-after", HeaderValue::from_static("1"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_seconds_round_up_to_the_millisecond() {
+        // A client told to wait 0.001 s for a 1.5 ms wait would come back early.
+        assert_eq!(secs(1_500), 0.002);
+        assert_eq!(secs(1_920_001), 1.921);
+        assert_eq!(secs(2_000), 0.002);
+        assert_eq!(secs(0), 0.0);
     }
 }

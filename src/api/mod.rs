@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
-use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter};
+use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter, Rules};
 use crate::metrics::{Door, Metrics, Outcome};
 
 /// What every front door shares.
@@ -42,10 +42,16 @@ impl AppState {
         self.ready.store(ready, Ordering::Release);
     }
 
-    /// Decides a request and records it: metrics, and a debug line per rejection.
-    pub async fn decide(&self, door: Door, req: &LimitRequest<'_>) -> Result<Decision, LimitError> {
+    /// Decides a request against `rules`, the snapshot the door built the request from, and
+    /// records it: metrics, and a debug line per rejection.
+    pub async fn decide(
+        &self,
+        door: Door,
+        rules: &Rules,
+        req: &LimitRequest<'_>,
+    ) -> Result<Decision, LimitError> {
         let started = Instant::now();
-        let result = self.limiter.decide(req).await;
+        let result = self.limiter.decide_with(rules, req).await;
         let outcome = match &result {
             Ok(d) if d.allowed => Outcome::Allowed,
             Ok(_) => Outcome::Rejected,

@@ -25,7 +25,6 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::envoy::r#type::v3::RateLimitUnit;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use tonic::{Request, Response, Status};
 
@@ -79,9 +78,14 @@ impl RateLimitService for RateLimitDoor {
             descriptors,
             // envoyproxy/ratelimit: 0 (unset) means one hit.
             hits: u64::from(msg.hits_addend.max(1)),
+            client_required: false,
         };
         let rules = self.state.limiter.rules();
-        let decision = match self.state.decide(Door::RateLimitService, &req).await {
+        let decision = match self
+            .state
+            .decide(Door::RateLimitService, &rules, &req)
+            .await
+        {
             Ok(d) => d,
             Err(LimitError::UnknownClient) => return Ok(Response::new(unknown_client(&req))),
             Err(e) => return Err(status_of(e)),
@@ -118,7 +122,10 @@ fn descriptor(i: usize, d: &RateLimitDescriptor) -> Result<Descriptor<'_>, Statu
     let limit_override = match &d.limit {
         None => None,
         Some(o) => {
-            let unit = RateLimitUnit::try_from(o.unit)
+            // The descriptor's `envoy.type.v3.RateLimitUnit` numbers its units as the
+            // response's `Unit` does, WEEK (7) included, which this crate's copy of the
+            // former lacks: read it as the latter, as envoyproxy/ratelimit does.
+            let unit = Unit::try_from(o.unit)
                 .ok()
                 .and_then(unit_length)
                 .ok_or_else(|| {
@@ -144,30 +151,24 @@ fn descriptor(i: usize, d: &RateLimitDescriptor) -> Result<Descriptor<'_>, Statu
 }
 
 /// A unit's length; `None` for UNKNOWN.
-fn unit_length(unit: RateLimitUnit) -> Option<Micros> {
-    Some(match unit {
-        RateLimitUnit::Second => SECOND,
-        RateLimitUnit::Minute => 60 * SECOND,
-        RateLimitUnit::Hour => 3600 * SECOND,
-        RateLimitUnit::Day => 86_400 * SECOND,
-        RateLimitUnit::Month => 30 * 86_400 * SECOND,
-        RateLimitUnit::Year => 365 * 86_400 * SECOND,
-        RateLimitUnit::Unknown => return None,
-    })
+fn unit_length(unit: Unit) -> Option<Micros> {
+    UNITS.iter().find(|(u, _)| *u == unit).map(|(_, len)| *len)
 }
+
+/// Envoy's units and their lengths (a month is 30 days and a year 365, as upstream counts).
+const UNITS: [(Unit, Micros); 7] = [
+    (Unit::Second, SECOND),
+    (Unit::Minute, 60 * SECOND),
+    (Unit::Hour, 3600 * SECOND),
+    (Unit::Day, 86_400 * SECOND),
+    (Unit::Week, 7 * 86_400 * SECOND),
+    (Unit::Month, 30 * 86_400 * SECOND),
+    (Unit::Year, 365 * 86_400 * SECOND),
+];
 
 /// A limit as Envoy's `RateLimit` can say it: per the smallest unit that is a whole multiple
 /// of the window (10 per 10 s is 60 per minute); per the window's own unit when it is one.
 pub fn envoy_limit(name: &str, quota: &Quota) -> RateLimit {
-    const UNITS: [(Unit, Micros); 7] = [
-        (Unit::Second, SECOND),
-        (Unit::Minute, 60 * SECOND),
-        (Unit::Hour, 3600 * SECOND),
-        (Unit::Day, 86_400 * SECOND),
-        (Unit::Week, 7 * 86_400 * SECOND),
-        (Unit::Month, 30 * 86_400 * SECOND),
-        (Unit::Year, 365 * 86_400 * SECOND),
-    ];
     let found = UNITS
         .iter()
         .find(|(_, len)| *len >= quota.window && len % quota.window.max(1) == 0);

@@ -93,167 +93,250 @@ impl Limiter {
         &self.store
     }
 
-    /// Decides one request.
+    /// Decides one request against the rules in force now. A door that read anything from
+    /// the rules to build the request (the default domain, header style) must use
+    /// [`decide_with`](Self::decide_with) and that same snapshot instead.
+    pub async fn decide(&self, req: &LimitRequest<'_>) -> Result<Decision, LimitError> {
+        let rules = self.rules.load_full();
+        self.decide_with(&rules, req).await
+    }
+
+    /// Decides one request against one configuration snapshot, from the door to the store:
+    /// validate → resolve every descriptor to its limits → one all-or-nothing plan → apply it
+    /// with the failure policy → fold the verdicts into a [`Decision`].
     ///
     /// # Cancel safety
     /// Dropping the future may leave the request counted or not, never half-counted.
-    pub async fn decide(&self, req: &LimitRequest<'_>) -> Result<Decision, LimitError> {
-        let rules = self.rules.load();
-        if req.domain.is_empty() {
-            return Err(LimitError::NoDomain);
-        }
-        if req.descriptors.is_empty() {
-            return Err(LimitError::NoDescriptors);
-        }
-        let max = rules.settings.max_cost;
-        if req.hits > max {
-            return Err(LimitError::CostTooHigh {
-                cost: req.hits,
-                max,
-            });
-        }
-
-        // Resolve every descriptor to its limits.
-        let mut applied: Vec<(usize, &Arc<LimitRule>)> = Vec::new();
-        for (i, d) in req.descriptors.iter().enumerate() {
-            if d.entries.is_empty() {
-                return Err(LimitError::EmptyDescriptor(i));
-            }
-            if let Some(h) = d.hits.filter(|&h| h > max) {
-                return Err(LimitError::CostTooHigh { cost: h, max });
-            }
-            match rules.lookup(req.domain, d.entries.iter().map(|e| (e.key, e.value))) {
-                Match::Node(node) => applied.extend(node.limits.iter().map(|l| (i, l))),
-                Match::None => {}
-                Match::UnknownClient => return Err(LimitError::UnknownClient),
-            }
-        }
-        // A limit that names others in `replaces` removes them from this request.
-        if applied.iter().any(|(_, l)| !l.replaces.is_empty()) {
-            let replaced: Vec<&str> = applied
-                .iter()
-                .flat_map(|(_, l)| l.replaces.iter().map(|r| &**r))
-                .collect();
-            applied.retain(|(_, l)| !replaced.contains(&&*l.name));
-        }
+    pub async fn decide_with(
+        &self,
+        rules: &Rules,
+        req: &LimitRequest<'_>,
+    ) -> Result<Decision, LimitError> {
+        validate(rules, req)?;
+        let applied = resolve(rules, req)?;
         if applied.is_empty() {
             return Ok(Decision::unlimited(req.descriptors.len()));
         }
-
-        // One plan; checks on the same counter are merged so the store sees each once.
-        let mut plan = Plan {
-            checks: Vec::with_capacity(applied.len()),
-            admitted: false,
-        };
-        let mut check_of: Vec<usize> = Vec::with_capacity(applied.len());
-        // `applied` is in descriptor order, so a descriptor's tag is hashed once, and only
-        // for descriptors that have limits.
-        let mut tag: Option<(usize, u128)> = None;
-        for (i, rule) in &applied {
-            let d = &req.descriptors[*i];
-            let tag = match tag {
-                Some((at, t)) if at == *i => t,
-                _ => {
-                    let t = counter_tag(req.domain, d);
-                    tag = Some((*i, t));
-                    t
-                }
-            };
-            let (quota, id) = match d.limit_override {
-                Some(o) => (o.quota, override_id(rule.algorithm, &o)),
-                None => (rule.quota, rule.id),
-            };
-            let key = CounterKey { tag, limit: id };
-            let cost = d.hits.unwrap_or(req.hits);
-            match plan.checks.iter().position(|c| c.key == key) {
-                Some(at) => {
-                    let c = &mut plan.checks[at];
-                    c.cost = c.cost.saturating_add(cost);
-                    c.enforce |= !rule.shadow;
-                    check_of.push(at);
-                }
-                None => {
-                    check_of.push(plan.checks.len());
-                    plan.checks.push(Check {
-                        key,
-                        algorithm: rule.algorithm,
-                        quota,
-                        cost,
-                        enforce: !rule.shadow,
-                        verdict: None,
-                    });
-                }
-            }
-        }
-
-        let mut degraded = None;
+        let (plan, check_of) = plan(req, &applied);
         let mut batch = [plan];
-        if let Err(e) = self.store.apply(&mut batch).await {
-            match (rules.settings.on_store_failure, &self.fallback) {
-                (FailurePolicy::FailOpen, _) if e.is_transient() => {
-                    tracing::warn!(error = %e, "store failed; allowing (fail_open)");
-                    return Ok(Decision {
-                        degraded: Some(Degraded::FailOpen),
-                        ..Decision::unlimited(req.descriptors.len())
-                    });
-                }
-                (FailurePolicy::Local, Some(local)) if e.is_transient() => {
-                    tracing::warn!(error = %e, "store failed; deciding locally");
-                    for c in &mut batch[0].checks {
-                        c.quota = local.scale(c.quota);
-                        c.verdict = None;
-                    }
-                    local.store.apply(&mut batch).await?;
-                    degraded = Some(Degraded::LocalFallback);
-                }
-                _ => return Err(LimitError::Store(e)),
-            }
-        }
+        let degraded = self.apply(rules, &mut batch).await?;
         let [plan] = batch;
-
-        // Fold verdicts back per descriptor.
-        let mut over_limit = vec![false; req.descriptors.len()];
-        let mut limits = Vec::with_capacity(applied.len());
-        let mut retry_after = RetryAfter::Now;
-        for ((i, rule), at) in applied.iter().zip(check_of) {
-            let Some((verdict, quota)) = plan
-                .checks
-                .get(at)
-                .and_then(|c| Some((c.verdict?, c.quota)))
-            else {
-                return Err(LimitError::Store(StoreError::Protocol(
-                    "store left a check undecided".into(),
-                )));
-            };
-            let status = LimitStatus {
-                descriptor: *i,
-                name: rule.name.clone(),
-                algorithm: rule.algorithm,
-                quota,
-                shadow: rule.shadow,
-                detailed_metric: rule.detailed_metric,
-                verdict,
-            };
-            if status.rejects() {
-                over_limit[*i] = true;
-                if retry_rank(verdict.retry_after) > retry_rank(retry_after) {
-                    retry_after = verdict.retry_after;
-                }
-            }
-            limits.push(status);
+        match degraded {
+            Some(Degraded::FailOpen) => Ok(Decision {
+                degraded,
+                ..Decision::unlimited(req.descriptors.len())
+            }),
+            _ => fold(req, &applied, &check_of, plan, degraded),
         }
-        Ok(Decision {
-            allowed: plan.admitted,
-            limits,
-            over_limit,
-            retry_after: if plan.admitted {
-                RetryAfter::Now
-            } else {
-                retry_after
-            },
-            degraded,
-        })
     }
+
+    /// Hands the plan to the store; when the store fails, applies the failure policy of the
+    /// snapshot. `Some(FailOpen)` means "allow without deciding".
+    async fn apply(
+        &self,
+        rules: &Rules,
+        batch: &mut [Plan; 1],
+    ) -> Result<Option<Degraded>, LimitError> {
+        let Err(e) = self.store.apply(batch).await else {
+            return Ok(None);
+        };
+        if !e.is_transient() {
+            return Err(LimitError::Store(e));
+        }
+        match (rules.settings.on_store_failure, &self.fallback) {
+            (FailurePolicy::FailOpen, _) => {
+                tracing::warn!(error = %e, "store failed; allowing (fail_open)");
+                Ok(Some(Degraded::FailOpen))
+            }
+            (FailurePolicy::Local, Some(local)) => {
+                tracing::warn!(error = %e, "store failed; deciding locally");
+                for c in &mut batch[0].checks {
+                    c.quota = local.scale(c.quota);
+                    c.verdict = None;
+                }
+                local.store.apply(batch).await?;
+                Ok(Some(Degraded::LocalFallback))
+            }
+            _ => Err(LimitError::Store(e)),
+        }
+    }
+}
+
+/// The limit a request-supplied override stands for: envoyproxy/ratelimit's, a fixed window
+/// that is never in shadow mode, on a counter of its own (keyed by the override's quota).
+fn override_rule(o: &QuotaOverride) -> Arc<LimitRule> {
+    let algorithm = Algorithm::FixedWindow;
+    Arc::new(LimitRule {
+        name: OVERRIDE_NAME.into(),
+        algorithm,
+        quota: o.quota,
+        shadow: false,
+        replaces: Box::default(),
+        detailed_metric: false,
+        id: override_id(algorithm, o),
+    })
+}
+
+/// The name a request-supplied limit is reported under.
+pub const OVERRIDE_NAME: &str = "override";
+
+/// The request-level checks: a domain, descriptors with entries, costs within the maximum.
+fn validate(rules: &Rules, req: &LimitRequest<'_>) -> Result<(), LimitError> {
+    if req.domain.is_empty() {
+        return Err(LimitError::NoDomain);
+    }
+    if req.descriptors.is_empty() {
+        return Err(LimitError::NoDescriptors);
+    }
+    let max = rules.settings.max_cost;
+    let too_high = |cost: u64| (cost > max).then_some(LimitError::CostTooHigh { cost, max });
+    if let Some(e) = too_high(req.hits) {
+        return Err(e);
+    }
+    for (i, d) in req.descriptors.iter().enumerate() {
+        if d.entries.is_empty() {
+            return Err(LimitError::EmptyDescriptor(i));
+        }
+        if let Some(e) = d.hits.and_then(too_high) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Every limit that applies, with the index of the descriptor it applies to, in descriptor
+/// order. A descriptor carrying its own limit (Envoy's `limit` override) gets that one limit
+/// in any known domain, matched or not; a limit named in another's `replaces` drops out.
+fn resolve(
+    rules: &Rules,
+    req: &LimitRequest<'_>,
+) -> Result<Vec<(usize, Arc<LimitRule>)>, LimitError> {
+    let mut applied: Vec<(usize, Arc<LimitRule>)> = Vec::new();
+    for (i, d) in req.descriptors.iter().enumerate() {
+        let found = rules.lookup(req.domain, d.entries.iter().map(|e| (e.key, e.value)));
+        match found {
+            Match::UnknownClient => return Err(LimitError::UnknownClient),
+            Match::None if i == 0 && req.client_required => {
+                return Err(LimitError::UnknownClient);
+            }
+            _ => {}
+        }
+        match (&d.limit_override, found) {
+            (Some(o), _) if rules.has_domain(req.domain) => {
+                applied.push((i, override_rule(o)));
+            }
+            (_, Match::Node(node)) => applied.extend(node.limits.iter().map(|l| (i, l.clone()))),
+            _ => {}
+        }
+    }
+    if applied.iter().any(|(_, l)| !l.replaces.is_empty()) {
+        let replaced: Vec<Box<str>> = applied
+            .iter()
+            .flat_map(|(_, l)| l.replaces.iter().cloned())
+            .collect();
+        applied.retain(|(_, l)| !replaced.iter().any(|r| **r == *l.name));
+    }
+    Ok(applied)
+}
+
+/// One all-or-nothing plan for the applied limits, and for each applied limit the index of
+/// its check. Checks on the same counter are merged so the store sees each counter once.
+fn plan(req: &LimitRequest<'_>, applied: &[(usize, Arc<LimitRule>)]) -> (Plan, Vec<usize>) {
+    let mut plan = Plan {
+        checks: Vec::with_capacity(applied.len()),
+        admitted: false,
+    };
+    let mut check_of: Vec<usize> = Vec::with_capacity(applied.len());
+    // `applied` is in descriptor order, so a descriptor's tag is hashed once, and only for
+    // descriptors that have limits.
+    let mut tag: Option<(usize, u128)> = None;
+    for (i, rule) in applied {
+        let d = &req.descriptors[*i];
+        let tag = match tag {
+            Some((at, t)) if at == *i => t,
+            _ => {
+                let t = counter_tag(req.domain, d);
+                tag = Some((*i, t));
+                t
+            }
+        };
+        let key = CounterKey {
+            tag,
+            limit: rule.id,
+        };
+        let cost = d.hits.unwrap_or(req.hits);
+        match plan.checks.iter().position(|c| c.key == key) {
+            Some(at) => {
+                let c = &mut plan.checks[at];
+                c.cost = c.cost.saturating_add(cost);
+                c.enforce |= !rule.shadow;
+                check_of.push(at);
+            }
+            None => {
+                check_of.push(plan.checks.len());
+                plan.checks.push(Check {
+                    key,
+                    algorithm: rule.algorithm,
+                    quota: rule.quota,
+                    cost,
+                    enforce: !rule.shadow,
+                    verdict: None,
+                });
+            }
+        }
+    }
+    (plan, check_of)
+}
+
+/// Folds the decided plan back into per-descriptor statuses.
+fn fold(
+    req: &LimitRequest<'_>,
+    applied: &[(usize, Arc<LimitRule>)],
+    check_of: &[usize],
+    plan: Plan,
+    degraded: Option<Degraded>,
+) -> Result<Decision, LimitError> {
+    let mut over_limit = vec![false; req.descriptors.len()];
+    let mut limits = Vec::with_capacity(applied.len());
+    let mut retry_after = RetryAfter::Now;
+    for ((i, rule), &at) in applied.iter().zip(check_of) {
+        let Some((verdict, quota)) = plan
+            .checks
+            .get(at)
+            .and_then(|c| Some((c.verdict?, c.quota)))
+        else {
+            return Err(LimitError::Store(StoreError::Protocol(
+                "store left a check undecided".into(),
+            )));
+        };
+        let status = LimitStatus {
+            descriptor: *i,
+            name: rule.name.clone(),
+            algorithm: rule.algorithm,
+            quota,
+            shadow: rule.shadow,
+            detailed_metric: rule.detailed_metric,
+            verdict,
+        };
+        if status.rejects() {
+            over_limit[*i] = true;
+            if retry_rank(verdict.retry_after) > retry_rank(retry_after) {
+                retry_after = verdict.retry_after;
+            }
+        }
+        limits.push(status);
+    }
+    Ok(Decision {
+        allowed: plan.admitted,
+        limits,
+        over_limit,
+        retry_after: if plan.admitted {
+            RetryAfter::Now
+        } else {
+            retry_after
+        },
+        degraded,
+    })
 }
 
 /// The hash tag of a descriptor: SHA-256 over the domain and every entry, truncated to 128

@@ -13,6 +13,10 @@ pub struct LimitRequest<'a> {
     pub descriptors: Vec<Descriptor<'a>>,
     /// The cost of every descriptor that does not set its own.
     pub hits: u64,
+    /// The first descriptor names a client that must be known (`POST /check`,
+    /// `AllowRequest`): a key the configuration has nothing for is an unknown client, even
+    /// when no client table is loaded, rather than an unlimited request.
+    pub client_required: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -56,6 +60,7 @@ impl<'a> LimitRequest<'a> {
                 limit_override: None,
             }],
             hits,
+            client_required: true,
         }
     }
 }

@@ -143,6 +143,30 @@ impl Rules {
         }
     }
 
+    /// What is legal but probably not meant: printed by `ratelimiter validate` and logged at
+    /// start-up and on reload.
+    pub fn warnings(&self) -> Vec<String> {
+        let domain = self.settings.default_domain.as_str();
+        let has_clients = self
+            .domains
+            .get(domain)
+            .is_some_and(|root| root.children.contains_key(API_KEY));
+        let mut warnings = Vec::new();
+        if !has_clients {
+            warnings.push(format!(
+                "no client table (`clients:`) and no `{API_KEY}` descriptors in the default \
+                 domain `{domain}`: POST /check and AllowRequest answer 401 (unknown API key) \
+                 to every key"
+            ));
+        }
+        warnings
+    }
+
+    /// Whether the configuration knows `domain` (has descriptors or a client table in it).
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.domains.contains_key(domain)
+    }
+
     /// Finds the node a descriptor's entries land on.
     pub fn lookup<'r, 'e>(
         &'r self,

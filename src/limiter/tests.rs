@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
+use crate::algorithm::Quota;
 use crate::config;
 use crate::store::{Clock, MemoryStore};
 
@@ -105,6 +106,7 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
             domain: "edge",
             descriptors: vec![edge(&[("remote_address", v)])],
             hits: 1,
+            client_required: false,
         };
         // Key-only: each value has its own counter.
         assert!(l.decide(&ip("1.1.1.1")).await.unwrap().allowed);
@@ -116,6 +118,7 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
             domain: "edge",
             descriptors: vec![edge(&[("path", v)])],
             hits: 1,
+            client_required: false,
         };
         let d = l.decide(&path("/admin/users")).await.unwrap();
         assert_eq!(&*d.limits[0].name, "admin");
@@ -128,12 +131,14 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
             domain: "edge",
             descriptors: vec![edge(&[("user", "u")])],
             hits: 1,
+            client_required: false,
         };
         assert!(l.decide(&r).await.unwrap().limits.is_empty());
         let r = LimitRequest {
             domain: "edge",
             descriptors: vec![edge(&[("user", "u"), ("plan", "free")])],
             hits: 1,
+            client_required: false,
         };
         assert_eq!(&*l.decide(&r).await.unwrap().limits[0].name, "free");
         // Unknown domain or entry: no limit.
@@ -141,6 +146,7 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
             domain: "nope",
             descriptors: vec![edge(&[("user", "u")])],
             hits: 1,
+            client_required: false,
         };
         assert!(l.decide(&r).await.unwrap().allowed);
     });
@@ -157,6 +163,7 @@ fn replaces_drops_the_named_limit() {
                 edge(&[("user", "u"), ("plan", "vip")]),
             ],
             hits: 1,
+            client_required: false,
         };
         for _ in 0..3 {
             let d = l.decide(&r).await.unwrap();
@@ -176,6 +183,7 @@ fn shadow_mode_never_rejects() {
             domain: "edge",
             descriptors: vec![edge(&[("path", "/x")])],
             hits: 60,
+            client_required: false,
         };
         let d = l.decide(&r).await.unwrap();
         assert!(d.allowed);
@@ -197,6 +205,7 @@ fn the_same_descriptor_twice_in_one_request_is_charged_twice() {
                 edge(&[("remote_address", "9.9.9.9")]),
             ],
             hits: 1,
+            client_required: false,
         };
         let d = l.decide(&r).await.unwrap();
         assert!(d.allowed);
@@ -215,6 +224,7 @@ fn per_descriptor_hits_and_zero_hits() {
             domain: "edge",
             descriptors: vec![d.clone()],
             hits: 1,
+            client_required: false,
         };
         for _ in 0..5 {
             let dec = l.decide(&peek).await.unwrap();
@@ -229,6 +239,7 @@ fn per_descriptor_hits_and_zero_hits() {
             domain: "edge",
             descriptors: vec![d],
             hits: 1,
+            client_required: false,
         };
         assert!(l.decide(&spend).await.unwrap().allowed);
         assert_eq!(
@@ -246,18 +257,21 @@ fn request_shape_errors() {
             domain: "",
             descriptors: vec![edge(&[("a", "b")])],
             hits: 1,
+            client_required: false,
         };
         assert!(matches!(l.decide(&r).await, Err(LimitError::NoDomain)));
         let r = LimitRequest {
             domain: "d",
             descriptors: vec![],
             hits: 1,
+            client_required: false,
         };
         assert!(matches!(l.decide(&r).await, Err(LimitError::NoDescriptors)));
         let r = LimitRequest {
             domain: "d",
             descriptors: vec![edge(&[])],
             hits: 1,
+            client_required: false,
         };
         assert!(matches!(
             l.decide(&r).await,
@@ -286,4 +300,135 @@ clients:
     let config = config::parse_str("huge.yaml", cfg).unwrap();
     let err = Rules::compile(&config).unwrap_err().to_string();
     assert!(err.contains("huge") && err.contains("too large"), "{err}");
+}
+
+/// An envoyproxy/ratelimit file alone: no client table.
+const ENVOY_ONLY: &str = r#"
+domain: ratelimiter
+descriptors:
+  - key: generic_key
+    value: g
+    rate_limit: { unit: hour, requests_per_unit: 100 }
+"#;
+
+#[test]
+fn without_a_client_table_every_api_key_is_unknown() {
+    let (l, _) = limiter(&[("edge.yaml", ENVOY_ONLY)]);
+    run(async {
+        let r = LimitRequest::for_api_key("ratelimiter", "anyone", 1);
+        assert!(matches!(l.decide(&r).await, Err(LimitError::UnknownClient)));
+        // Envoy's own traffic keeps upstream's meaning: an unmatched descriptor is unlimited.
+        let r = LimitRequest {
+            client_required: false,
+            ..LimitRequest::for_api_key("ratelimiter", "anyone", 1)
+        };
+        assert!(l.decide(&r).await.unwrap().allowed);
+    });
+    assert_eq!(l.rules().warnings().len(), 1, "validate warns about it");
+    let (l, _) = limiter(&[("c.yaml", CLIENTS)]);
+    assert!(l.rules().warnings().is_empty());
+}
+
+#[test]
+fn a_door_decides_on_the_snapshot_it_read_not_a_later_one() {
+    let (l, _) = limiter(&[("c.yaml", CLIENTS)]);
+    let before = l.rules();
+    let renamed = CLIENTS.replace("clients:", "settings: { default_domain: other }\nclients:");
+    l.reload(Rules::compile(&config::parse_str("c.yaml", &renamed).unwrap()).unwrap());
+    run(async {
+        let r = LimitRequest::for_api_key(&before.settings.default_domain, "alice", 1);
+        let d = l.decide_with(&before, &r).await.unwrap();
+        assert_eq!(
+            d.limits.len(),
+            1,
+            "decided with the snapshot the request was built from"
+        );
+        assert!(matches!(l.decide(&r).await, Err(LimitError::UnknownClient)));
+    });
+}
+
+#[test]
+fn a_full_memory_store_refuses_new_counters_under_every_policy() {
+    for policy in ["fail_open", "fail_closed", "local"] {
+        let cfg = format!(
+            "settings: {{ on_store_failure: {policy} }}\nclients:\n  unknown_key: anon\n  tiers:\n    anon: [ {{ name: anon, limit: 2, window: 1h }} ]\n"
+        );
+        let rules = Rules::compile(&config::parse_str("c.yaml", &cfg).unwrap()).unwrap();
+        let (clock, _) = Clock::manual(T0);
+        let store = Backend::Memory(MemoryStore::with_shards(clock, 8, 1));
+        let l = Limiter::new(rules, store, None);
+        run(async {
+            let mut full = 0;
+            for i in 0..30 {
+                let key = format!("client-{i}");
+                let r = LimitRequest::for_api_key("ratelimiter", &key, 1);
+                for _ in 0..3 {
+                    match l.decide(&r).await {
+                        Ok(d) => assert!(d.degraded.is_none(), "{policy}: {d:?}"),
+                        Err(LimitError::Store(StoreError::Full { .. })) => full += 1,
+                        Err(e) => panic!("{policy}: {e}"),
+                    }
+                }
+            }
+            assert!(full > 0, "{policy}: the store filled up");
+            // The clients that have counters are still limited exactly.
+            let r = LimitRequest::for_api_key("ratelimiter", "client-0", 1);
+            assert!(!l.decide(&r).await.unwrap().allowed, "{policy}");
+        });
+    }
+}
+
+/// A descriptor with two configured limits, one in shadow mode, and the override.
+const OVERRIDDEN: &str = r#"
+domain: edge
+descriptors:
+  - key: tenant
+    rate_limit: { unit: second, requests_per_unit: 1000 }
+    limits:
+      - { name: per-minute, algorithm: fixed_window, limit: 1000, window: 1m }
+  - key: shadowed
+    rate_limit: { unit: second, requests_per_unit: 1000 }
+    shadow_mode: true
+"#;
+
+fn overridden<'a>(entries: &[(&'a str, &'a str)], limit: u64) -> LimitRequest<'a> {
+    let mut d = edge(entries);
+    d.limit_override = Some(QuotaOverride {
+        quota: Quota::new(limit, 60 * SEC),
+    });
+    LimitRequest {
+        domain: "edge",
+        descriptors: vec![d],
+        hits: 1,
+        client_required: false,
+    }
+}
+
+#[test]
+fn a_limit_override_is_one_enforced_limit_on_any_descriptor_of_a_known_domain() {
+    let (l, _) = limiter(&[("edge.yaml", OVERRIDDEN)]);
+    run(async {
+        for entries in [
+            &[("tenant", "t1")][..],   // matched, with two configured limits
+            &[("shadowed", "s1")][..], // matched, shadow mode
+            &[("nothing", "n1")][..],  // not matched at all
+        ] {
+            let r = overridden(entries, 5);
+            for i in 0..5 {
+                let d = l.decide(&r).await.unwrap();
+                assert!(d.allowed, "{entries:?}: request {i}");
+                assert_eq!(d.limits.len(), 1, "{entries:?}");
+                assert_eq!(&*d.limits[0].name, OVERRIDE_NAME);
+            }
+            let d = l.decide(&r).await.unwrap();
+            assert!(!d.allowed, "{entries:?}: the 6th of 5/minute");
+            assert!(d.over_limit[0]);
+        }
+        // An unknown domain has no limits, override or not.
+        let mut r = overridden(&[("tenant", "t1")], 1);
+        r.domain = "unknown";
+        for _ in 0..3 {
+            assert!(l.decide(&r).await.unwrap().allowed);
+        }
+    });
 }

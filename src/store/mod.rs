@@ -69,12 +69,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether retrying later may succeed (a transient fault, not a bug or a misconfiguration).
+    /// Whether the store could not be reached (a transient outage, which the failure policy
+    /// answers), as opposed to a bug, a misconfiguration or a full memory store. A full store
+    /// is not an outage: it refuses the one request that needs a new counter, under every
+    /// policy, and keeps deciding for the counters it has.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Full { .. } | StoreError::Timeout(_) | StoreError::Unavailable(_)
-        )
+        matches!(self, StoreError::Timeout(_) | StoreError::Unavailable(_))
     }
 
     /// A short label for metrics.
