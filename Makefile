@@ -1,7 +1,8 @@
-# The README's commands. `make setup` installs what the tests need on a fresh Debian machine.
+# The README's commands. `make test` first runs `make setup`, which installs what the tests
+# need on a fresh Debian machine (redis-server, openssl, Envoy) and skips what is there.
 CARGO ?= cargo
 
-.PHONY: run test lint bench setup fmt
+.PHONY: run test test-integration lint bench setup fmt
 
 # Extra flags for the service, e.g. ARGS="--redis-url redis://127.0.0.1:6379".
 ARGS ?=
@@ -9,8 +10,16 @@ ARGS ?=
 run:
 	$(CARGO) run --release -- --config config/ratelimiter.yaml $(ARGS)
 
-test:
+test: setup
 	$(CARGO) test --all-targets
+
+# Only the tests against a real redis-server (single, Cluster, Sentinel, TLS) and a real Envoy.
+# (envoy_doors speaks Envoy's protocols to the service without an Envoy: not among them.)
+INTEGRATION_TESTS := $(filter-out envoy_doors,\
+	$(sort $(basename $(notdir $(wildcard tests/redis_*.rs tests/envoy_*.rs tests/istio_*.rs)))))
+
+test-integration: setup
+	$(CARGO) test $(addprefix --test ,$(INTEGRATION_TESTS))
 
 lint:
 	$(CARGO) fmt --check
