@@ -186,3 +186,54 @@ pub fn commit(state: &mut Log, quota: &Quota, now: Micros, cost: u64) {
         None => state.entries.push_back((now, add(state.base, cost))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Running totals wrap at 2^52 (as in the Lua): the verdicts do not notice.
+    #[test]
+    fn running_totals_wrap_without_changing_a_verdict() {
+        let quota = Quota::new(1 << 50, 10);
+        let mut log = Log::default();
+        for round in 0..10u64 {
+            let now = 1_000 + round * 5;
+            let v = check(&log, &quota, now, 1 << 49);
+            assert!(v.allowed, "round {round}: {v:?}");
+            commit(&mut log, &quota, now, 1 << 49);
+            // Full now: the oldest live entry must leave first.
+            let v = check(&log, &quota, now, 1 << 50);
+            assert_eq!(v.remaining, (1 << 50) - used(&log, &quota, now));
+            assert!(!v.allowed);
+            assert!(log.entries.iter().all(|&(_, total)| total < TOTAL_MODULUS));
+        }
+        assert!(log.base < TOTAL_MODULUS);
+        assert_eq!(log.entries().map(|e| e.1).collect::<Vec<_>>(), [1 << 49; 2]);
+        let v = check(&log, &quota, 1_046, 1 << 50);
+        assert_eq!(v.retry_after, RetryAfter::After(9));
+    }
+
+    fn used(log: &Log, quota: &Quota, now: Micros) -> u64 {
+        log.live(quota, now).1
+    }
+
+    /// A clock that steps back commits into the newest entry: the log stays ordered, and the
+    /// cost stays in the window at least as long as at its own instant.
+    #[test]
+    fn a_clock_stepping_back_merges_into_the_newest_entry() {
+        let quota = Quota::new(3, 100);
+        let mut log = Log::default();
+        commit(&mut log, &quota, 500, 1);
+        let v = check(&log, &quota, 490, 1);
+        assert!(v.allowed);
+        assert_eq!(v.reset_after, 110);
+        commit(&mut log, &quota, 490, 1);
+        assert_eq!(log.entries().collect::<Vec<_>>(), [(500, 2)]);
+        assert_eq!(
+            log.encoded(),
+            "sw2:0000000000000".to_owned() + "00000000001f4" + "0000000000002"
+        );
+    }
+}

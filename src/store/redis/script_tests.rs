@@ -1145,3 +1145,38 @@ proptest! {
         let _ = decode(&reply, &mut checks);
     }
 }
+
+/// The sliding log's running totals wrap at 2^52 in Lua exactly as in Rust: same verdicts,
+/// same stored log, round after round past the wrap.
+#[tokio::test]
+async fn sliding_window_running_totals_wrap_as_in_rust() {
+    use crate::algorithm::sliding_window;
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let start = system_now() + 30 * DAY;
+    let half = 1u64 << 49;
+    let mut log = sliding_window::Log::default();
+    let key = counter_key(PREFIX, &CounterKey { tag: 3, limit: 1 });
+    for round in 0..12u64 {
+        let now = start + round * 5;
+        for cost in [half, 1 << 50] {
+            let mut checks = vec![check(3, Algorithm::SlidingWindow, 1 << 50, 10, cost)];
+            run_decide(&mut con, &mut checks, now).await.unwrap();
+            let expected = sliding_window::check(&log, &checks[0].quota, now, cost);
+            assert_eq!(
+                checks[0].verdict,
+                Some(expected),
+                "round {round}, cost {cost}"
+            );
+            if expected.allowed {
+                sliding_window::commit(&mut log, &checks[0].quota, now, cost);
+            }
+        }
+        let stored: Option<String> = ::redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(stored, Some(log.encoded()), "round {round}");
+    }
+}
