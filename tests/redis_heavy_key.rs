@@ -226,11 +226,15 @@ fn redis_figure(redis: &RedisServer, con: &mut redis::Connection, n: u64, limit:
     evalsha_usec_per_call(redis)
 }
 
-/// The same for a token bucket (its state is one number).
-fn token_bucket_figure(redis: &RedisServer, con: &mut redis::Connection) -> f64 {
+/// The same for a token bucket or a fixed window (their state is one or two numbers).
+fn constant_state_figure(
+    redis: &RedisServer,
+    con: &mut redis::Connection,
+    algorithm: Algorithm,
+) -> f64 {
     let check = Check {
         key: CounterKey { tag: 8, limit: 1 },
-        algorithm: Algorithm::TokenBucket,
+        algorithm,
         quota: Quota::new(1_000_000_000, 3_600_000_000),
         cost: 1,
         enforce: true,
@@ -286,8 +290,8 @@ fn cost_per_decision() {
             memory_figure(n, 2 * n)
         );
     }
-    println!(
-        "token bucket, for comparison: {:.1} µs",
-        token_bucket_figure(&redis, &mut con)
-    );
+    for algorithm in [Algorithm::TokenBucket, Algorithm::FixedWindow] {
+        let figure = constant_state_figure(&redis, &mut con, algorithm);
+        println!("{}, any limit: redis {figure:.1} µs", algorithm.as_str());
+    }
 }
