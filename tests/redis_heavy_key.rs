@@ -2,7 +2,7 @@
 //!
 //! A sliding window's log holds up to `limit` entries, and `sliding_window::MAX_LIMIT` caps
 //! that limit at config load. Here one key at the cap, with a full log whose entries leave the
-//! window one a millisecond (so decisions both admit, rewriting the log, and reject), is hit
+//! window one every 10 ms (so decisions both admit, rewriting the log, and reject), is hit
 //! from many tasks at once, through the real binary with the default `--redis-timeout-ms`, while
 //! another key (a token bucket) is asked in a loop: every answer for either key must be a
 //! normal decision, and every answer for the other key an admission.
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::{Kind, RedisServer, check, http_client};
+use common::redis::{Kind, RedisServer, check, http_client, storm};
 use common::{Service, config_dir};
 use ratelimiter::algorithm::sliding_window::{self, Log, MAX_LIMIT};
 use ratelimiter::algorithm::{Algorithm, Micros, Quota};
@@ -27,9 +27,12 @@ use ratelimiter::store::redis::script::{decide_invocation, decide_script};
 use ratelimiter::store::{Check, CounterKey};
 
 const MS: Micros = 1_000;
-/// The heavy key's window: `MAX_LIMIT` entries 1 ms apart fill it.
-const HEAVY_WINDOW: Micros = MAX_LIMIT * MS;
-/// How long the heavy key is hammered.
+/// The heavy key's entries are this far apart, so one leaves the window this often: far less
+/// often than the hammer asks, so the log stays full and most answers reject.
+const HEAVY_SPACING: Micros = 10 * MS;
+/// The heavy key's window: `MAX_LIMIT` entries `HEAVY_SPACING` apart fill it.
+const HEAVY_WINDOW: Micros = MAX_LIMIT * HEAVY_SPACING;
+/// How long the heavy key is hammered (less than its window: the filled log stays full).
 const HAMMER_FOR: Duration = Duration::from_secs(4);
 
 /// A log of `n` entries of cost 1, `spacing` apart, the newest at `newest`.
@@ -69,13 +72,13 @@ fn heavy_counter(redis: &RedisServer) -> String {
         .expect("a sliding-window counter")
 }
 
-/// Replaces the heavy key's log by a full one (`MAX_LIMIT` entries, 1 ms apart, the newest
-/// now), so that one entry leaves the window every millisecond from now on.
+/// Replaces the heavy key's log by a full one (`MAX_LIMIT` entries, `HEAVY_SPACING` apart, the
+/// newest now), so that one entry leaves the window every `HEAVY_SPACING` from now on.
 fn fill_heavy(redis: &RedisServer) {
     let key = heavy_counter(redis);
     let now = redis.time_us();
     let quota = Quota::new(MAX_LIMIT, HEAVY_WINDOW);
-    let log = full_log(MAX_LIMIT, MS, now, &quota);
+    let log = full_log(MAX_LIMIT, HEAVY_SPACING, now, &quota);
     let () = redis.cmd(
         redis::cmd("SET")
             .arg(&key)
@@ -85,11 +88,14 @@ fn fill_heavy(redis: &RedisServer) {
     );
 }
 
-/// Sends `POST /check` for `key` from `workers` tasks until `stop`; every reply's kind.
+/// Sends `POST /check` for `key` from `workers` tasks, each pausing `pause` between requests,
+/// until `stop`; every reply's kind. (Paced so that the 2-core machine, shared by the client,
+/// the service and Redis, is busy but not starved: a starved service times out on any key.)
 fn hammer(
     svc: &Service,
     key: &'static str,
     workers: usize,
+    pause: Duration,
     stop: &Arc<AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<Vec<Result<Kind, String>>>> {
     let client = http_client(Duration::from_secs(10), workers);
@@ -100,6 +106,7 @@ fn hammer(
                 let mut kinds = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     kinds.push(check(&client, &base, key, 1).await.map(|r| r.kind()));
+                    tokio::time::sleep(pause).await;
                 }
                 kinds
             })
@@ -118,11 +125,13 @@ async fn a_full_sliding_window_at_the_cap_leaves_other_keys_untouched() {
         let reply = check(&client, &svc.url(""), key, 1).await.unwrap();
         assert_eq!(reply.kind(), Kind::Normal { allowed: true }, "{key}");
     }
+    // Warm every connection first: a cold replica's first burst is issue 7's point 2, not this.
+    storm(&svc, "other", 200, 4).await;
     fill_heavy(&redis);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let heavy = hammer(&svc, "heavy", 16, &stop);
-    let other = hammer(&svc, "other", 2, &stop);
+    let heavy = hammer(&svc, "heavy", 8, Duration::from_millis(2), &stop);
+    let other = hammer(&svc, "other", 2, Duration::from_millis(5), &stop);
     tokio::time::sleep(HAMMER_FOR).await;
     stop.store(true, Ordering::Relaxed);
 
@@ -150,10 +159,29 @@ async fn a_full_sliding_window_at_the_cap_leaves_other_keys_untouched() {
         admitted(&heavy_kinds),
         other_kinds.len()
     );
-    // The heavy key was really full, and really decided on (admissions as entries left).
+    // The other key: every answer a normal admission, as if the heavy key were not there.
+    assert!(!other_kinds.is_empty());
+    let other_bad: Vec<_> = other_kinds
+        .iter()
+        .filter(|k| !matches!(k, Ok(Kind::Normal { allowed: true })))
+        .collect();
+    assert!(
+        other_bad.is_empty(),
+        "the other key: {} of {} answers not normal admissions, e.g. {:?}\n{}",
+        other_bad.len(),
+        other_kinds.len(),
+        other_bad.first(),
+        svc.logs()
+    );
+    // The heavy key was really full, and really decided on (admissions as entries left), and
+    // answered normally too.
     assert!(
         rejected > 0,
         "the heavy key never rejected: its log was not full"
+    );
+    assert!(
+        admitted(&heavy_kinds) > 0,
+        "the heavy key never admitted: no rewrite of a full log"
     );
     let bad: Vec<_> = heavy_kinds
         .iter()
@@ -164,16 +192,6 @@ async fn a_full_sliding_window_at_the_cap_leaves_other_keys_untouched() {
         "heavy key: {} answers not normal, e.g. {:?}\n{}",
         bad.len(),
         bad.first(),
-        svc.logs()
-    );
-    assert!(!other_kinds.is_empty());
-    assert_eq!(
-        admitted(&other_kinds),
-        other_kinds.len(),
-        "the other key: not all admitted normally: {:?}\n{}",
-        other_kinds
-            .iter()
-            .find(|k| !matches!(k, Ok(Kind::Normal { allowed: true }))),
         svc.logs()
     );
 }
