@@ -14,7 +14,7 @@ clients:
   tiers:
     gcra: [ { name: gcra, algorithm: token_bucket, limit: 1000, window: 1h } ]
     fixed: [ { name: fixed, algorithm: fixed_window, limit: 1000, window: 1h } ]
-    sliding: [ { name: sliding, algorithm: sliding_window, limit: 1000, window: 1h } ]
+    sliding: [ { name: sliding, algorithm: sliding_window, limit: 500, window: 1h } ]
   keys:
     - { key: key-gcra, tier: gcra }
     - { key: key-fixed, tier: fixed }
@@ -90,7 +90,7 @@ async fn memory_per_counter_key() {
     assert!(gcra <= 160, "GCRA key takes {gcra} bytes");
     assert!(fixed <= 160, "fixed-window key takes {fixed} bytes");
     // The sliding log grows with the admitted requests in the window (at most `limit`
-    // entries), roughly 20 bytes each.
+    // entries), 26 bytes each.
     assert!(sliding_100 > sliding_1);
     assert!(
         sliding_100 <= sliding_1 + 100 * 32,

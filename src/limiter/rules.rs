@@ -289,8 +289,9 @@ fn add_descriptor(
 
 /// Every limit must be decidable exactly by every store: the Redis scripts compute in Lua's
 /// doubles, exact up to 2^53, so limits, windows and token-bucket spans are bounded well below.
+/// A sliding window's limit is also capped, which bounds its log and so what a decision costs.
 fn check_range(def: &LimitDef, place: &str, errors: &mut Vec<ConfigError>) {
-    use crate::algorithm::gcra;
+    use crate::algorithm::{gcra, sliding_window};
     use crate::store::redis::script::{QUOTA_MAX, SPAN_MAX};
     let q = &def.quota;
     let too_big = q.limit > QUOTA_MAX
@@ -306,6 +307,20 @@ fn check_range(def: &LimitDef, place: &str, errors: &mut Vec<ConfigError>) {
                 "limit `{}`: limit, burst or burst × (window ÷ limit) is too large to count exactly \
                  (at most 2^50 units and a token-bucket span of 2^51 µs, about 71 years)",
                 def.name
+            ),
+        });
+    }
+    if def.algorithm == Algorithm::SlidingWindow && q.limit > sliding_window::MAX_LIMIT {
+        errors.push(ConfigError {
+            file: place.to_owned(),
+            line: None,
+            column: None,
+            message: format!(
+                "limit `{}`: a sliding_window limit is at most {} (its log holds one entry per \
+                 admitted request, which every decision reads); for larger limits use \
+                 token_bucket or fixed_window",
+                def.name,
+                sliding_window::MAX_LIMIT
             ),
         });
     }

@@ -908,3 +908,23 @@ fn parse_str_names_the_file_in_every_problem() {
     assert!(errors.0.iter().all(|e| e.file == "edge.yaml"));
     assert!(errors.to_string().starts_with("edge.yaml:1:9: "));
 }
+
+#[test]
+fn sliding_windows_above_the_cap_are_refused_in_envoy_files_too() {
+    use crate::algorithm::sliding_window::MAX_LIMIT;
+    let text = |limit: u64| {
+        format!(
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {{unit: hour, requests_per_unit: {limit}}}\n    algorithm: sliding_window\n"
+        )
+    };
+    assert!(crate::limiter::Rules::compile(&ok(&text(MAX_LIMIT))).is_ok());
+    let err = crate::limiter::Rules::compile(&ok(&text(MAX_LIMIT + 1)))
+        .err()
+        .map(|e| e.to_string())
+        .expect("refused");
+    assert!(
+        err.contains(&format!("sliding_window limit is at most {MAX_LIMIT}"))
+            && err.contains("token_bucket or fixed_window"),
+        "{err}"
+    );
+}

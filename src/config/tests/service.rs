@@ -636,3 +636,48 @@ fn ext_authz_rules_and_over_limit_body() {
         assert!(err.contains(message), "{err}");
     }
 }
+
+/// What `Rules::compile` (run by config load and `ratelimiter validate`) says about `text`.
+fn compile_errors(text: &str) -> Option<String> {
+    crate::limiter::Rules::compile(&ok(text))
+        .err()
+        .map(|e| e.to_string())
+}
+
+#[test]
+fn sliding_windows_above_the_cap_are_refused_naming_it_and_the_alternatives() {
+    use crate::algorithm::sliding_window::MAX_LIMIT;
+    let tier = |limit: u64, algorithm: &str| {
+        clients(
+            &format!(
+                "    t: [ {{ name: big, limit: {limit}, window: 1h, algorithm: {algorithm} }} ]\n"
+            ),
+            "    - { key: k, tier: t }\n",
+        )
+    };
+    assert_eq!(compile_errors(&tier(MAX_LIMIT, "sliding_window")), None);
+    let err = compile_errors(&tier(MAX_LIMIT + 1, "sliding_window")).expect("refused");
+    assert!(
+        err.contains("limit `big`")
+            && err.contains(&format!("sliding_window limit is at most {MAX_LIMIT}"))
+            && err.contains("token_bucket or fixed_window"),
+        "{err}"
+    );
+    // The same limit with a constant-size state is fine.
+    for algorithm in ["token_bucket", "fixed_window"] {
+        assert_eq!(compile_errors(&tier(1_000_000, algorithm)), None);
+    }
+    // Per-key limits too.
+    let per_key = clients(
+        DEMO,
+        &format!(
+            "    - {{ key: k, limits: [ {{ name: mine, limit: {}, window: 1m, algorithm: sliding_window }} ] }}\n",
+            MAX_LIMIT + 1
+        ),
+    );
+    let err = compile_errors(&per_key).expect("refused");
+    assert!(
+        err.contains("limit `mine`") && err.contains("at most"),
+        "{err}"
+    );
+}

@@ -262,10 +262,7 @@ fn encode(state: &CounterState) -> String {
     match state {
         CounterState::Gcra(tat) => tat.0.to_string(),
         CounterState::FixedWindow(w) => format!("{}:{}", w.start, w.count),
-        CounterState::SlidingWindow(log) => {
-            let entries: Vec<String> = log.entries().map(|(t, c)| format!("{t}:{c}")).collect();
-            format!("sw:{}", entries.join(","))
-        }
+        CounterState::SlidingWindow(log) => log.encoded(),
     }
 }
 

@@ -254,15 +254,23 @@ impl Model {
     }
 }
 
+/// A sliding-window log of `(instant, cost)` entries (base 0) as the scripts store it.
+fn sliding_log(entries: &[(Micros, u64)]) -> String {
+    let mut total = 0;
+    let mut out = "sw2:0000000000000".to_owned();
+    for (t, c) in entries {
+        total += c;
+        out.push_str(&format!("{t:013x}{total:013x}"));
+    }
+    out
+}
+
 /// A state as the scripts store it (see the headers of lua/*.lua).
 fn encode(state: &CounterState) -> String {
     match state {
         CounterState::Gcra(tat) => tat.0.to_string(),
         CounterState::FixedWindow(w) => format!("{}:{}", w.start, w.count),
-        CounterState::SlidingWindow(log) => {
-            let entries: Vec<String> = log.entries().map(|(t, c)| format!("{t}:{c}")).collect();
-            format!("sw:{}", entries.join(","))
-        }
+        CounterState::SlidingWindow(log) => log.encoded(),
     }
 }
 
@@ -761,13 +769,22 @@ async fn foreign_values_count_as_empty_and_are_replaced() {
     let server = RedisServer::start();
     let mut con = server.connect().await;
     let now = system_now() + 30 * DAY;
-    let foreign: [(&str, Option<&str>); 7] = [
+    let foreign: [(&str, Option<&str>); 10] = [
         ("token_bucket", Some("12:3")),
         ("token_bucket", Some("sw:1:1")),
         ("fixed_window", Some("123")),
         ("fixed_window", Some("1:2:3")),
         ("sliding_window", Some("sw:1:0")),
-        ("sliding_window", Some("sw:5:1,")),
+        ("sliding_window", Some("sw:5:1")), // the log's encoding before "sw2:"
+        ("sliding_window", Some("sw2:000000000000")),
+        (
+            "sliding_window",
+            Some("sw2:00000000000000000000000000000000000000g"),
+        ),
+        (
+            "sliding_window",
+            Some("sw2:00000000000x000000000000010000000000001"),
+        ),
         ("sliding_window", None), // a list
     ];
     for (i, (algorithm, value)) in foreign.into_iter().enumerate() {
@@ -930,13 +947,13 @@ async fn a_refund_takes_back_only_its_own_commit() {
     let merged = decide_at(&mut con, &sliding(2), t + 9).await;
     assert_eq!(
         get(&mut con, 2).await,
-        Some(format!("sw:{t}:2,{}:1,{}:5", t + 5, t + 9))
+        Some(sliding_log(&[(t, 2), (t + 5, 1), (t + 9, 5)]))
     );
     refund(&mut con, &a, t).await;
     refund(&mut con, &merged, t + 9).await;
     assert_eq!(
         get(&mut con, 2).await,
-        Some(format!("sw:{}:1,{}:3", t + 5, t + 9))
+        Some(sliding_log(&[(t + 5, 1), (t + 9, 3)]))
     );
     let key = counter_key(PREFIX, &CounterKey { tag: 2, limit: 1 });
     let at: u64 = ::redis::cmd("PEXPIRETIME")
@@ -1126,5 +1143,40 @@ proptest! {
             .map(|i| check(i as u128, Algorithm::TokenBucket, 1, SEC, 1))
             .collect();
         let _ = decode(&reply, &mut checks);
+    }
+}
+
+/// The sliding log's running totals wrap at 2^52 in Lua exactly as in Rust: same verdicts,
+/// same stored log, round after round past the wrap.
+#[tokio::test]
+async fn sliding_window_running_totals_wrap_as_in_rust() {
+    use crate::algorithm::sliding_window;
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let start = system_now() + 30 * DAY;
+    let half = 1u64 << 49;
+    let mut log = sliding_window::Log::default();
+    let key = counter_key(PREFIX, &CounterKey { tag: 3, limit: 1 });
+    for round in 0..12u64 {
+        let now = start + round * 5;
+        for cost in [half, 1 << 50] {
+            let mut checks = vec![check(3, Algorithm::SlidingWindow, 1 << 50, 10, cost)];
+            run_decide(&mut con, &mut checks, now).await.unwrap();
+            let expected = sliding_window::check(&log, &checks[0].quota, now, cost);
+            assert_eq!(
+                checks[0].verdict,
+                Some(expected),
+                "round {round}, cost {cost}"
+            );
+            if expected.allowed {
+                sliding_window::commit(&mut log, &checks[0].quota, now, cost);
+            }
+        }
+        let stored: Option<String> = ::redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        assert_eq!(stored, Some(log.encoded()), "round {round}");
     }
 }
