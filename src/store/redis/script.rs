@@ -189,6 +189,46 @@ pub fn refund_invocation(
     inv
 }
 
+/// The key of one cross-slot reservation: `{prefix}res:{<tag, 32 hex>}:<token>`, in the
+/// slot of the tag's counters.
+pub fn reservation_key(prefix: &str, tag: u128, token: &str) -> String {
+    format!("{prefix}res:{{{tag:032x}}}:{token}")
+}
+
+/// A decide run over `checks` (one slot of a cross-slot plan) under the reservation key
+/// `reservation` (a [`reservation_key`], passed as the last `KEYS`): idempotent, so a client
+/// that resends it charges once (see `lua/decide.lua`).
+pub fn reserve_invocation(
+    prefix: &str,
+    checks: &[Check],
+    reservation: &str,
+) -> ScriptInvocation<'static> {
+    let mut inv = decide_invocation(decide_script(), prefix, checks, None);
+    inv.key(reservation);
+    inv
+}
+
+/// A refund run of the reservation `reservation` over `checks` (the same checks as its
+/// [`reserve_invocation`], verdicts or not): gives back what that reserve committed, once,
+/// whether or not its reply was read, and nothing if it never committed. Each check is sent at
+/// its full cost; the script takes which ones were allowed from the reservation's record.
+pub fn refund_reservation_invocation(
+    prefix: &str,
+    checks: &[Check],
+    reservation: &str,
+) -> ScriptInvocation<'static> {
+    let mut inv = refund_script().prepare_invoke();
+    for check in checks {
+        inv.key(counter_key(prefix, &check.key));
+    }
+    inv.key(reservation);
+    inv.arg(0).arg(checks.len()).arg("1");
+    for check in checks {
+        push_check(&mut inv, check, check.cost);
+    }
+    inv
+}
+
 /// What a decide reply says besides the verdicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decoded {
