@@ -18,6 +18,11 @@
 //!   while the route has plenty of room: each key admits exactly its quota, and the route
 //!   counter holds only the admitted requests (every reservation of a request a key rejected
 //!   was refunded).
+//! - `a_timeout_mid_plan_strands_nothing`: the route's master is paused (`CLIENT PAUSE`) so a
+//!   replica with `--redis-timeout-ms 20` times out after the key's slot was reserved and
+//!   while the route's decide waits: after the pause, both the key's reservation and the
+//!   route's (whose reply was lost) are refunded, the refunds are counted in `/metrics`, and
+//!   the key then gets its full quota.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -262,6 +267,28 @@ async fn decisions_sent(services: &[Service]) -> u64 {
     total
 }
 
+/// Waits (up to 30 s) until the replicas count `expected` refunds, each rejection that reached
+/// Redis having given back the one slot reserved before it; refunds run in the background,
+/// after the rejection is answered. Panics if they count more, or any refund failed.
+async fn wait_for_refunds(services: &[Service], expected: u64) {
+    let started = Instant::now();
+    loop {
+        let done = metric_sum(services, "ratelimiter_redis_refunds_total").await;
+        assert!(done <= expected, "{done} refunds for {expected} rejections");
+        if done == expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{done} of {expected} refunds after 30 s\n{}",
+            all_logs(services)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = metric_sum(services, "ratelimiter_redis_refund_failures_total").await;
+    assert_eq!(failed, 0, "refunds failed\n{}", all_logs(services));
+}
+
 /// Waits out the last minute of a UTC day by Redis's clock, so that the day-long fixed
 /// windows cannot roll over during the test; returns the day.
 async fn settled_day(cluster: &RedisCluster) -> u64 {
@@ -395,6 +422,7 @@ async fn global_limit_binds_and_keys_are_refunded() {
         refunded > 0,
         "no rejection reached Redis: nothing was refunded"
     );
+    wait_for_refunds(&services, refunded).await;
 
     // Each key's counter was charged for its admitted requests only: a request with the key
     // alone (no route) sees QUOTA - admitted, minus itself.
@@ -439,6 +467,12 @@ async fn key_limit_binds_and_the_route_is_refunded() {
         assert_eq!(*a as u64, QUOTA, "{k}: admitted per key {admitted:?}");
     }
     let total: u64 = admitted.values().map(|&a| a as u64).sum();
+    let refunded = decisions_sent(&services).await - total;
+    assert!(
+        refunded > 0,
+        "no rejection reached Redis: nothing was refunded"
+    );
+    wait_for_refunds(&services, refunded).await;
     let (route_name, route) = check_placement(&cluster, &mut probe, &keys, false);
     // The route was reserved by every request that reached Redis, and refunded for each one
     // a key rejected: it holds the admitted requests only.
@@ -446,11 +480,6 @@ async fn key_limit_binds_and_the_route_is_refunded() {
         fixed_window_count(&cluster, route, &route_name),
         total,
         "the route counter was charged for requests the key limits rejected"
-    );
-    let refunded = decisions_sent(&services).await - total;
-    assert!(
-        refunded > 0,
-        "no rejection reached Redis: nothing was refunded"
     );
 
     // Through the service: a fresh request on the route (with a key of huge quota, so the
@@ -473,5 +502,130 @@ async fn key_limit_binds_and_the_route_is_refunded() {
         "key limits: admitted {admitted:?} (total {total}), {refunded} Redis rejections \
          refunded the route; {:?}",
         started.elapsed()
+    );
+}
+
+/// The sum of the metric `name` over `services`.
+async fn metric_sum(services: &[Service], name: &str) -> u64 {
+    let client = reqwest::Client::new();
+    let mut total = 0;
+    for svc in services {
+        total += counter(&metrics(&client, &svc.url("/metrics")).await, name);
+    }
+    total
+}
+
+/// `request` answered normally on `channel`, retried (up to 50 times) while it is not: the
+/// tight replica's 20 ms may be too short for a first call on a busy machine. Only for
+/// requests whose charge does not matter.
+async fn allow_eventually(channel: &Channel, api_key: &str) -> AllowRequestResponse {
+    for _ in 0..50 {
+        let r = RateLimiterClient::new(channel.clone())
+            .allow_request(request(api_key, true))
+            .await;
+        if let Ok(r) = r
+            && r.get_ref().degraded.is_empty()
+        {
+            return r.into_inner();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{api_key}: no normal answer in 50 tries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timeout_mid_plan_strands_nothing() {
+    /// The key's own quota per day (a fixed window: its count is read back from Redis).
+    const QUOTA: u64 = 4;
+    /// Requests that time out while the route's master is paused (fewer than the breaker's
+    /// 5 consecutive failures, so each of them reaches Redis).
+    const TIMED_OUT: usize = 3;
+    const FIXED: usize = 2;
+    assert_eq!(ALGORITHMS[FIXED], "fixed_window");
+    let cluster = RedisCluster::start(3);
+    let mut probe = Probe::new(&cluster);
+    let keys = pick_keys(&mut probe, "strand", ALGORITHMS.len(), true);
+    let key = keys[FIXED].clone();
+    let route_tag = tag(&[ROUTE]);
+    let route = probe.place(&format!("{}:x", tagged(route_tag)));
+    let dir = config("cluster-slots-timeout", &keys, QUOTA, 1000);
+    // One replica times out after 20 ms; the other, with 2 s, checks the aftermath.
+    let tight = start_replicas(&dir, &cluster.url(), "20", 1);
+    let calm = start_replicas(&dir, &cluster.url(), "2000", 1);
+    let services: Vec<Service> = tight.into_iter().chain(calm).collect();
+    let channels = warm_grpc_channels(&services).await;
+    settled_day(&cluster).await;
+    // Connections and scripts on every master: the tight replica asks the route's master
+    // (retried until it answers in time), the calm one charges the key once.
+    allow_eventually(&channels[0], "probe").await;
+    assert!(allow(&channels[1], &key, false).await.allowed);
+    let (route_name, _) = one_counter(&cluster, &mut probe, route_tag);
+    let route_before = fixed_window_count(&cluster, route, &route_name);
+    let (key_name, key_place) = one_counter(&cluster, &mut probe, key_tag(&key));
+    assert_eq!(fixed_window_count(&cluster, key_place, &key_name), 1);
+
+    // WRITE mode: scripts wait, PING does not (deadpool's recycle PINGs every master, so
+    // with ALL no request would get a connection, and none would reserve anything).
+    let () =
+        cluster.nodes()[route.node].cmd(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE"));
+    for i in 0..TIMED_OUT {
+        let r = RateLimiterClient::new(channels[0].clone())
+            .allow_request(request(&key, true))
+            .await;
+        eprintln!(
+            "timed out {i}: {r:?} key count {}",
+            fixed_window_count(&cluster, key_place, &key_name)
+        );
+        assert!(
+            !matches!(&r, Ok(r) if r.get_ref().allowed && r.get_ref().degraded.is_empty()),
+            "request {i} was decided although the route's master is paused: {r:?}"
+        );
+    }
+    // The key's counter lives on another master, which answers at once: its reservations
+    // are given back (after the pause at the latest, when the route's refunds are done too).
+    let started = Instant::now();
+    while fixed_window_count(&cluster, key_place, &key_name) != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{key}'s reservations are still held 30 s after {TIMED_OUT} timed-out requests: \
+             {} instead of 1\n{}",
+            fixed_window_count(&cluster, key_place, &key_name),
+            all_logs(&services)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The route's decides ran once the pause ended; their replies were lost, so they are
+    // refunded too.
+    let started = Instant::now();
+    while fixed_window_count(&cluster, route, &route_name) != route_before {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the route's lost reservations are still held: {} instead of {route_before}",
+            fixed_window_count(&cluster, route, &route_name)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each timed-out request holds the key's slot, and the route's if its decide was sent:
+    // every reservation given back is counted once.
+    let refunds = metric_sum(&services, "ratelimiter_redis_refunds_total").await;
+    assert!(
+        (1..=2 * TIMED_OUT as u64).contains(&refunds),
+        "{refunds} refunds counted for {TIMED_OUT} timed-out requests"
+    );
+    assert_eq!(
+        metric_sum(&services, "ratelimiter_redis_refund_failures_total").await,
+        0
+    );
+
+    // The key has its whole quota back (one was used by the warm-up).
+    for i in 1..QUOTA {
+        let r = allow(&channels[1], &key, true).await;
+        assert!(r.allowed, "request {i} of a fresh quota of {QUOTA}: {r:?}");
+    }
+    let r = allow(&channels[1], &key, true).await;
+    assert!(
+        !r.allowed,
+        "request {} of a quota of {QUOTA}: {r:?}",
+        QUOTA + 1
     );
 }

@@ -15,7 +15,8 @@
 //!   until `T` whatever happens meanwhile (others can only consume more), so replicas answer
 //!   those rejections without asking Redis, and an abusive client cannot saturate it;
 //! - on Redis Cluster, a plan whose descriptors live in different slots is reserved slot by
-//!   slot in a fixed order and refunded if a later slot rejects (see `docs/tradeoffs.md`).
+//!   slot in a fixed order and refunded if a later slot rejects, fails or times out
+//!   (`cross_slot`; see `docs/tradeoffs.md`).
 
 mod batch;
 mod breaker;
@@ -74,6 +75,10 @@ pub struct RedisStats {
     pub decisions: prometheus::IntCounter,
     /// Rejections answered by the over-limit cache, without Redis.
     pub cached_rejections: prometheus::IntCounter,
+    /// Cross-slot reservations given back (see `cross_slot`).
+    pub refunds: prometheus::IntCounter,
+    /// Cross-slot reservations whose refund failed after every attempt.
+    pub refund_failures: prometheus::IntCounter,
 }
 
 impl RedisStats {
@@ -91,6 +96,16 @@ impl RedisStats {
                 "ratelimiter_redis_cached_rejections_total",
                 "Rejections answered by the over-limit cache without asking Redis.",
             )?,
+            refunds: prometheus::IntCounter::new(
+                "ratelimiter_redis_refunds_total",
+                "Cross-slot reservations given back after a later slot rejected, failed or \
+                 timed out.",
+            )?,
+            refund_failures: prometheus::IntCounter::new(
+                "ratelimiter_redis_refund_failures_total",
+                "Cross-slot reservations whose refund failed after every attempt; they stay \
+                 charged until their counters expire.",
+            )?,
         })
     }
 
@@ -100,6 +115,8 @@ impl RedisStats {
             Box::new(self.round_trips.clone()),
             Box::new(self.decisions.clone()),
             Box::new(self.cached_rejections.clone()),
+            Box::new(self.refunds.clone()),
+            Box::new(self.refund_failures.clone()),
         ]
     }
 }
@@ -214,7 +231,8 @@ impl RedisStore {
             plan.admitted = script::decode(&reply, &mut plan.checks)?.admitted;
             return Ok(());
         }
-        cross_slot::decide_across_slots(&self.connections, &self.options.prefix, plan).await
+        cross_slot::decide_across_slots(&self.connections, &self.options.prefix, &self.stats, plan)
+            .await
     }
 }
 
