@@ -1078,6 +1078,65 @@ async fn a_refund_before_its_reservation_leaves_it_charging_nothing() {
     );
 }
 
+/// A refund whose reserve reply was lost knows no verdicts and no commit instant: it takes
+/// both from the reservation's record. The sliding window's entry at that instant and the
+/// fixed window's count go back; a shadow check that was not allowed committed nothing and
+/// gets nothing back.
+#[tokio::test]
+async fn a_lost_reservation_is_refunded_from_its_record() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let limit = |id: u64, c: Check| Check {
+        key: CounterKey { tag: 5, limit: id },
+        ..c
+    };
+    let shadow = Check {
+        enforce: false,
+        ..limit(3, check(5, Algorithm::TokenBucket, 10, 1000 * SEC, 5))
+    };
+    let part = || {
+        vec![
+            limit(1, check(5, Algorithm::SlidingWindow, 10, 1000 * SEC, 2)),
+            limit(2, check(5, Algorithm::FixedWindow, 10, 1000 * SEC, 3)),
+            shadow.clone(),
+        ]
+    };
+    // The shadow check's bucket holds 2 of 10.
+    let mut drain = vec![limit(
+        3,
+        check(5, Algorithm::TokenBucket, 10, 1000 * SEC, 8),
+    )];
+    let reply: Value = decide_invocation(decide_script(), PREFIX, &drain, None)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert!(decode(&reply, &mut drain).unwrap().admitted);
+    let mut reserved = part();
+    let reply = reserve(&mut con, &reserved, "lost").await.unwrap();
+    assert!(decode(&reply, &mut reserved).unwrap().admitted);
+    assert_eq!(reserved[2].verdict.map(|v| v.allowed), Some(false));
+
+    refund_reservation(&mut con, &part(), "lost").await;
+    let get = |id: u64| counter_key(PREFIX, &CounterKey { tag: 5, limit: id });
+    let left: Vec<Option<String>> = ::redis::cmd("MGET")
+        .arg(get(1))
+        .arg(get(2))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![None, None], "both windows are empty again");
+    // The bucket still holds 2: nothing was given back for the shadow check.
+    let mut two = vec![limit(
+        3,
+        check(5, Algorithm::TokenBucket, 10, 1000 * SEC, 3),
+    )];
+    let reply: Value = decide_invocation(decide_script(), PREFIX, &two, None)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!decode(&reply, &mut two).unwrap().admitted);
+}
+
 #[tokio::test]
 async fn the_witness_counts_runs() {
     let server = RedisServer::start();
