@@ -9,7 +9,12 @@
 //!   clock: the algorithm files mirror `crate::algorithm` line for line, in integer
 //!   microseconds.
 //! - **refund**: the same with `refund.lua`: undoes a decide's commit, for plans that span
-//!   Redis Cluster slots when a later slot rejects.
+//!   Redis Cluster slots when a later slot rejects, fails or times out.
+//!
+//! A cross-slot plan's slots are decided and refunded under a reservation key each
+//! ([`reservation_key`], [`reserve_invocation`], [`refund_reservation_invocation`]): one more
+//! `KEYS` entry, in the slot's hash tag, recording for a minute what the decide committed, so a
+//! resent decide or refund charges or gives back once. Single-slot plans never carry one.
 //!
 //! A third, test-only variant of decide swaps `clock_redis.lua` for `clock_test.lua`, which
 //! reads `now` from `ARGV[1]` and returns a sequence number from a witness key. It exists only
