@@ -5,6 +5,11 @@
 -- this file, concatenated (src/store/redis/script.rs).
 --
 -- KEYS[i]  the counter key of check i, i = 1..n (`script::counter_key`).
+-- KEYS[n + 1]  cross-slot plans only: the slot's reservation key (keys.lua). A decide under a
+--          reservation that committed already replays its recorded reply and charges
+--          nothing again; under a refunded one it charges nothing and answers the error
+--          "ERR ratelimiter: reservation already refunded"; otherwise it runs as below and,
+--          when it commits, records its reply there.
 -- ARGV[1]  the test clock in us; ignored in production, where `now` is Redis's TIME.
 -- ARGV[2]  n, the number of checks (= #KEYS).
 -- ARGV[3]  "1": commit when admitted (what the service always sends); "0": decide only,
@@ -45,6 +50,17 @@ if checks == nil then
 end
 local n = #checks
 local commit = ARGV[3] ~= '0'
+local reservation = reservation_of(n)
+if reservation ~= nil then
+  local recorded = read_raw(reservation)
+  if recorded == TOMBSTONE then
+    return redis.error_reply('ERR ratelimiter: reservation already refunded')
+  end
+  local replay = recorded_reply(recorded, n)
+  if replay ~= nil then
+    return replay
+  end
+end
 
 local admitted = true
 local reply = { 0, fmt(now) }
@@ -83,6 +99,9 @@ if admitted then
         write_state(c.key, encoded, c.algorithm.expires_at(state, c.limit, c.window, c.burst), now)
         written[c.key] = encoded
       end
+    end
+    if reservation ~= nil then
+      record_commit(reservation, reply)
     end
   end
 end

@@ -1,5 +1,6 @@
 -- keys.lua: what decide.lua and refund.lua share (follows the three algorithm files):
--- the algorithms by name, reading and writing counter keys, and parsing the checks' ARGV.
+-- the algorithms by name, reading and writing counter keys, parsing the checks' ARGV, and
+-- the reservation records of cross-slot plans.
 
 local ALGORITHMS = {
   token_bucket = {
@@ -56,8 +57,8 @@ end
 -- The checks of ARGV (layout in decide.lua): a list of tables, or nil and why not.
 local function parse_checks()
   local n = int(ARGV[2])
-  if n == nil or n ~= #KEYS then
-    return nil, 'ARGV[2] must be the number of KEYS'
+  if n == nil or (n ~= #KEYS and n + 1 ~= #KEYS) then
+    return nil, 'ARGV[2] must be the number of KEYS, or one less'
   end
   if #ARGV < 3 + 6 * n then
     return nil, 'expected 6 ARGV per check after the first 3'
@@ -93,4 +94,53 @@ local function parse_checks()
     }
   end
   return checks
+end
+
+-- A cross-slot plan reserves each slot under a reservation key of its own (random, in the
+-- slot's hash tag), KEYS[n + 1]; a single-slot plan has none and never reaches this code.
+-- The key records what happened to the reservation, for RESERVATION_TTL_MS:
+--   'c' .. the decide reply, comma-separated: committed (the reply is replayed to a resent
+--          decide, and tells a refund when it committed and which checks were allowed);
+--   TOMBSTONE: refunded, or refunded before its decide ran (the decide then charges nothing).
+-- A rejected decide commits nothing and records nothing.
+local RESERVATION_TTL_MS = 60000
+local TOMBSTONE = 't'
+
+-- The reservation key of a run over n checks, or nil when there is none.
+local function reservation_of(n)
+  if #KEYS == n + 1 then
+    return KEYS[n + 1]
+  end
+  return nil
+end
+
+-- Records a committed decide's reply (numbers and decimal strings) under `reservation`.
+local function record_commit(reservation, reply)
+  local fields = {}
+  for i = 1, #reply do
+    fields[i] = type(reply[i]) == 'number' and fmt(reply[i]) or reply[i]
+  end
+  redis.call('SET', reservation, 'c' .. table.concat(fields, ','), 'PX', RESERVATION_TTL_MS)
+end
+
+-- The decide reply recorded in `recorded` for n checks, with its integer fields as numbers
+-- (admitted, then per check allowed and retry_kind), or nil when it is not one.
+local function recorded_reply(recorded, n)
+  if recorded == nil or string.sub(recorded, 1, 1) ~= 'c' then
+    return nil
+  end
+  local reply = {}
+  for field in string.gmatch(string.sub(recorded, 2), '[^,]+') do
+    reply[#reply + 1] = field
+  end
+  if #reply ~= 2 + 5 * n then
+    return nil
+  end
+  reply[1] = tonumber(reply[1])
+  for i = 1, n do
+    local at = 2 + 5 * (i - 1)
+    reply[at + 1] = tonumber(reply[at + 1])
+    reply[at + 4] = tonumber(reply[at + 4])
+  end
+  return reply
 end

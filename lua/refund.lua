@@ -6,7 +6,13 @@
 -- keys.lua and this file, concatenated (src/store/redis/script.rs); `now` is Redis's TIME.
 --
 -- KEYS[i]  the counter key of check i, i = 1..n, as given to decide.lua.
--- ARGV[1]  committed_at: the `now` decide.lua returned for that commit (us).
+-- KEYS[n + 1]  optional: the reservation key the decide ran under (keys.lua). Then what is
+--          refunded comes from the reservation's record, not from ARGV: nothing unless it
+--          committed (and then committed_at and which checks were allowed are the recorded
+--          ones; ARGV's costs are the checks' full costs), and the reservation becomes a
+--          tombstone, so a second refund, or a decide that comes later, does nothing.
+-- ARGV[1]  committed_at: the `now` decide.lua returned for that commit (us); ignored with a
+--          reservation key.
 -- ARGV[2]  n (= #KEYS).
 -- ARGV[3]  reserved, "1" (the commit flag's place in decide.lua's layout).
 -- ARGV[4 + 6(i-1) .. 9 + 6(i-1)]  check i, as for decide.lua, where cost is what decide.lua
@@ -19,7 +25,7 @@
 -- The key is rewritten with the expiry of its new state, or deleted when that state is
 -- empty. A key that another algorithm rewrote in between (a config reload) is left alone.
 --
--- Reply: the integer 1. Errors: as decide.lua (nothing written).
+-- Reply: the integer 1, or 0 when a reservation had nothing to refund. Errors: as decide.lua (nothing written).
 -- Atomic for the same reason as decide.lua: Redis runs the whole script alone. A refund is
 -- approximate only in that other requests may have been decided against the refunded cost
 -- in the meantime (they saw less room than there was, never more).
@@ -32,6 +38,24 @@ local now = clock()
 local checks, why = parse_checks()
 if checks == nil then
   return redis.error_reply('ERR ratelimiter: ' .. why)
+end
+
+local reservation = reservation_of(#checks)
+if reservation ~= nil then
+  local recorded = recorded_reply(read_raw(reservation), #checks)
+  redis.call('SET', reservation, TOMBSTONE, 'PX', RESERVATION_TTL_MS)
+  if recorded == nil then
+    return 0
+  end
+  committed_at = int(recorded[2])
+  if committed_at == nil or committed_at > NOW_MAX then
+    return 0
+  end
+  for i = 1, #checks do
+    if recorded[2 + 5 * (i - 1) + 1] ~= 1 then
+      checks[i].cost = 0
+    end
+  end
 end
 
 for i = 1, #checks do

@@ -18,6 +18,11 @@
 //!   while the route has plenty of room: each key admits exactly its quota, and the route
 //!   counter holds only the admitted requests (every reservation of a request a key rejected
 //!   was refunded).
+//! - `a_timeout_mid_plan_strands_nothing`: the route's master is paused (`CLIENT PAUSE`) so a
+//!   replica with `--redis-timeout-ms 20` times out after the key's slot was reserved and
+//!   while the route's decide waits: after the pause, both the key's reservation and the
+//!   route's (whose reply was lost) are refunded, the refunds are counted in `/metrics`, and
+//!   the key then gets its full quota.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -262,6 +267,28 @@ async fn decisions_sent(services: &[Service]) -> u64 {
     total
 }
 
+/// Waits (up to 30 s) until the replicas count `expected` refunds, each rejection that reached
+/// Redis having given back the one slot reserved before it; refunds run in the background,
+/// after the rejection is answered. Panics if they count more, or any refund failed.
+async fn wait_for_refunds(services: &[Service], expected: u64) {
+    let started = Instant::now();
+    loop {
+        let done = metric_sum(services, "ratelimiter_redis_refunds_total").await;
+        assert!(done <= expected, "{done} refunds for {expected} rejections");
+        if done == expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{done} of {expected} refunds after 30 s\n{}",
+            all_logs(services)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = metric_sum(services, "ratelimiter_redis_refund_failures_total").await;
+    assert_eq!(failed, 0, "refunds failed\n{}", all_logs(services));
+}
+
 /// Waits out the last minute of a UTC day by Redis's clock, so that the day-long fixed
 /// windows cannot roll over during the test; returns the day.
 async fn settled_day(cluster: &RedisCluster) -> u64 {
@@ -395,6 +422,7 @@ async fn global_limit_binds_and_keys_are_refunded() {
         refunded > 0,
         "no rejection reached Redis: nothing was refunded"
     );
+    wait_for_refunds(&services, refunded).await;
 
     // Each key's counter was charged for its admitted requests only: a request with the key
     // alone (no route) sees QUOTA - admitted, minus itself.
@@ -439,6 +467,12 @@ async fn key_limit_binds_and_the_route_is_refunded() {
         assert_eq!(*a as u64, QUOTA, "{k}: admitted per key {admitted:?}");
     }
     let total: u64 = admitted.values().map(|&a| a as u64).sum();
+    let refunded = decisions_sent(&services).await - total;
+    assert!(
+        refunded > 0,
+        "no rejection reached Redis: nothing was refunded"
+    );
+    wait_for_refunds(&services, refunded).await;
     let (route_name, route) = check_placement(&cluster, &mut probe, &keys, false);
     // The route was reserved by every request that reached Redis, and refunded for each one
     // a key rejected: it holds the admitted requests only.
@@ -446,11 +480,6 @@ async fn key_limit_binds_and_the_route_is_refunded() {
         fixed_window_count(&cluster, route, &route_name),
         total,
         "the route counter was charged for requests the key limits rejected"
-    );
-    let refunded = decisions_sent(&services).await - total;
-    assert!(
-        refunded > 0,
-        "no rejection reached Redis: nothing was refunded"
     );
 
     // Through the service: a fresh request on the route (with a key of huge quota, so the
@@ -474,4 +503,209 @@ async fn key_limit_binds_and_the_route_is_refunded() {
          refunded the route; {:?}",
         started.elapsed()
     );
+}
+
+/// The sum of the metric `name` over `services`.
+async fn metric_sum(services: &[Service], name: &str) -> u64 {
+    let client = reqwest::Client::new();
+    let mut total = 0;
+    for svc in services {
+        total += counter(&metrics(&client, &svc.url("/metrics")).await, name);
+    }
+    total
+}
+
+/// `request` answered normally on `channel`, retried (up to 50 times) while it is not: the
+/// tight replica's 20 ms may be too short for a first call on a busy machine. Only for
+/// requests whose charge does not matter.
+async fn allow_eventually(channel: &Channel, api_key: &str) -> AllowRequestResponse {
+    for _ in 0..50 {
+        let r = RateLimiterClient::new(channel.clone())
+            .allow_request(request(api_key, true))
+            .await;
+        if let Ok(r) = r
+            && r.get_ref().degraded.is_empty()
+        {
+            return r.into_inner();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{api_key}: no normal answer in 50 tries");
+}
+
+/// The key's own quota per day in the timeout tests (a fixed window: its count is read back
+/// from Redis).
+const TIGHT_QUOTA: u64 = 4;
+
+/// The timeout tests' stage: a 3-master cluster, one key (a fixed window of [`TIGHT_QUOTA`]
+/// a day, its tag before the route's, on another master), a replica with
+/// `--redis-timeout-ms 20` (`channels[0]`) and one with 2 s (`channels[1]`). Every master has
+/// the scripts and the key has been charged once.
+struct Tight {
+    cluster: RedisCluster,
+    key: String,
+    services: Vec<Service>,
+    channels: Vec<Channel>,
+    route: Place,
+    route_name: String,
+    key_place: Place,
+    key_name: String,
+}
+
+impl Tight {
+    async fn set_up(name: &str, stem: &str) -> Tight {
+        const FIXED: usize = 2;
+        assert_eq!(ALGORITHMS[FIXED], "fixed_window");
+        let cluster = RedisCluster::start(3);
+        let mut probe = Probe::new(&cluster);
+        let keys = pick_keys(&mut probe, stem, ALGORITHMS.len(), true);
+        let key = keys[FIXED].clone();
+        let route_tag = tag(&[ROUTE]);
+        let route = probe.place(&format!("{}:x", tagged(route_tag)));
+        let dir = config(name, &keys, TIGHT_QUOTA, 1000);
+        let tight = start_replicas(&dir, &cluster.url(), "20", 1);
+        let calm = start_replicas(&dir, &cluster.url(), "2000", 1);
+        let services: Vec<Service> = tight.into_iter().chain(calm).collect();
+        let channels = warm_grpc_channels(&services).await;
+        settled_day(&cluster).await;
+        // Connections and scripts on every master: the tight replica asks the route's master
+        // (retried until it answers in time), the calm one charges the key once.
+        allow_eventually(&channels[0], "probe").await;
+        assert!(allow(&channels[1], &key, false).await.allowed);
+        let (route_name, _) = one_counter(&cluster, &mut probe, route_tag);
+        let (key_name, key_place) = one_counter(&cluster, &mut probe, key_tag(&key));
+        let stage = Tight {
+            cluster,
+            key,
+            services,
+            channels,
+            route,
+            route_name,
+            key_place,
+            key_name,
+        };
+        assert_eq!(stage.key_count(), 1);
+        stage
+    }
+
+    fn key_count(&self) -> u64 {
+        fixed_window_count(&self.cluster, self.key_place, &self.key_name)
+    }
+
+    fn route_count(&self) -> u64 {
+        fixed_window_count(&self.cluster, self.route, &self.route_name)
+    }
+
+    /// Pauses the route's master for `ms` (WRITE mode: scripts wait, PING does not; deadpool's
+    /// recycle PINGs every master, so with ALL no request would even get a connection), then
+    /// sends `n` requests with the key and the route to the tight replica: each reserves the
+    /// key's slot and times out waiting for the route's. Each must fail.
+    async fn time_out(&self, ms: u64, n: usize) {
+        let () = self.cluster.nodes()[self.route.node]
+            .cmd(redis::cmd("CLIENT").arg("PAUSE").arg(ms).arg("WRITE"));
+        for i in 0..n {
+            let r = RateLimiterClient::new(self.channels[0].clone())
+                .allow_request(request(&self.key, true))
+                .await;
+            assert!(
+                !matches!(&r, Ok(r) if r.get_ref().allowed && r.get_ref().degraded.is_empty()),
+                "request {i} was decided although the route's master is paused: {r:?}"
+            );
+        }
+    }
+
+    /// Waits (up to 30 s) until `count()` is `expected`.
+    async fn wait_until(&self, what: &str, expected: u64, count: impl Fn(&Self) -> u64) {
+        let started = Instant::now();
+        while count(self) != expected {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{what} still {} instead of {expected} after 30 s\n{}",
+                count(self),
+                all_logs(&self.services)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timeout_mid_plan_strands_nothing() {
+    /// Requests that time out while the route's master is paused (fewer than the breaker's
+    /// 5 consecutive failures, so each of them reaches Redis).
+    const TIMED_OUT: usize = 3;
+    let stage = Tight::set_up("cluster-slots-timeout", "strand").await;
+    let route_before = stage.route_count();
+    stage.time_out(1500, TIMED_OUT).await;
+    // The key's counter lives on another master, which answers at once: its reservations
+    // are given back.
+    stage
+        .wait_until("the key's count (reservations held)", 1, Tight::key_count)
+        .await;
+    // The route's decides ran once the pause ended; their replies were lost, so they are
+    // refunded too.
+    stage
+        .wait_until("the route's count", route_before, Tight::route_count)
+        .await;
+    // Each timed-out request holds the key's slot, and the route's if its decide was sent:
+    // every reservation given back is counted once.
+    let services = &stage.services;
+    let refunds = metric_sum(services, "ratelimiter_redis_refunds_total").await;
+    assert!(
+        (1..=2 * TIMED_OUT as u64).contains(&refunds),
+        "{refunds} refunds counted for {TIMED_OUT} timed-out requests"
+    );
+    assert_eq!(
+        metric_sum(services, "ratelimiter_redis_refund_failures_total").await,
+        0
+    );
+
+    // The key has its whole quota back (one was used by the warm-up).
+    for i in 1..TIGHT_QUOTA {
+        let r = allow(&stage.channels[1], &stage.key, true).await;
+        assert!(
+            r.allowed,
+            "request {i} of a fresh quota of {TIGHT_QUOTA}: {r:?}"
+        );
+    }
+    let r = allow(&stage.channels[1], &stage.key, true).await;
+    assert!(!r.allowed, "one past a quota of {TIGHT_QUOTA}: {r:?}");
+}
+
+/// The route's master stays paused longer than every refund attempt: the route's refund
+/// fails, is counted and logged without a key, and the key's is still done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_that_keeps_failing_is_counted_and_logged() {
+    let stage = Tight::set_up("cluster-slots-refund-fails", "failing").await;
+    stage.time_out(15_000, 1).await;
+    stage
+        .wait_until("the key's count (reservations held)", 1, Tight::key_count)
+        .await;
+    let failures =
+        async || metric_sum(&stage.services, "ratelimiter_redis_refund_failures_total").await;
+    let started = Instant::now();
+    while failures().await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(14),
+            "no refund failure counted\n{}",
+            all_logs(&stage.services)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failures().await, 1);
+    let log = stage.services[0].logs();
+    assert!(
+        log.contains("refund of a cross-slot reservation failed"),
+        "{log}"
+    );
+    for secret in [
+        stage.key.as_str(),
+        &stage.key_name,
+        &stage.route_name,
+        "rl:{",
+        "rl:res:",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    let () = stage.cluster.nodes()[stage.route.node].cmd(redis::cmd("CLIENT").arg("UNPAUSE"));
 }

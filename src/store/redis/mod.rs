@@ -15,11 +15,13 @@
 //!   until `T` whatever happens meanwhile (others can only consume more), so replicas answer
 //!   those rejections without asking Redis, and an abusive client cannot saturate it;
 //! - on Redis Cluster, a plan whose descriptors live in different slots is reserved slot by
-//!   slot in a fixed order and refunded if a later slot rejects (see `docs/tradeoffs.md`).
+//!   slot in a fixed order and refunded if a later slot rejects, fails or times out
+//!   (`cross_slot`; see `docs/tradeoffs.md`).
 
 mod batch;
 mod breaker;
 mod connection;
+mod cross_slot;
 mod over_limit;
 pub mod script;
 
@@ -33,8 +35,7 @@ pub use breaker::Breaker;
 pub use connection::{Connections, RedisUrl};
 pub use over_limit::OverLimitCache;
 
-use super::{Check, Plan, Store, StoreError};
-use crate::algorithm::{RetryAfter, Verdict};
+use super::{Plan, Store, StoreError};
 
 /// Connections beyond the batch workers' own, for health checks.
 const HEALTH_CONNECTIONS: usize = 2;
@@ -74,6 +75,10 @@ pub struct RedisStats {
     pub decisions: prometheus::IntCounter,
     /// Rejections answered by the over-limit cache, without Redis.
     pub cached_rejections: prometheus::IntCounter,
+    /// Cross-slot reservations given back (see `cross_slot`).
+    pub refunds: prometheus::IntCounter,
+    /// Cross-slot reservations whose refund failed after every attempt.
+    pub refund_failures: prometheus::IntCounter,
 }
 
 impl RedisStats {
@@ -91,6 +96,16 @@ impl RedisStats {
                 "ratelimiter_redis_cached_rejections_total",
                 "Rejections answered by the over-limit cache without asking Redis.",
             )?,
+            refunds: prometheus::IntCounter::new(
+                "ratelimiter_redis_refunds_total",
+                "Cross-slot reservations given back after a later slot rejected, failed or \
+                 timed out.",
+            )?,
+            refund_failures: prometheus::IntCounter::new(
+                "ratelimiter_redis_refund_failures_total",
+                "Cross-slot reservations whose refund failed after every attempt; they stay \
+                 charged until their counters expire.",
+            )?,
         })
     }
 
@@ -100,6 +115,8 @@ impl RedisStats {
             Box::new(self.round_trips.clone()),
             Box::new(self.decisions.clone()),
             Box::new(self.cached_rejections.clone()),
+            Box::new(self.refunds.clone()),
+            Box::new(self.refund_failures.clone()),
         ]
     }
 }
@@ -214,86 +231,8 @@ impl RedisStore {
             plan.admitted = script::decode(&reply, &mut plan.checks)?.admitted;
             return Ok(());
         }
-        self.decide_across_slots(plan).await
-    }
-
-    /// Reserves slot by slot, in ascending tag order (the same order on every replica), and
-    /// refunds the slots already committed when a later one rejects. Never over-admits; a
-    /// concurrent request may see the reservation for the length of one round trip and be
-    /// rejected although the plan is refunded right after.
-    async fn decide_across_slots(&self, plan: &mut Plan) -> Result<(), StoreError> {
-        // Groups of checks sharing a tag (one slot), in ascending tag order. The plan's own
-        // order is kept: the limiter maps verdicts back by position.
-        let mut order: Vec<usize> = (0..plan.checks.len()).collect();
-        order.sort_by_key(|&i| plan.checks[i].key);
-        let mut committed: Vec<(Vec<Check>, u64)> = Vec::new();
-        let mut rest = order.as_slice();
-        while let Some(&first) = rest.first() {
-            let tag = plan.checks[first].key.tag;
-            let len = rest
-                .iter()
-                .take_while(|&&i| plan.checks[i].key.tag == tag)
-                .count();
-            let (indices, tail) = rest.split_at(len);
-            rest = tail;
-            let mut group: Vec<Check> = indices.iter().map(|&i| plan.checks[i].clone()).collect();
-            let inv = script::decide_invocation(
-                script::decide_script(),
-                &self.options.prefix,
-                &group,
-                None,
-            );
-            let reply = match self.connections.invoke::<redis::Value>(&inv).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.refund(&committed).await;
-                    return Err(e);
-                }
-            };
-            let decoded = match script::decode(&reply, &mut group) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.refund(&committed).await;
-                    return Err(e);
-                }
-            };
-            for (&i, c) in indices.iter().zip(&group) {
-                plan.checks[i].verdict = c.verdict;
-            }
-            if !decoded.admitted {
-                self.refund(&committed).await;
-                // Later slots were never asked: report them as not limiting.
-                for &i in rest {
-                    plan.checks[i].verdict = Some(unasked(&plan.checks[i]));
-                }
-                plan.admitted = false;
-                return Ok(());
-            }
-            committed.push((group, decoded.now));
-        }
-        plan.admitted = true;
-        Ok(())
-    }
-
-    async fn refund(&self, committed: &[(Vec<Check>, u64)]) {
-        for (group, at) in committed {
-            let inv = script::refund_invocation(&self.options.prefix, group, *at);
-            if let Err(e) = self.connections.invoke::<redis::Value>(&inv).await {
-                // The reservation stays until its counters expire: a false rejection for at
-                // most one window, never an over-admission.
-                tracing::warn!(error = %e, "refund of a cross-slot reservation failed");
-            }
-        }
-    }
-}
-
-/// The verdict reported for a limit the store did not consult.
-fn unasked(c: &Check) -> Verdict {
-    Verdict {
-        allowed: true,
-        remaining: c.quota.limit,
-        reset_after: 0,
-        retry_after: RetryAfter::Now,
+        cross_slot::decide_across_slots(&self.connections, &self.options.prefix, &self.stats, plan)
+            .await
     }
 }
 

@@ -9,7 +9,12 @@
 //!   clock: the algorithm files mirror `crate::algorithm` line for line, in integer
 //!   microseconds.
 //! - **refund**: the same with `refund.lua`: undoes a decide's commit, for plans that span
-//!   Redis Cluster slots when a later slot rejects.
+//!   Redis Cluster slots when a later slot rejects, fails or times out.
+//!
+//! A cross-slot plan's slots are decided and refunded under a reservation key each
+//! ([`reservation_key`], [`reserve_invocation`], [`refund_reservation_invocation`]): one more
+//! `KEYS` entry, in the slot's hash tag, recording for a minute what the decide committed, so a
+//! resent decide or refund charges or gives back once. Single-slot plans never carry one.
 //!
 //! A third, test-only variant of decide swaps `clock_redis.lua` for `clock_test.lua`, which
 //! reads `now` from `ARGV[1]` and returns a sequence number from a witness key. It exists only
@@ -185,6 +190,46 @@ pub fn refund_invocation(
     for check in checks {
         let committed = check.verdict.is_some_and(|v| v.allowed);
         push_check(&mut inv, check, if committed { check.cost } else { 0 });
+    }
+    inv
+}
+
+/// The key of one cross-slot reservation: `{prefix}res:{<tag, 32 hex>}:<token>`, in the
+/// slot of the tag's counters.
+pub fn reservation_key(prefix: &str, tag: u128, token: &str) -> String {
+    format!("{prefix}res:{{{tag:032x}}}:{token}")
+}
+
+/// A decide run over `checks` (one slot of a cross-slot plan) under the reservation key
+/// `reservation` (a [`reservation_key`], passed as the last `KEYS`): idempotent, so a client
+/// that resends it charges once (see `lua/decide.lua`).
+pub fn reserve_invocation(
+    prefix: &str,
+    checks: &[Check],
+    reservation: &str,
+) -> ScriptInvocation<'static> {
+    let mut inv = decide_invocation(decide_script(), prefix, checks, None);
+    inv.key(reservation);
+    inv
+}
+
+/// A refund run of the reservation `reservation` over `checks` (the same checks as its
+/// [`reserve_invocation`], verdicts or not): gives back what that reserve committed, once,
+/// whether or not its reply was read, and nothing if it never committed. Each check is sent at
+/// its full cost; the script takes which ones were allowed from the reservation's record.
+pub fn refund_reservation_invocation(
+    prefix: &str,
+    checks: &[Check],
+    reservation: &str,
+) -> ScriptInvocation<'static> {
+    let mut inv = refund_script().prepare_invoke();
+    for check in checks {
+        inv.key(counter_key(prefix, &check.key));
+    }
+    inv.key(reservation);
+    inv.arg(0).arg(checks.len()).arg("1");
+    for check in checks {
+        push_check(&mut inv, check, check.cost);
     }
     inv
 }

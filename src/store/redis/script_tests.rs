@@ -983,6 +983,177 @@ async fn a_refund_takes_back_only_its_own_commit() {
     assert_eq!(get(&mut con, 3).await, Some(format!("{}:1", t / SEC * SEC)));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Cross-slot reservations under client retries.
+
+/// One slot's part of a cross-slot plan on tag 5: a token bucket of 10 per 1000 s (no
+/// refill within a test) at `cost`.
+fn bucket_part(cost: u64) -> Vec<Check> {
+    vec![check(5, Algorithm::TokenBucket, 10, 1000 * SEC, cost)]
+}
+
+/// A reserve run under `token`: the raw reply (an error reply is an `Err`).
+async fn reserve(
+    con: &mut MultiplexedConnection,
+    checks: &[Check],
+    token: &str,
+) -> ::redis::RedisResult<Value> {
+    reserve_invocation(PREFIX, checks, &reservation_key(PREFIX, 5, token))
+        .invoke_async(con)
+        .await
+}
+
+async fn refund_reservation(con: &mut MultiplexedConnection, checks: &[Check], token: &str) {
+    let _: Value =
+        refund_reservation_invocation(PREFIX, checks, &reservation_key(PREFIX, 5, token))
+            .invoke_async(con)
+            .await
+            .unwrap();
+}
+
+/// Whether a plain decide (no reservation) of `cost` on the bucket is admitted (and commits).
+async fn admits(con: &mut MultiplexedConnection, cost: u64) -> bool {
+    let mut checks = bucket_part(cost);
+    let reply: Value = decide_invocation(decide_script(), PREFIX, &checks, None)
+        .invoke_async(con)
+        .await
+        .unwrap();
+    decode(&reply, &mut checks).unwrap().admitted
+}
+
+/// A client that resends a reserve (its reply was lost) charges once and reads the same
+/// verdicts.
+#[tokio::test]
+async fn a_reservation_decided_twice_charges_once() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let mut first = bucket_part(4);
+    let reply = reserve(&mut con, &first, "t1").await.unwrap();
+    assert!(decode(&reply, &mut first).unwrap().admitted);
+    let mut again = bucket_part(4);
+    let resent = reserve(&mut con, &again, "t1").await.unwrap();
+    assert_eq!(resent, reply, "the resent reserve answers as the first did");
+    assert!(decode(&resent, &mut again).unwrap().admitted);
+    // Charged 4 once: 6 are left (not 2).
+    assert!(
+        admits(&mut con, 6).await,
+        "the resent reserve charged again"
+    );
+    assert!(!admits(&mut con, 1).await);
+}
+
+/// The case: two requests drain a burst of 10; one reservation refunded twice must
+/// give back its 5 once, so a cost-10 request is still rejected.
+#[tokio::test]
+async fn a_reservation_refunded_twice_refunds_once() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let mut a = bucket_part(5);
+    assert!(
+        decode(&reserve(&mut con, &a, "a").await.unwrap(), &mut a)
+            .unwrap()
+            .admitted
+    );
+    let mut b = bucket_part(5);
+    assert!(
+        decode(&reserve(&mut con, &b, "b").await.unwrap(), &mut b)
+            .unwrap()
+            .admitted
+    );
+    refund_reservation(&mut con, &a, "a").await;
+    refund_reservation(&mut con, &a, "a").await;
+    assert!(
+        !admits(&mut con, 10).await,
+        "a refund run twice gave back 10 for 5"
+    );
+    assert!(admits(&mut con, 5).await, "the refund gave nothing back");
+    // A refund whose reserve reply was lost (no verdicts known) gives back what it committed.
+    refund_reservation(&mut con, &bucket_part(5), "b").await;
+    assert!(
+        admits(&mut con, 5).await,
+        "the lost reserve was not refunded"
+    );
+    assert!(!admits(&mut con, 1).await);
+}
+
+/// A refund that overtakes its (resent, late) reserve leaves a tombstone: the reserve then
+/// charges nothing and answers an error.
+#[tokio::test]
+async fn a_refund_before_its_reservation_leaves_it_charging_nothing() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    refund_reservation(&mut con, &bucket_part(4), "c").await;
+    let late = reserve(&mut con, &bucket_part(4), "c").await;
+    assert!(
+        late.as_ref()
+            .is_err_and(|e| e.to_string().contains("refunded")),
+        "a reserve after its refund: {late:?}"
+    );
+    assert!(
+        admits(&mut con, 10).await,
+        "the late reserve charged the bucket"
+    );
+}
+
+/// A refund whose reserve reply was lost knows no verdicts and no commit instant: it takes
+/// both from the reservation's record. The sliding window's entry at that instant and the
+/// fixed window's count go back; a shadow check that was not allowed committed nothing and
+/// gets nothing back.
+#[tokio::test]
+async fn a_lost_reservation_is_refunded_from_its_record() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let limit = |id: u64, c: Check| Check {
+        key: CounterKey { tag: 5, limit: id },
+        ..c
+    };
+    let shadow = Check {
+        enforce: false,
+        ..limit(3, check(5, Algorithm::TokenBucket, 10, 1000 * SEC, 5))
+    };
+    let part = || {
+        vec![
+            limit(1, check(5, Algorithm::SlidingWindow, 10, 1000 * SEC, 2)),
+            limit(2, check(5, Algorithm::FixedWindow, 10, 1000 * SEC, 3)),
+            shadow.clone(),
+        ]
+    };
+    // The shadow check's bucket holds 2 of 10.
+    let mut drain = vec![limit(
+        3,
+        check(5, Algorithm::TokenBucket, 10, 1000 * SEC, 8),
+    )];
+    let reply: Value = decide_invocation(decide_script(), PREFIX, &drain, None)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert!(decode(&reply, &mut drain).unwrap().admitted);
+    let mut reserved = part();
+    let reply = reserve(&mut con, &reserved, "lost").await.unwrap();
+    assert!(decode(&reply, &mut reserved).unwrap().admitted);
+    assert_eq!(reserved[2].verdict.map(|v| v.allowed), Some(false));
+
+    refund_reservation(&mut con, &part(), "lost").await;
+    let get = |id: u64| counter_key(PREFIX, &CounterKey { tag: 5, limit: id });
+    let left: Vec<Option<String>> = ::redis::cmd("MGET")
+        .arg(get(1))
+        .arg(get(2))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![None, None], "both windows are empty again");
+    // The bucket still holds 2: nothing was given back for the shadow check.
+    let mut two = vec![limit(
+        3,
+        check(5, Algorithm::TokenBucket, 10, 1000 * SEC, 3),
+    )];
+    let reply: Value = decide_invocation(decide_script(), PREFIX, &two, None)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!decode(&reply, &mut two).unwrap().admitted);
+}
+
 #[tokio::test]
 async fn the_witness_counts_runs() {
     let server = RedisServer::start();
