@@ -24,11 +24,11 @@ use envoy_types::ext_authz::v3::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{AppState, headers, validate_api_key};
+use super::response::{self, Refusal};
+use super::{AppState, validate_api_key};
 use crate::config::ValueSource;
 use crate::limiter::{API_KEY, Decision, Descriptor, Entry, LimitError, LimitRequest};
 use crate::metrics::Door;
-use crate::store::StoreError;
 
 pub struct ExtAuthzDoor {
     state: Arc<AppState>,
@@ -107,11 +107,8 @@ impl Authorization for ExtAuthzDoor {
                     && !value.is_empty()
                     && let Err(m) = validate_api_key(value)
                 {
-                    return Ok(Response::new(deny(
-                        HttpStatusCode::BadRequest,
-                        tonic::Code::InvalidArgument,
-                        &format!("malformed API key: {m}"),
-                    )));
+                    let bad = Refusal::BadRequest(format!("malformed API key: {m}"));
+                    return Ok(Response::new(deny(&bad)));
                 }
                 entries.push(Entry::new(&e.key, value));
             }
@@ -138,34 +135,10 @@ impl Authorization for ExtAuthzDoor {
         let response = match self.state.decide(Door::ExtAuthz, &rules, &req).await {
             Ok(d) if d.allowed => allow(Some(&d), settings.headers),
             Ok(d) => over_limit(&d, settings.headers),
-            Err(LimitError::UnknownClient) => deny(
-                HttpStatusCode::Unauthorized,
-                tonic::Code::Unauthenticated,
-                if anonymous {
-                    "missing API key"
-                } else {
-                    "unknown API key"
-                },
-            ),
-            Err(e @ LimitError::Store(StoreError::Full { .. })) => deny(
-                HttpStatusCode::ServiceUnavailable,
-                tonic::Code::ResourceExhausted,
-                &e.to_string(),
-            ),
-            Err(LimitError::Store(_)) => {
-                let mut r = deny(
-                    HttpStatusCode::ServiceUnavailable,
-                    tonic::Code::Unavailable,
-                    "rate limit store unavailable",
-                );
-                add_denied_header(&mut r, "retry-after", "1");
-                r
+            Err(LimitError::UnknownClient) if anonymous => {
+                deny(&Refusal::Unauthenticated("missing API key".into()))
             }
-            Err(e) => deny(
-                HttpStatusCode::BadRequest,
-                tonic::Code::InvalidArgument,
-                &e.to_string(),
-            ),
+            Err(e) => deny(&Refusal::from(e)),
         };
         Ok(Response::new(response))
     }
@@ -173,18 +146,8 @@ impl Authorization for ExtAuthzDoor {
 
 fn allow(decision: Option<&Decision>, style: crate::config::HeaderStyle) -> CheckResponse {
     let mut ok = OkHttpResponseBuilder::new();
-    if let Some(d) = decision {
-        for (name, value) in headers::render(d, style) {
-            ok.add_response_header(name, value, None, false);
-        }
-        if let Some(deg) = d.degraded {
-            ok.add_response_header(
-                "x-ratelimit-degraded",
-                super::degraded_label(deg),
-                None,
-                false,
-            );
-        }
+    for (name, value) in decision.map_or_else(Vec::new, |d| response::headers(d, style)) {
+        ok.add_response_header(name, value, None, false);
     }
     let mut r = CheckResponse::with_status(Status::ok(""));
     r.set_http_response(ok);
@@ -194,45 +157,28 @@ fn allow(decision: Option<&Decision>, style: crate::config::HeaderStyle) -> Chec
 fn over_limit(decision: &Decision, style: crate::config::HeaderStyle) -> CheckResponse {
     let mut denied = DeniedHttpResponseBuilder::new();
     denied.set_http_status(HttpStatusCode::TooManyRequests);
-    for (name, value) in headers::render(decision, style) {
+    for (name, value) in response::headers(decision, style) {
         denied.add_header(name, value, None, false);
     }
-    if let Some(deg) = decision.degraded {
-        denied.add_header(
-            "x-ratelimit-degraded",
-            super::degraded_label(deg),
-            None,
-            false,
-        );
-    }
     denied.add_header("content-type", "application/json", None, false);
-    denied.set_body(serde_json::to_string(&super::http::body(decision)).unwrap_or_default());
+    denied.set_body(serde_json::to_string(&response::body(decision)).unwrap_or_default());
     let mut r = CheckResponse::with_status(Status::resource_exhausted("over limit"));
     r.set_http_response(denied);
     r
 }
 
-fn deny(http: HttpStatusCode, code: tonic::Code, message: &str) -> CheckResponse {
+/// A refusal as Envoy's denied response: its status, headers and `{"error": "…"}`.
+fn deny(refusal: &Refusal) -> CheckResponse {
     let mut denied = DeniedHttpResponseBuilder::new();
-    denied.set_http_status(http);
+    let status = HttpStatusCode::try_from(i32::from(refusal.http_status().as_u16()))
+        .unwrap_or(HttpStatusCode::ServiceUnavailable);
+    denied.set_http_status(status);
     denied.add_header("content-type", "application/json", None, false);
-    denied.set_body(serde_json::json!({ "error": message }).to_string());
-    let mut r = CheckResponse::with_status(Status::new(code, message));
+    for (name, value) in refusal.headers() {
+        denied.add_header(*name, *value, None, false);
+    }
+    denied.set_body(refusal.body());
+    let mut r = CheckResponse::with_status(refusal.grpc_status());
     r.set_http_response(denied);
     r
-}
-
-fn add_denied_header(r: &mut CheckResponse, name: &str, value: &str) {
-    use envoy_types::ext_authz::v3::pb::HttpResponse;
-    if let Some(HttpResponse::DeniedResponse(d)) = r.http_response.as_mut() {
-        d.headers
-            .push(envoy_types::ext_authz::v3::pb::HeaderValueOption {
-                header: Some(envoy_types::ext_authz::v3::pb::HeaderValue {
-                    key: name.to_owned(),
-                    value: value.to_owned(),
-                    raw_value: Vec::new(),
-                }),
-                ..Default::default()
-            });
-    }
 }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::response::{self, Refusal};
 use super::{AppState, descriptor_entries, validate_api_key};
 use crate::algorithm::RetryAfter;
 use crate::limiter::{API_KEY, Descriptor, LimitError, LimitRequest};
 use crate::metrics::Door;
-use crate::store::StoreError;
 
 /// Code generated from `proto/ratelimiter.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -81,7 +81,7 @@ impl RateLimiter for AllowRequestService {
             retry_never: decision.retry_after == RetryAfter::Never,
             degraded: decision
                 .degraded
-                .map(|d| super::degraded_label(d).to_owned())
+                .map(|d| response::degraded_label(d).to_owned())
                 .unwrap_or_default(),
         }))
     }
@@ -102,18 +102,7 @@ fn extra_descriptor(i: usize, d: &pb::Descriptor) -> Result<Descriptor<'_>, Stat
     })
 }
 
-/// The one place a [`LimitError`] becomes a gRPC status.
+/// A [`LimitError`] as a gRPC status, by its [`Refusal`] class.
 pub fn status_of(e: LimitError) -> Status {
-    match e {
-        LimitError::UnknownClient => Status::unauthenticated(e.to_string()),
-        LimitError::CostTooHigh { .. }
-        | LimitError::NoDescriptors
-        | LimitError::NoDomain
-        | LimitError::EmptyDescriptor(_) => Status::invalid_argument(e.to_string()),
-        // A full memory store refuses only the requests that need a new counter.
-        LimitError::Store(StoreError::Full { .. }) => Status::resource_exhausted(e.to_string()),
-        // UNAVAILABLE, not UNKNOWN: Envoy treats UNKNOWN as OK, while UNAVAILABLE lets its
-        // `failure_mode_deny` decide. The detail is in the log, not the response.
-        LimitError::Store(_) => Status::unavailable("rate limit store unavailable"),
-    }
+    Refusal::from(e).grpc_status()
 }

@@ -1,12 +1,13 @@
 //! The front doors. Each one only translates its wire format into one
-//! [`Limiter::decide`](crate::limiter::Limiter::decide) call and the answer back; status
-//! mapping for each protocol lives in that protocol's module, in one place.
+//! [`Limiter::decide_with`](crate::limiter::Limiter::decide_with) call and the answer back.
+//! What an answer holds (headers, body, the status of each kind of refusal) is decided once,
+//! in [`response`]; each door only writes it in its wire format.
 
 pub mod ext_authz;
 pub mod grpc;
-pub mod headers;
 pub mod http;
 pub mod ratelimit_service;
+pub mod response;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,14 +140,6 @@ pub fn descriptor_entries<'a>(
         out.push(Entry::new(key, value));
     }
     Ok(out)
-}
-
-/// How a degraded decision is labelled in headers and bodies.
-pub fn degraded_label(d: Degraded) -> &'static str {
-    match d {
-        Degraded::FailOpen => "fail_open",
-        Degraded::LocalFallback => "local",
-    }
 }
 
 /// Checks an API key's shape: 1 to 256 visible ASCII characters.

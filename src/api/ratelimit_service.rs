@@ -29,7 +29,8 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use tonic::{Request, Response, Status};
 
 use super::grpc::status_of;
-use super::{AppState, descriptor_entries, headers};
+use super::response;
+use super::{AppState, descriptor_entries};
 use crate::algorithm::{Micros, Quota};
 use crate::limiter::{Decision, Descriptor, LimitError, LimitRequest, QuotaOverride};
 use crate::metrics::Door;
@@ -97,18 +98,12 @@ impl RateLimitService for RateLimitDoor {
                 Code::OverLimit
             } as i32,
             statuses: statuses(&decision, req.descriptors.len()),
-            response_headers_to_add: headers::render(&decision, rules.settings.headers)
+            response_headers_to_add: response::headers(&decision, rules.settings.headers)
                 .into_iter()
                 .map(|(key, value)| header(key, value))
                 .collect(),
             ..Default::default()
         };
-        if let Some(d) = decision.degraded {
-            response.response_headers_to_add.push(header(
-                "x-ratelimit-degraded",
-                super::degraded_label(d).to_owned(),
-            ));
-        }
         if !decision.allowed && !rules.settings.over_limit_body.is_empty() {
             response.raw_body = rules.settings.over_limit_body.as_bytes().to_vec();
         }
