@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{Check, Clock, CounterKey, Plan, Store, StoreError};
+use super::{Clock, CounterKey, Plan, Store, StoreError, plan};
 use crate::algorithm::{CounterState, Micros};
 
 /// Sweep a shard once it holds this many counters, at the least.
@@ -117,18 +117,16 @@ impl MemoryStore {
         now: Micros,
         shards: &mut [(usize, &mut Shard)],
     ) -> Result<(), StoreError> {
-        let mut admitted = true;
-        for check in plan.checks.iter_mut() {
-            let shard = find(shards, self.shard_of(&check.key));
-            let verdict = match shard.counters.get(&check.key) {
-                Some(slot) if slot.expires_at > now && slot.state.is(check.algorithm) => {
-                    slot.state.check(&check.quota, now, check.cost)
-                }
-                _ => CounterState::empty(check.algorithm).check(&check.quota, now, check.cost),
-            };
-            admitted &= verdict.allowed || !check.enforce;
-            check.verdict = Some(verdict);
-        }
+        let admitted = {
+            let shards = &*shards;
+            plan::check_all(&mut plan.checks, now, |check| {
+                find_ref(shards, self.shard_of(&check.key))
+                    .counters
+                    .get(&check.key)
+                    .filter(|slot| slot.expires_at > now)
+                    .map(|slot| &slot.state)
+            })
+        };
         plan.admitted = admitted;
         if !admitted {
             return Ok(());
@@ -140,12 +138,13 @@ impl MemoryStore {
                 self.make_room(shard, now)?;
             }
         }
-        for check in plan.checks.iter() {
-            if !check.verdict.is_some_and(|v| v.allowed) || check.cost == 0 {
-                continue;
-            }
+        for check in plan::to_commit(&plan.checks) {
             let shard = find(shards, self.shard_of(&check.key));
-            commit(shard, check, now);
+            let slot = shard.counters.entry(check.key).or_insert_with(|| Slot {
+                state: CounterState::empty(check.algorithm),
+                expires_at: 0,
+            });
+            slot.expires_at = plan::commit(&mut slot.state, slot.expires_at > now, check, now);
         }
         Ok(())
     }
@@ -165,23 +164,19 @@ impl MemoryStore {
     }
 }
 
-fn commit(shard: &mut Shard, check: &Check, now: Micros) {
-    let slot = shard.counters.entry(check.key).or_insert_with(|| Slot {
-        state: CounterState::empty(check.algorithm),
-        expires_at: 0,
-    });
-    if slot.expires_at <= now || !slot.state.is(check.algorithm) {
-        slot.state = CounterState::empty(check.algorithm);
-    }
-    slot.state.commit(&check.quota, now, check.cost);
-    slot.expires_at = slot.state.expires_at(&check.quota);
+/// Where shard `idx` is among the locked ones. Every check's shard was locked by the caller,
+/// so the search always succeeds; the fallback to the first one only avoids a panic path.
+fn locked(shards: &[(usize, &mut Shard)], idx: usize) -> usize {
+    shards.iter().position(|(i, _)| *i == idx).unwrap_or(0)
 }
 
 fn find<'a>(shards: &'a mut [(usize, &mut Shard)], idx: usize) -> &'a mut Shard {
-    // Every check's shard was locked by the caller, so the search always succeeds; the
-    // fallback to the first shard only exists to avoid a panic path.
-    let pos = shards.iter().position(|(i, _)| *i == idx).unwrap_or(0);
+    let pos = locked(shards, idx);
     &mut *shards[pos].1
+}
+
+fn find_ref<'a>(shards: &'a [(usize, &mut Shard)], idx: usize) -> &'a Shard {
+    &*shards[locked(shards, idx)].1
 }
 
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -216,6 +211,7 @@ mod tests {
 
     use super::*;
     use crate::algorithm::{Algorithm, Quota};
+    use crate::store::Check;
 
     const SEC: u64 = 1_000_000;
 

@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod memory;
+pub mod plan;
 pub mod redis;
 
 use std::future::Future;

@@ -45,6 +45,7 @@ use ::redis::aio::MultiplexedConnection;
 use super::tests::RedisServer;
 use super::*;
 use crate::algorithm::{CounterState, Quota};
+use crate::store::plan;
 
 const PREFIX: &str = "rl:";
 const DAY: u64 = 86_400_000_000;
@@ -225,44 +226,18 @@ struct Replay {
 
 impl Replay {
     fn decide(&mut self, checks: &mut [Check], now: Micros) -> bool {
-        let mut admitted = true;
-        for check in checks.iter_mut() {
-            let verdict = match self.slots.get(&check.key) {
-                Some((state, _)) if state.is(check.algorithm) => {
-                    state.check(&check.quota, now, check.cost)
-                }
-                _ => CounterState::empty(check.algorithm).check(&check.quota, now, check.cost),
-            };
-            admitted &= verdict.allowed || !check.enforce;
-            check.verdict = Some(verdict);
-        }
-        if !admitted {
+        if !plan::check_all(checks, now, |c| self.slots.get(&c.key).map(|(s, _)| s)) {
             return false;
         }
-        for check in checks.iter() {
-            if !check.verdict.is_some_and(|v| v.allowed) || check.cost == 0 {
-                continue;
-            }
+        for check in plan::to_commit(checks) {
             let (state, expires_at) = self
                 .slots
                 .entry(check.key)
                 .or_insert_with(|| (CounterState::empty(check.algorithm), 0));
-            if !state.is(check.algorithm) {
-                *state = CounterState::empty(check.algorithm);
-            }
-            state.commit(&check.quota, now, check.cost);
-            *expires_at = state.expires_at(&check.quota);
+            // No expiry in the replay: a state is live until replaced.
+            *expires_at = plan::commit(state, true, check, now);
         }
         true
-    }
-}
-
-/// A state as the scripts store it (see the headers of lua/*.lua).
-fn encode(state: &CounterState) -> String {
-    match state {
-        CounterState::Gcra(tat) => tat.0.to_string(),
-        CounterState::FixedWindow(w) => format!("{}:{}", w.start, w.count),
-        CounterState::SlidingWindow(log) => log.encoded(),
     }
 }
 
@@ -413,7 +388,7 @@ async fn concurrent_decisions_replay_in_witness_order() {
             .unwrap();
         match model.slots.get(&c.key) {
             Some((state, expires_at)) => {
-                assert_eq!(value, Some(encode(state)), "value of {key}");
+                assert_eq!(value, Some(encoded(state)), "value of {key}");
                 assert_eq!(
                     at,
                     i64::try_from(expires_at.div_ceil(1000)).unwrap(),

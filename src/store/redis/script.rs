@@ -380,3 +380,15 @@ mod tests;
 #[cfg(test)]
 #[path = "linearizability_tests.rs"]
 mod linearizability_tests;
+
+/// A state as the scripts store it (see the headers of `lua/*.lua`): what the script tests
+/// compare a key's value with.
+#[cfg(test)]
+pub(super) fn encoded(state: &crate::algorithm::CounterState) -> String {
+    use crate::algorithm::CounterState;
+    match state {
+        CounterState::Gcra(tat) => tat.0.to_string(),
+        CounterState::FixedWindow(w) => format!("{}:{}", w.start, w.count),
+        CounterState::SlidingWindow(log) => log.encoded(),
+    }
+}

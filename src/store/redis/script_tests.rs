@@ -29,6 +29,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::*;
 use crate::algorithm::{CounterState, Quota};
+use crate::store::plan;
 
 const PREFIX: &str = "rl:";
 const DAY: u64 = 86_400_000_000;
@@ -195,36 +196,19 @@ impl Model {
         self.slots.get(key).filter(|s| !gone(s.expires_at, now))
     }
 
-    /// `MemoryStore::decide`, with Redis's expiry rule.
+    /// The plan rule (`store::plan`), with Redis's expiry rule.
     fn decide(&mut self, checks: &mut [Check], now: Micros) -> bool {
-        let mut admitted = true;
-        for check in checks.iter_mut() {
-            let verdict = match self.live(&check.key, now) {
-                Some(slot) if slot.state.is(check.algorithm) => {
-                    slot.state.check(&check.quota, now, check.cost)
-                }
-                _ => CounterState::empty(check.algorithm).check(&check.quota, now, check.cost),
-            };
-            admitted &= verdict.allowed || !check.enforce;
-            check.verdict = Some(verdict);
-        }
-        if !admitted {
+        if !plan::check_all(checks, now, |c| self.live(&c.key, now).map(|s| &s.state)) {
             return false;
         }
-        for check in checks.iter() {
-            if !check.verdict.is_some_and(|v| v.allowed) || check.cost == 0 {
-                continue;
-            }
+        for check in plan::to_commit(checks) {
             let slot = self.slots.entry(check.key).or_insert_with(|| Slot {
                 state: CounterState::empty(check.algorithm),
                 expires_at: 0,
                 quota: check.quota,
             });
-            if gone(slot.expires_at, now) || !slot.state.is(check.algorithm) {
-                slot.state = CounterState::empty(check.algorithm);
-            }
-            slot.state.commit(&check.quota, now, check.cost);
-            slot.expires_at = slot.state.expires_at(&check.quota);
+            let live = !gone(slot.expires_at, now);
+            slot.expires_at = plan::commit(&mut slot.state, live, check, now);
             slot.quota = check.quota;
         }
         true
@@ -263,15 +247,6 @@ fn sliding_log(entries: &[(Micros, u64)]) -> String {
         out.push_str(&format!("{t:013x}{total:013x}"));
     }
     out
-}
-
-/// A state as the scripts store it (see the headers of lua/*.lua).
-fn encode(state: &CounterState) -> String {
-    match state {
-        CounterState::Gcra(tat) => tat.0.to_string(),
-        CounterState::FixedWindow(w) => format!("{}:{}", w.start, w.count),
-        CounterState::SlidingWindow(log) => log.encoded(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,7 +582,7 @@ async fn same_as_the_model(
                 Some(slot) => {
                     prop_assert_eq!(
                         as_text(value),
-                        Some(encode(&slot.state)),
+                        Some(encoded(&slot.state)),
                         "step {}: value of {:?} (quota {:?})",
                         i,
                         k,

@@ -1,0 +1,50 @@
+//! The all-or-nothing rule for one plan, once, as pure functions over the counters' states.
+//!
+//! Every store follows it: the memory store calls these functions, the models the Redis
+//! scripts are tested against call them too, and `lua/decide.lua` mirrors them line for
+//! line. A plan is decided in two steps:
+//! 1. [`check_all`]: every check is decided against its counter's live state at one `now`
+//!    (a missing, expired or other-algorithm state counts as the empty state); the plan is
+//!    admitted when every enforced check allows.
+//! 2. When admitted, every check in [`to_commit`] (allowed, with a cost) is [`commit`]ted.
+//!    A rejected plan commits nothing.
+
+use super::Check;
+use crate::algorithm::{CounterState, Micros};
+
+/// Fills every check's verdict from `live(check)` (the counter's state, `None` when it has
+/// none that is live) and says whether the plan is admitted.
+pub fn check_all<'s>(
+    checks: &mut [Check],
+    now: Micros,
+    live: impl Fn(&Check) -> Option<&'s CounterState>,
+) -> bool {
+    let mut admitted = true;
+    for check in checks.iter_mut() {
+        let verdict = match live(check) {
+            Some(state) if state.is(check.algorithm) => state.check(&check.quota, now, check.cost),
+            _ => CounterState::empty(check.algorithm).check(&check.quota, now, check.cost),
+        };
+        admitted &= verdict.allowed || !check.enforce;
+        check.verdict = Some(verdict);
+    }
+    admitted
+}
+
+/// The checks an admitted plan commits: those allowed, with a cost above 0.
+pub fn to_commit(checks: &[Check]) -> impl Iterator<Item = &Check> {
+    checks
+        .iter()
+        .filter(|c| c.cost > 0 && c.verdict.is_some_and(|v| v.allowed))
+}
+
+/// Commits one check into its counter's `state` (`live`: whether that state still holds; an
+/// expired or other-algorithm state starts from empty) and returns the instant from which the
+/// new state is empty again, when the counter may be forgotten.
+pub fn commit(state: &mut CounterState, live: bool, check: &Check, now: Micros) -> Micros {
+    if !live || !state.is(check.algorithm) {
+        *state = CounterState::empty(check.algorithm);
+    }
+    state.commit(&check.quota, now, check.cost);
+    state.expires_at(&check.quota)
+}
