@@ -63,8 +63,9 @@ impl Quota {
     }
 }
 
-/// When a rejected request could succeed if retried unchanged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// When a rejected request could succeed if retried unchanged. Ordered by how long a client
+/// waits: `Now` < `After(shorter)` < `After(longer)` < `Never`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RetryAfter {
     /// The request was admitted.
     Now,

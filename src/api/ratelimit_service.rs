@@ -186,7 +186,7 @@ fn statuses(decision: &Decision, descriptors: usize) -> Vec<DescriptorStatus> {
             let mine = decision.limits.iter().filter(|l| l.descriptor == i);
             let tightest = if decision.over_limit[i] {
                 mine.filter(|l| l.rejects())
-                    .max_by_key(|l| crate::limiter::retry_rank(l.verdict.retry_after))
+                    .max_by_key(|l| l.verdict.retry_after)
             } else {
                 mine.min_by_key(|l| l.verdict.remaining)
             };

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::algorithm::{Algorithm, Micros, Quota, RetryAfter, Verdict};
+use crate::algorithm::{Algorithm, Quota, RetryAfter, Verdict};
 
 /// One limit's verdict for one request.
 #[derive(Clone, Debug)]
@@ -66,7 +66,7 @@ impl Decision {
             self.limits
                 .iter()
                 .filter(|l| l.rejects())
-                .max_by_key(|l| retry_rank(l.verdict.retry_after))
+                .max_by_key(|l| l.verdict.retry_after)
         }
     }
 
@@ -79,14 +79,5 @@ impl Decision {
             retry_after: RetryAfter::Now,
             degraded: None,
         }
-    }
-}
-
-/// Orders retry hints from the soonest to never.
-pub fn retry_rank(r: RetryAfter) -> Micros {
-    match r {
-        RetryAfter::Now => 0,
-        RetryAfter::After(us) => us,
-        RetryAfter::Never => Micros::MAX,
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use decision::{Decision, Degraded, LimitStatus, retry_rank};
+pub use decision::{Decision, Degraded, LimitStatus};
 pub use request::{API_KEY, Descriptor, Entry, LimitRequest, QuotaOverride};
 pub use rules::{LimitRule, Match, Rules, glob_match};
 
@@ -320,9 +320,7 @@ fn fold(
         };
         if status.rejects() {
             over_limit[*i] = true;
-            if retry_rank(verdict.retry_after) > retry_rank(retry_after) {
-                retry_after = verdict.retry_after;
-            }
+            retry_after = retry_after.max(verdict.retry_after);
         }
         limits.push(status);
     }

@@ -41,8 +41,6 @@ pub struct LimitRule {
 #[derive(Debug, Default)]
 pub struct Node {
     pub limits: Box<[Arc<LimitRule>]>,
-    /// A label for logs and metrics (the tier of a client, the path of a descriptor).
-    pub label: Arc<str>,
     children: HashMap<Box<str>, Branch>,
 }
 
@@ -87,10 +85,7 @@ impl Rules {
         let mut errors = Vec::new();
         let mut domains: HashMap<Box<str>, Node> = HashMap::new();
         for domain in &config.domains {
-            let mut root = Node {
-                label: domain.domain.as_str().into(),
-                ..Node::default()
-            };
+            let mut root = Node::default();
             for def in &domain.descriptors {
                 add_descriptor(&mut root, def, &domain.domain, &domain.file, &mut errors);
             }
@@ -100,12 +95,7 @@ impl Rules {
         if !config.clients.keys.is_empty()
             || matches!(config.clients.unknown_key, UnknownKey::Tier(_))
         {
-            let root = domains
-                .entry(default_domain.into())
-                .or_insert_with(|| Node {
-                    label: default_domain.into(),
-                    ..Node::default()
-                });
+            let root = domains.entry(default_domain.into()).or_default();
             let branch = root.children.entry(API_KEY.into()).or_default();
             if !branch.exact.is_empty() || !branch.wildcards.is_empty() || branch.any.is_some() {
                 errors.push(ConfigError {
@@ -258,7 +248,6 @@ fn add_descriptor(
                 .map(|l| rule(l, def.shadow_mode, &def.replaces, def.detailed_metric))
                 .collect()
         },
-        label: path.as_str().into(),
         children: HashMap::new(),
     };
     for child in &def.descriptors {
@@ -336,20 +325,18 @@ fn check_ranges(descriptors: &[DescriptorDef], file: &str, errors: &mut Vec<Conf
 }
 
 fn compile_clients(table: &ClientTable) -> ClientIndex {
-    let tier_node = |name: &str, limits: &[LimitDef]| Node {
+    let tier_node = |limits: &[LimitDef]| Node {
         limits: limits.iter().map(|l| rule(l, false, &[], false)).collect(),
-        label: name.into(),
         children: HashMap::new(),
     };
     let by_digest = table
         .keys
         .iter()
-        .map(|k| (k.digest, tier_node(&k.label, &k.limits)))
+        .map(|k| (k.digest, tier_node(&k.limits)))
         .collect();
     let unknown = match &table.unknown_key {
         UnknownKey::Reject => None,
         UnknownKey::Tier(t) => Some(tier_node(
-            t,
             table.tiers.get(t).map(Vec::as_slice).unwrap_or_default(),
         )),
     };
