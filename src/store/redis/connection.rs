@@ -344,27 +344,32 @@ impl Connections {
     }
 
     /// Sends a pipeline on a held connection and returns every reply (errors included, when
-    /// the pipeline ignores errors): one round trip.
+    /// the pipeline ignores errors): one round trip. The error is Redis's own, so that the
+    /// caller can tell a lost connection ([`connection_lost`]) from the rest.
     pub async fn pipeline_on(
         &self,
         held: &mut Held,
         pipe: &redis::Pipeline,
-    ) -> Result<Vec<redis::Value>, StoreError> {
+    ) -> Result<Vec<redis::Value>, redis::RedisError> {
         self.round_trips.inc();
         match &mut held.conn {
-            HeldConn::Single(c) => pipe.query_async(c).await.map_err(redis_error),
-            HeldConn::Sentinel(c) => pipe.query_async(c).await.map_err(redis_error),
+            HeldConn::Single(c) => pipe.query_async(c).await,
+            HeldConn::Sentinel(c) => pipe.query_async(c).await,
         }
     }
 
     /// Loads a script into the script cache (`SCRIPT LOAD`) on a held connection.
-    pub async fn load_on(&self, held: &mut Held, script: &redis::Script) -> Result<(), StoreError> {
+    pub async fn load_on(
+        &self,
+        held: &mut Held,
+        script: &redis::Script,
+    ) -> Result<(), redis::RedisError> {
         self.round_trips.inc();
         let loaded = match &mut held.conn {
             HeldConn::Single(c) => script.load_async(c).await,
             HeldConn::Sentinel(c) => script.load_async(c).await,
         };
-        loaded.map(drop).map_err(redis_error)
+        loaded.map(drop)
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -520,6 +525,13 @@ async fn primary_named(
         }
     }
     None
+}
+
+/// Whether `e` says the connection itself is gone (closed by a restart, a failover, a
+/// network cut): the connection must be replaced, and a command on it may or may not have
+/// reached Redis. A reply from Redis, even an error, is never that.
+pub fn connection_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped()
 }
 
 fn pool_error(e: deadpool_redis::PoolError) -> StoreError {
