@@ -165,7 +165,17 @@ impl RedisStore {
             return Ok(());
         }
         self.stats.decisions.inc();
-        self.breaker.admit()?;
+        if self.batcher.is_some() {
+            // The worker that takes the plan asks the breaker (and may be its probe); here
+            // only fail fast while it is open.
+            if self.breaker.is_open() {
+                return Err(StoreError::Unavailable(
+                    "circuit open: Redis failed repeatedly".into(),
+                ));
+            }
+        } else {
+            self.breaker.admit()?;
+        }
         let sent = Instant::now();
         let result = tokio::time::timeout(self.options.timeout, self.decide(plan)).await;
         let result = match result {
