@@ -372,6 +372,51 @@ impl Connections {
         loaded.map(drop)
     }
 
+    /// Loads `script` into the script cache of every primary: the single server, the
+    /// Sentinel's primary, or every Cluster master (the cluster client sends `SCRIPT LOAD`
+    /// to every node).
+    pub async fn load_everywhere(&self, script: &redis::Script) -> Result<(), StoreError> {
+        self.round_trips.inc();
+        let loaded = match &self.pool {
+            Pool::Single(p) => {
+                script
+                    .load_async(&mut p.get().await.map_err(pool_error)?)
+                    .await
+            }
+            Pool::Cluster(p) => {
+                script
+                    .load_async(&mut p.get().await.map_err(pool_error)?)
+                    .await
+            }
+            Pool::Sentinel(p) => {
+                script
+                    .load_async(&mut p.get().await.map_err(pool_error)?)
+                    .await
+            }
+        };
+        loaded.map(drop).map_err(redis_error)
+    }
+
+    /// Opens pooled connections until `n` are idle in the pool (or the pool is full), so
+    /// that the first decisions do not pay for connecting.
+    pub async fn open_idle(&self, n: usize) -> Result<(), StoreError> {
+        // Taken out all at once (opening those the pool lacks), then given back together.
+        macro_rules! take_at_once {
+            ($pool:expr) => {{
+                let mut taken = Vec::with_capacity(n);
+                for _ in 0..n.min($pool.status().max_size) {
+                    taken.push($pool.get().await.map_err(pool_error)?);
+                }
+            }};
+        }
+        match &self.pool {
+            Pool::Single(p) => take_at_once!(p),
+            Pool::Cluster(p) => take_at_once!(p),
+            Pool::Sentinel(p) => take_at_once!(p),
+        }
+        Ok(())
+    }
+
     pub fn is_cluster(&self) -> bool {
         matches!(self.pool, Pool::Cluster(_))
     }
