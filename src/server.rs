@@ -141,7 +141,17 @@ pub async fn run(
     tokio::time::sleep(options.shutdown_delay).await;
     tracing::info!("draining in-flight requests");
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(options.drain_timeout, async {
+    drain(http, grpc, options.drain_timeout).await
+}
+
+/// Waits for both servers to finish their in-flight requests, for at most `within`; then
+/// closes what remains.
+async fn drain(
+    mut http: tokio::task::JoinHandle<std::io::Result<()>>,
+    mut grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    within: Duration,
+) -> Result<(), ServeError> {
+    let drained = tokio::time::timeout(within, async {
         let h = (&mut http).await;
         let g = (&mut grpc).await;
         (h, g)
@@ -154,7 +164,7 @@ pub async fn run(
             tracing::info!("stopped");
         }
         Err(_) => {
-            tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing remaining connections");
+            tracing::warn!(timeout = ?within, "drain timed out; closing remaining connections");
             http.abort();
             grpc.abort();
         }
