@@ -185,3 +185,49 @@ async fn cold_replicas_driven_as_soon_as_ready_decide_everything_exactly() {
     );
     assert_eq!(redis.error_count("NOSCRIPT"), 0, "NOSCRIPT replies");
 }
+
+/// `SCRIPT EXISTS` of the decide script on `node`.
+fn decide_script_loaded(node: &RedisServer) -> bool {
+    let sha = ratelimiter::store::redis::script::decide_script().get_hash();
+    let exists: Vec<bool> = node.cmd(redis::cmd("SCRIPT").arg("EXISTS").arg(sha));
+    exists == [true]
+}
+
+/// `/readyz` until it answers 200; panics with the log after `within`.
+async fn until_ready(svc: &Service, within: Duration) {
+    let client = common::redis::http_client(Duration::from_secs(5), 1);
+    let started = Instant::now();
+    while common::redis::readyz(&client, &svc.url("")).await != Ok(200) {
+        assert!(
+            started.elapsed() < within,
+            "not ready within {within:?}\n{}",
+            svc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Before any request, a replica that says ready has loaded the decide script on every
+/// master of a Cluster (a decision on any slot finds it there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_replica_has_loaded_the_script_on_every_cluster_master() {
+    let cluster = common::redis::RedisCluster::start(3);
+    let dir = config_dir("redis-cold-cluster", &[("service.yaml", CONFIG)]);
+    let url = cluster.url();
+    let svc = Service::start(&dir, &["--redis-url", &url]);
+    until_ready(&svc, Duration::from_secs(20)).await;
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        assert!(decide_script_loaded(node), "master {i}: no decide script");
+    }
+}
+
+/// The same for a single server: ready means the script is there, before any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_replica_has_loaded_the_script_on_its_redis() {
+    let redis = RedisServer::start();
+    let dir = config_dir("redis-cold-single", &[("service.yaml", CONFIG)]);
+    let url = redis.url();
+    let svc = Service::start(&dir, &["--redis-url", &url]);
+    until_ready(&svc, Duration::from_secs(20)).await;
+    assert!(decide_script_loaded(&redis), "no decide script");
+}
