@@ -231,3 +231,47 @@ async fn a_ready_replica_has_loaded_the_script_on_its_redis() {
     until_ready(&svc, Duration::from_secs(20)).await;
     assert!(decide_script_loaded(&redis), "no decide script");
 }
+
+/// Redis down at start-up does not stop a replica: it starts, answers by its failure policy
+/// at once, is not ready while it waits for Redis and then ready anyway (`fail_open`:
+/// degraded), and once Redis comes up its workers connect by themselves, loading the script
+/// first: decisions are normal again and Redis never answers `NOSCRIPT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_answers_then_warms_up_when_it_comes() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let config = CONFIG.replace("fail_closed", "fail_open");
+    let dir = config_dir("redis-cold-down", &[("service.yaml", &config)]);
+    let url = redis.url();
+    let svc = Service::start(&dir, &["--redis-url", &url]);
+    let client = common::redis::http_client(Duration::from_secs(5), 1);
+    let r = common::redis::check(&client, &svc.url(""), "load", 1)
+        .await
+        .unwrap();
+    assert_eq!(r.kind(), common::redis::Kind::FailOpen, "{r:?}");
+    assert_eq!(
+        common::redis::readyz(&client, &svc.url("")).await,
+        Ok(503),
+        "ready at once although the store could not warm up"
+    );
+    until_ready(&svc, Duration::from_secs(20)).await;
+
+    redis.restart();
+    let started = Instant::now();
+    loop {
+        let r = common::redis::check(&client, &svc.url(""), "load", 1)
+            .await
+            .unwrap();
+        if r.is_normal() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no normal decision 10 s after Redis came up: {r:?}\n{}",
+            svc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(redis.error_count("NOSCRIPT"), 0, "NOSCRIPT replies");
+    assert!(decide_script_loaded(&redis), "no decide script");
+}
