@@ -47,7 +47,12 @@ struct Cli {
     /// Seconds in-flight requests get to finish during shutdown.
     #[arg(long, env = "RATELIMITER_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
-    /// The longest a decision waits on Redis, in milliseconds (pool wait included).
+    /// The longest one decision waits on Redis, in milliseconds, counted from the moment it
+    /// reaches the store: the wait for a free batch worker, opening a connection if the
+    /// worker has none, the round trip, a NOSCRIPT reload and resend, and a resend on a new
+    /// connection after a lost one all fall within it. Past it the failure policy answers; a
+    /// decision already sent may still be charged by Redis (under-admission, never over).
+    /// `/readyz` pings get 4 times it; start-up warm-up (at most 5 s) is not bounded by it.
     #[arg(long, env = "RATELIMITER_REDIS_TIMEOUT_MS", default_value_t = 50)]
     redis_timeout_ms: u64,
     /// Connections to Redis.

@@ -9,7 +9,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -66,7 +66,17 @@ const GRPC_SERVICES: &[&str] = &[
     "envoy.service.auth.v3.Authorization",
 ];
 
+/// How long start-up waits for the store to warm up (connections open, scripts loaded)
+/// before saying ready anyway: a replica whose Redis is down still starts, answers by its
+/// failure policy, and `/readyz` applies its per-policy rule.
+pub const WARM_UP_WITHIN: Duration = Duration::from_secs(5);
+/// How soon a warm-up that is not done yet is tried again.
+const WARM_UP_RETRY: Duration = Duration::from_millis(20);
+
 /// Serves until `shutdown` resolves, then drains. Returns once both servers have stopped.
+///
+/// Readiness (`/readyz`, gRPC health) turns on only once the store has warmed up, or
+/// after [`WARM_UP_WITHIN`]; the servers answer requests from the start.
 pub async fn run(
     state: Arc<AppState>,
     listeners: Listeners,
@@ -85,11 +95,7 @@ pub async fn run(
     let http_addr = listeners.http.local_addr().map_err(ServeError::Http)?;
     let grpc_addr = listeners.grpc.local_addr().map_err(ServeError::Http)?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in GRPC_SERVICES {
-        health
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
-    }
+    set_health(&health, ServingStatus::NotServing).await;
 
     let http = axum::serve(listeners.http, router(state.clone()))
         .with_graceful_shutdown(stopped())
@@ -103,17 +109,27 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped());
     let mut http = tokio::spawn(http);
     let mut grpc = tokio::spawn(grpc);
-    state.set_ready(true);
+    // A store with nothing to prepare (memory) is ready before the replica says it listens.
+    let mut warming = !warmed_up_at_once(&state).await;
+    if !warming {
+        turn_ready(&state, &health).await;
+    }
     {
         use crate::store::Store;
         tracing::info!(http = %http_addr, grpc = %grpc_addr, store = state.limiter.store().name(), "listening");
     }
 
-    // Run until asked to stop, or until a server dies on its own.
-    let early = tokio::select! {
-        () = shutdown => None,
-        r = &mut http => Some(r?.map_err(ServeError::Http)),
-        r = &mut grpc => Some(r?.map_err(ServeError::Grpc)),
+    // Run until asked to stop, or until a server dies on its own; readiness turns on
+    // meanwhile, once the store has warmed up.
+    let readiness = become_ready(&state, &health);
+    tokio::pin!(readiness, shutdown);
+    let early = loop {
+        tokio::select! {
+            () = &mut readiness, if warming => warming = false,
+            () = &mut shutdown => break None,
+            r = &mut http => break Some(r?.map_err(ServeError::Http)),
+            r = &mut grpc => break Some(r?.map_err(ServeError::Grpc)),
+        }
     };
     state.set_ready(false);
     if let Some(result) = early {
@@ -121,15 +137,21 @@ pub async fn run(
         return result;
     }
     tracing::info!("shutting down: readiness off");
-    for name in GRPC_SERVICES {
-        health
-            .set_service_status(*name, ServingStatus::NotServing)
-            .await;
-    }
+    set_health(&health, ServingStatus::NotServing).await;
     tokio::time::sleep(options.shutdown_delay).await;
     tracing::info!("draining in-flight requests");
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(options.drain_timeout, async {
+    drain(http, grpc, options.drain_timeout).await
+}
+
+/// Waits for both servers to finish their in-flight requests, for at most `within`; then
+/// closes what remains.
+async fn drain(
+    mut http: tokio::task::JoinHandle<std::io::Result<()>>,
+    mut grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    within: Duration,
+) -> Result<(), ServeError> {
+    let drained = tokio::time::timeout(within, async {
         let h = (&mut http).await;
         let g = (&mut grpc).await;
         (h, g)
@@ -142,12 +164,56 @@ pub async fn run(
             tracing::info!("stopped");
         }
         Err(_) => {
-            tracing::warn!(timeout = ?options.drain_timeout, "drain timed out; closing remaining connections");
+            tracing::warn!(timeout = ?within, "drain timed out; closing remaining connections");
             http.abort();
             grpc.abort();
         }
     }
     Ok(())
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for name in GRPC_SERVICES {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// Whether the store warms up at the first try, within [`WARM_UP_RETRY`].
+async fn warmed_up_at_once(state: &AppState) -> bool {
+    use crate::store::Store;
+    let attempt = tokio::time::timeout(WARM_UP_RETRY, state.limiter.store().warm_up()).await;
+    matches!(attempt, Ok(Ok(())))
+}
+
+async fn turn_ready(state: &AppState, health: &tonic_health::server::HealthReporter) {
+    state.set_ready(true);
+    set_health(health, ServingStatus::Serving).await;
+}
+
+/// Warms the store up (see [`WARM_UP_WITHIN`]), then turns readiness on.
+async fn become_ready(state: &AppState, health: &tonic_health::server::HealthReporter) {
+    use crate::store::Store;
+    let started = Instant::now();
+    loop {
+        let attempt = tokio::time::timeout(WARM_UP_WITHIN, state.limiter.store().warm_up()).await;
+        let missing = match attempt {
+            Ok(Ok(())) => {
+                tracing::info!(took = ?started.elapsed(), "store warmed up; ready");
+                break;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("warm-up took over {WARM_UP_WITHIN:?}"),
+        };
+        if started.elapsed() >= WARM_UP_WITHIN {
+            tracing::warn!(
+                error = %missing,
+                "the store did not warm up in {WARM_UP_WITHIN:?}; ready anyway, the failure policy answers until it can decide"
+            );
+            break;
+        }
+        tokio::time::sleep(WARM_UP_RETRY).await;
+    }
+    turn_ready(state, health).await;
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

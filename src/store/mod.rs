@@ -103,6 +103,14 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store can take decisions now (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Whether the store is ready to decide at once (connections open, scripts loaded),
+    /// doing what it can towards that; `Err` says what is still missing. The server calls it
+    /// until it succeeds, for a bounded time, before it says ready. A store with nothing to
+    /// prepare is always ready.
+    fn warm_up(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// A name for logs and metrics.
     fn name(&self) -> &'static str;
 }
@@ -126,6 +134,13 @@ impl Store for Backend {
         match self {
             Backend::Memory(s) => s.ping().await,
             Backend::Redis(s) => s.ping().await,
+        }
+    }
+
+    async fn warm_up(&self) -> Result<(), StoreError> {
+        match self {
+            Backend::Memory(s) => s.warm_up().await,
+            Backend::Redis(s) => s.warm_up().await,
         }
     }
 

@@ -13,18 +13,24 @@
 //! plans: the others ran already and must not run twice.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::breaker::Breaker;
-use super::connection::{Connections, Held, redis_error};
+use super::connection::{Connections, Held, connection_lost, redis_error};
 use super::script::{self, Decoded};
 use crate::store::{Check, StoreError};
 
 /// The most plans one pipeline carries.
 pub const MAX_BATCH: usize = 64;
+
+/// How soon an idle worker without a connection tries again to open one, at first; each
+/// failure doubles it, up to [`RECONNECT_AT_MOST`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_AT_MOST: Duration = Duration::from_secs(2);
 
 type Reply = Result<(Vec<Check>, Decoded), StoreError>;
 
@@ -35,6 +41,9 @@ struct Job {
 
 pub struct Batcher {
     queue: mpsc::Sender<Job>,
+    workers: usize,
+    /// How many workers hold a connection on which the decide script was loaded.
+    connected: Arc<AtomicUsize>,
 }
 
 impl Batcher {
@@ -48,18 +57,28 @@ impl Batcher {
         queue: usize,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
-        let prefix: Arc<str> = prefix.into();
-        for _ in 0..workers.max(1) {
-            tokio::spawn(work(
-                rx.clone(),
-                connections.clone(),
-                breaker.clone(),
-                prefix.clone(),
-                timeout,
-            ));
+        let worker = Worker {
+            queue: Arc::new(Mutex::new(rx)),
+            connections,
+            breaker,
+            prefix: prefix.into(),
+            timeout,
+            connected: Arc::new(AtomicUsize::new(0)),
+        };
+        let workers = workers.max(1);
+        for _ in 0..workers {
+            tokio::spawn(worker.clone().work());
         }
-        Batcher { queue: tx }
+        Batcher {
+            queue: tx,
+            workers,
+            connected: worker.connected,
+        }
+    }
+
+    /// Whether every worker holds an open connection with the decide script loaded on it.
+    pub fn all_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire) >= self.workers
     }
 
     /// Decides one plan's checks in the next batch.
@@ -84,74 +103,133 @@ impl Batcher {
     }
 }
 
-async fn work(
+/// A worker's connection, if it has one, counted in [`Batcher::all_connected`].
+struct Slot {
+    held: Option<Held>,
+    connected: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    fn set(&mut self, held: Held) {
+        if self.held.replace(held).is_none() {
+            self.connected.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Gives the connection up (back to the pool, whose recycle check closes a dead one).
+    fn clear(&mut self) {
+        if self.held.take().is_some() {
+            self.connected.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// What one worker needs; every worker has a copy.
+#[derive(Clone)]
+struct Worker {
     queue: Arc<Mutex<mpsc::Receiver<Job>>>,
     connections: Arc<Connections>,
     breaker: Arc<Breaker>,
     prefix: Arc<str>,
     timeout: Duration,
-) {
-    let mut jobs: Vec<Option<Job>> = Vec::with_capacity(MAX_BATCH);
-    // Open this worker's connection now, while the service starts, rather than on the first
-    // decision. A Redis that is down is not an error here: the first batch will say so.
-    let mut held: Option<Held> = tokio::time::timeout(timeout * 10, connections.hold())
-        .await
-        .ok()
-        .and_then(Result::ok);
-    loop {
-        {
-            // Only the worker holding the lock collects; the others are busy with Redis or
-            // wait their turn. The lock is never held across a Redis call.
-            let mut rx = queue.lock().await;
-            match rx.recv().await {
-                Some(job) => jobs.push(Some(job)),
-                None => return,
-            }
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(Some(job)),
-                    Err(_) => break,
+    connected: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    /// Takes batches until the queue closes. A worker without a connection (Redis down at
+    /// start-up, or its connection lost) opens one while idle, backing off, so that a
+    /// decision rarely pays for connecting.
+    async fn work(self) {
+        let mut jobs: Vec<Option<Job>> = Vec::with_capacity(MAX_BATCH);
+        let mut slot = Slot {
+            held: None,
+            connected: self.connected.clone(),
+        };
+        let mut backoff = RECONNECT_FIRST;
+        loop {
+            if slot.held.is_none() {
+                match tokio::time::timeout(self.timeout * 10, self.connect(&mut slot)).await {
+                    Ok(Ok(())) => backoff = RECONNECT_FIRST,
+                    _ => backoff = (backoff * 2).min(RECONNECT_AT_MOST),
                 }
             }
+            let open = if slot.held.is_some() {
+                self.collect(&mut jobs).await
+            } else {
+                tokio::select! {
+                    open = self.collect(&mut jobs) => open,
+                    () = tokio::time::sleep(backoff) => continue,
+                }
+            };
+            if !open {
+                return;
+            }
+            self.decide_batch(&mut slot, &mut jobs).await;
         }
-        // A caller that gave up (its own time limit passed while queued) gets no decision:
-        // deciding it anyway could consume quota for a request that was answered otherwise.
-        for slot in jobs.iter_mut() {
-            if slot.as_ref().is_some_and(|j| j.reply.is_closed()) {
-                *slot = None;
+    }
+
+    /// Waits for a job and takes whatever else is queued, up to [`MAX_BATCH`]; false once
+    /// the queue is closed. Cancel-safe: nothing is taken until `recv` returns.
+    async fn collect(&self, jobs: &mut Vec<Option<Job>>) -> bool {
+        // Only the worker holding the lock collects; the others are busy with Redis or
+        // wait their turn. The lock is never held across a Redis call.
+        let mut rx = self.queue.lock().await;
+        match rx.recv().await {
+            Some(job) => jobs.push(Some(job)),
+            None => return false,
+        }
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(Some(job)),
+                Err(_) => break,
             }
         }
+        true
+    }
+
+    /// Opens a connection and loads the decide script on it, so that a fresh or restarted
+    /// Redis answers the first decision without a `NOSCRIPT` round.
+    async fn connect(&self, slot: &mut Slot) -> Result<(), StoreError> {
+        slot.clear();
+        let mut held = self.connections.hold().await?;
+        self.connections
+            .load_on(&mut held, script::decide_script())
+            .await
+            .map_err(redis_error)?;
+        slot.set(held);
+        Ok(())
+    }
+
+    /// Decides one batch within the time limit and answers every job.
+    async fn decide_batch(&self, slot: &mut Slot, jobs: &mut Vec<Option<Job>>) {
+        drop_abandoned(jobs);
         let failure = if jobs.iter().all(Option::is_none) {
             None
-        } else if let Err(e) = breaker.admit() {
+        } else if let Err(e) = self.breaker.admit() {
             Some(e)
         } else {
-            let result = tokio::time::timeout(timeout, async {
-                if held.as_ref().is_none_or(|h| connections.is_stale(h)) {
-                    held = None;
-                    held = Some(connections.hold().await?);
-                }
-                match held.as_mut() {
-                    Some(h) => run(&connections, h, &prefix, &mut jobs).await,
-                    None => Err(StoreError::Unavailable("no Redis connection".into())),
-                }
-            })
-            .await;
-            let failure = match result {
+            let sent = tokio::time::timeout(self.timeout, self.send(slot, jobs)).await;
+            let failure = match sent {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
-                Err(_) => Some(StoreError::Timeout(timeout)),
+                Err(_) => Some(StoreError::Timeout(self.timeout)),
             };
             // The breaker counts what Redis did with a batch, not how long callers queued.
             match &failure {
-                None => breaker.success(),
-                Some(e) if e.is_transient() => breaker.failure(),
+                None => self.breaker.success(),
+                Some(e) if e.is_transient() => self.breaker.failure(),
                 Some(_) => {}
             }
             if failure.is_some() {
-                // Whatever went wrong, the next batch starts on a connection the pool has
-                // checked (a reply may still be in flight on this one).
-                held = None;
+                // Whatever went wrong, the next batch starts on a new connection (a reply
+                // may still be in flight on this one).
+                slot.clear();
             }
             failure
         };
@@ -164,6 +242,63 @@ async fn work(
             let _ = job.reply.send(Err(e));
         }
     }
+
+    /// Sends the batch; when the connection turns out to be lost, sends what is still
+    /// unanswered once more on a new one (see `docs/tradeoffs.md`: a plan whose reply was
+    /// lost may have run, so the resend may charge it twice: under-admission, never over).
+    async fn send(&self, slot: &mut Slot, jobs: &mut [Option<Job>]) -> Result<(), StoreError> {
+        let mut resent = false;
+        loop {
+            let stale = slot
+                .held
+                .as_ref()
+                .is_none_or(|h| self.connections.is_stale(h));
+            if stale {
+                self.connect(slot).await?;
+            }
+            let Some(held) = slot.held.as_mut() else {
+                return Err(StoreError::Unavailable("no Redis connection".into()));
+            };
+            match run(&self.connections, held, &self.prefix, jobs).await {
+                Err(RunError::Lost(e)) if !resent => {
+                    tracing::debug!(error = %e, "Redis connection lost; resending on a new one");
+                    slot.clear();
+                    drop_abandoned(jobs);
+                    resent = true;
+                }
+                Err(RunError::Lost(e)) => return Err(redis_error(e)),
+                Err(RunError::Failed(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// A caller that gave up (its own time limit passed) gets no decision: deciding it anyway
+/// could consume quota for a request that was answered otherwise.
+fn drop_abandoned(jobs: &mut [Option<Job>]) {
+    for slot in jobs.iter_mut() {
+        if slot.as_ref().is_some_and(|j| j.reply.is_closed()) {
+            *slot = None;
+        }
+    }
+}
+
+/// Why [`run`] stopped short.
+enum RunError {
+    /// The connection is gone; the jobs still in the batch were not answered.
+    Lost(redis::RedisError),
+    Failed(StoreError),
+}
+
+impl From<redis::RedisError> for RunError {
+    fn from(e: redis::RedisError) -> Self {
+        if connection_lost(&e) {
+            RunError::Lost(e)
+        } else {
+            RunError::Failed(redis_error(e))
+        }
+    }
 }
 
 /// Sends the batch as one pipeline and answers (takes) every job it could decide.
@@ -172,8 +307,11 @@ async fn run(
     held: &mut Held,
     prefix: &str,
     jobs: &mut [Option<Job>],
-) -> Result<(), StoreError> {
-    let mut pending: Vec<usize> = (0..jobs.len()).collect();
+) -> Result<(), RunError> {
+    let mut pending: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].is_some()).collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
     // At most one reload per batch: NOSCRIPT right after loading the script is an error.
     for attempt in 0..2 {
         let mut pipe = redis::pipe();
@@ -188,11 +326,11 @@ async fn run(
         }
         let replies: Vec<Value> = connections.pipeline_on(held, &pipe).await?;
         if replies.len() != pending.len() {
-            return Err(StoreError::Protocol(format!(
+            return Err(RunError::Failed(StoreError::Protocol(format!(
                 "a pipeline of {} plans got {} replies",
                 pending.len(),
                 replies.len()
-            )));
+            ))));
         }
         let mut again = Vec::new();
         for (&i, reply) in pending.iter().zip(replies) {
@@ -208,9 +346,9 @@ async fn run(
         connections.load_on(held, script::decide_script()).await?;
         pending = again;
     }
-    Err(StoreError::Protocol(
+    Err(RunError::Failed(StoreError::Protocol(
         "the decide script was refused twice (NOSCRIPT)".into(),
-    ))
+    )))
 }
 
 fn answer(mut job: Job, reply: &Value) {

@@ -344,27 +344,77 @@ impl Connections {
     }
 
     /// Sends a pipeline on a held connection and returns every reply (errors included, when
-    /// the pipeline ignores errors): one round trip.
+    /// the pipeline ignores errors): one round trip. The error is Redis's own, so that the
+    /// caller can tell a lost connection ([`connection_lost`]) from the rest.
     pub async fn pipeline_on(
         &self,
         held: &mut Held,
         pipe: &redis::Pipeline,
-    ) -> Result<Vec<redis::Value>, StoreError> {
+    ) -> Result<Vec<redis::Value>, redis::RedisError> {
         self.round_trips.inc();
         match &mut held.conn {
-            HeldConn::Single(c) => pipe.query_async(c).await.map_err(redis_error),
-            HeldConn::Sentinel(c) => pipe.query_async(c).await.map_err(redis_error),
+            HeldConn::Single(c) => pipe.query_async(c).await,
+            HeldConn::Sentinel(c) => pipe.query_async(c).await,
         }
     }
 
     /// Loads a script into the script cache (`SCRIPT LOAD`) on a held connection.
-    pub async fn load_on(&self, held: &mut Held, script: &redis::Script) -> Result<(), StoreError> {
+    pub async fn load_on(
+        &self,
+        held: &mut Held,
+        script: &redis::Script,
+    ) -> Result<(), redis::RedisError> {
         self.round_trips.inc();
         let loaded = match &mut held.conn {
             HeldConn::Single(c) => script.load_async(c).await,
             HeldConn::Sentinel(c) => script.load_async(c).await,
         };
+        loaded.map(drop)
+    }
+
+    /// Loads `script` into the script cache of every primary: the single server, the
+    /// Sentinel's primary, or every Cluster master (the cluster client sends `SCRIPT LOAD`
+    /// to every node).
+    pub async fn load_everywhere(&self, script: &redis::Script) -> Result<(), StoreError> {
+        self.round_trips.inc();
+        let loaded = match &self.pool {
+            Pool::Single(p) => {
+                script
+                    .load_async(&mut p.get().await.map_err(pool_error)?)
+                    .await
+            }
+            Pool::Cluster(p) => {
+                script
+                    .load_async(&mut p.get().await.map_err(pool_error)?)
+                    .await
+            }
+            Pool::Sentinel(p) => {
+                script
+                    .load_async(&mut p.get().await.map_err(pool_error)?)
+                    .await
+            }
+        };
         loaded.map(drop).map_err(redis_error)
+    }
+
+    /// Opens pooled connections until `n` are idle in the pool (or the pool is full), so
+    /// that the first decisions do not pay for connecting.
+    pub async fn open_idle(&self, n: usize) -> Result<(), StoreError> {
+        // Taken out all at once (opening those the pool lacks), then given back together.
+        macro_rules! take_at_once {
+            ($pool:expr) => {{
+                let mut taken = Vec::with_capacity(n);
+                for _ in 0..n.min($pool.status().max_size) {
+                    taken.push($pool.get().await.map_err(pool_error)?);
+                }
+            }};
+        }
+        match &self.pool {
+            Pool::Single(p) => take_at_once!(p),
+            Pool::Cluster(p) => take_at_once!(p),
+            Pool::Sentinel(p) => take_at_once!(p),
+        }
+        Ok(())
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -520,6 +570,13 @@ async fn primary_named(
         }
     }
     None
+}
+
+/// Whether `e` says the connection itself is gone (closed by a restart, a failover, a
+/// network cut): the connection must be replaced, and a command on it may or may not have
+/// reached Redis. A reply from Redis, even an error, is never that.
+pub fn connection_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped()
 }
 
 fn pool_error(e: deadpool_redis::PoolError) -> StoreError {

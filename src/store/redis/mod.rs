@@ -167,6 +167,28 @@ impl RedisStore {
         })
     }
 
+    /// Whether the store can decide at once: every batch worker holds a connection with the
+    /// decide script loaded on it (they open them by themselves, and again after a loss);
+    /// on a Cluster, the script is loaded on every master and the pool's connections are
+    /// open. `Err` says what is missing; the caller retries (see [`Store::warm_up`]).
+    pub async fn warm_up(&self) -> Result<(), StoreError> {
+        match &self.batcher {
+            Some(batcher) if batcher.all_connected() => Ok(()),
+            Some(_) => Err(StoreError::Unavailable(
+                "not every Redis worker holds a connection yet".into(),
+            )),
+            None => {
+                self.connections
+                    .load_everywhere(script::decide_script())
+                    .await?;
+                self.connections
+                    .load_everywhere(script::refund_script())
+                    .await?;
+                self.connections.open_idle(self.options.pool_size).await
+            }
+        }
+    }
+
     /// Forgets every cached rejection (the limits they were computed for may have changed).
     pub fn clear_cache(&self) {
         self.over_limit.clear();
@@ -182,7 +204,17 @@ impl RedisStore {
             return Ok(());
         }
         self.stats.decisions.inc();
-        self.breaker.admit()?;
+        if self.batcher.is_some() {
+            // The worker that takes the plan asks the breaker (and may be its probe); here
+            // only fail fast while it is open.
+            if self.breaker.is_open() {
+                return Err(StoreError::Unavailable(
+                    "circuit open: Redis failed repeatedly".into(),
+                ));
+            }
+        } else {
+            self.breaker.admit()?;
+        }
         let sent = Instant::now();
         let result = tokio::time::timeout(self.options.timeout, self.decide(plan)).await;
         let result = match result {
@@ -249,6 +281,10 @@ impl Store for RedisStore {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.options.timeout * 4)),
         }
+    }
+
+    async fn warm_up(&self) -> Result<(), StoreError> {
+        RedisStore::warm_up(self).await
     }
 
     fn name(&self) -> &'static str {
