@@ -55,7 +55,7 @@ pub struct Plan {
 }
 
 /// Why a store could not decide.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the memory store holds its maximum of {max} counters")]
     Full { max: usize },

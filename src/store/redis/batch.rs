@@ -235,10 +235,9 @@ impl Worker {
         };
         // Every job `run` did not answer gets the batch's error.
         for job in jobs.drain(..).flatten() {
-            let e = failure.as_ref().map_or_else(
-                || StoreError::Protocol("no reply for a plan".into()),
-                clone_error,
-            );
+            let e = failure
+                .clone()
+                .unwrap_or_else(|| StoreError::Protocol("no reply for a plan".into()));
             let _ = job.reply.send(Err(e));
         }
     }
@@ -361,14 +360,4 @@ fn answer(mut job: Job, reply: &Value) {
 
 fn is_noscript(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
-}
-
-fn clone_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Full { max } => StoreError::Full { max: *max },
-        StoreError::Timeout(d) => StoreError::Timeout(*d),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Protocol(m) => StoreError::Protocol(m.clone()),
-        StoreError::Config(m) => StoreError::Config(m.clone()),
-    }
 }

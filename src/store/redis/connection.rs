@@ -4,7 +4,7 @@
 //! URLs:
 //! - `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS): one server. Over TLS the
 //!   server's certificate is checked against the system's CAs, or against those of a CA file
-//!   ([`Connections::with_ca_file`]) instead; `rediss://…/#insecure` checks nothing (a
+//!   ([`Connections::new`]) instead; `rediss://…/#insecure` checks nothing (a
 //!   warning says so). TLS is rustls with the ring provider, installed for the process here;
 //! - `redis+cluster://[user:pass@]h1:p1,h2:p2,…`: Redis Cluster, seeded from those nodes
 //!   (plain TCP, as is Sentinel below);
@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::redis::{self, FromRedisValue, ScriptInvocation};
+use deadpool_redis::redis::{self, FromRedisValue, ScriptInvocation, Value};
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 
 use crate::store::StoreError;
@@ -147,13 +147,8 @@ pub struct Connections {
 /// pool costs a `PING` round trip (its recycle check), so a worker takes one once and keeps
 /// it until it fails or, behind Sentinel, until another primary is named.
 pub struct Held {
-    conn: HeldConn,
+    conn: Conn,
     taken_at: Instant,
-}
-
-enum HeldConn {
-    Single(deadpool_redis::Connection),
-    Sentinel(deadpool_redis::sentinel::Connection),
 }
 
 enum Pool {
@@ -162,173 +157,230 @@ enum Pool {
     Sentinel(deadpool_redis::sentinel::Pool),
 }
 
-impl Connections {
-    pub fn new(
-        url: &RedisUrl,
-        size: usize,
-        timeout: Duration,
-        round_trips: prometheus::IntCounter,
-    ) -> Result<Self, StoreError> {
-        Self::with_ca_file(url, None, size, timeout, round_trips)
+/// A connection taken from whichever pool: one type, so every call is written once.
+enum Conn {
+    Single(deadpool_redis::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
+    Sentinel(deadpool_redis::sentinel::Connection),
+}
+
+impl Pool {
+    async fn get(&self) -> Result<Conn, StoreError> {
+        Ok(match self {
+            Pool::Single(p) => Conn::Single(p.get().await.map_err(pool_error)?),
+            Pool::Cluster(p) => Conn::Cluster(p.get().await.map_err(pool_error)?),
+            Pool::Sentinel(p) => Conn::Sentinel(p.get().await.map_err(pool_error)?),
+        })
     }
 
-    /// The same, trusting over TLS the CA certificates (PEM) in `ca_file` instead of the
-    /// system's: for a `rediss://` URL only. The file is read now, so a missing or unreadable
-    /// one stops the start-up.
-    pub fn with_ca_file(
+    fn max_size(&self) -> usize {
+        match self {
+            Pool::Single(p) => p.status().max_size,
+            Pool::Cluster(p) => p.status().max_size,
+            Pool::Sentinel(p) => p.status().max_size,
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
+        }
+    }
+}
+
+/// Bounds on the pool's parts, so nothing waits without end: waiting for a free connection
+/// counts against the call's own time limit.
+fn pool_config(size: usize, timeout: Duration) -> PoolConfig {
+    let mut config = PoolConfig::new(size.max(1));
+    config.timeouts = Timeouts {
+        wait: Some(timeout),
+        create: Some(timeout.max(Duration::from_millis(500))),
+        recycle: Some(timeout),
+    };
+    config
+}
+
+fn config_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Config(format!("Redis pool: {e}"))
+}
+
+/// A pool for one server, over TLS for `rediss://` (checked against `ca_file`'s CAs when
+/// given, else the system's).
+fn single_pool(url: &str, ca_file: Option<&Path>, config: PoolConfig) -> Result<Pool, StoreError> {
+    let tls = url.starts_with("rediss://");
+    if tls {
+        install_crypto_provider();
+        if url.ends_with("#insecure") {
+            tracing::warn!("--redis-url …#insecure: the Redis server's certificate is not checked");
+        }
+    }
+    let info = match ca_file {
+        None => redis::IntoConnectionInfo::into_connection_info(url).map_err(config_error)?,
+        Some(path) if tls => {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(read_ca_file(path)?),
+            };
+            redis::Client::build_with_tls(url, certs)
+                .map_err(config_error)?
+                .get_connection_info()
+                .clone()
+        }
+        Some(_) => {
+            return Err(StoreError::Config(
+                "--redis-ca-file needs a rediss:// URL".into(),
+            ));
+        }
+    };
+    let manager = deadpool_redis::Manager::new(info).map_err(config_error)?;
+    let pool = deadpool_redis::Pool::builder(manager)
+        .config(config)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(config_error)?;
+    Ok(Pool::Single(pool))
+}
+
+fn cluster_pool(urls: &[String], config: PoolConfig) -> Result<Pool, StoreError> {
+    let mut cfg = deadpool_redis::cluster::Config::from_urls(urls.to_vec());
+    cfg.pool = Some(config);
+    let pool = cfg
+        .create_pool(Some(Runtime::Tokio1))
+        .map_err(config_error)?;
+    Ok(Pool::Cluster(pool))
+}
+
+/// A pool for the primary the sentinels name, following them: connections opened before the
+/// sentinels named another primary (noted in `switched`) are closed, idle ones at once.
+fn sentinel_pool(
+    url: &RedisUrl,
+    config: PoolConfig,
+    switched: &Arc<Mutex<Option<Instant>>>,
+) -> Result<Pool, StoreError> {
+    let RedisUrl::Sentinel {
+        sentinels,
+        master,
+        db,
+        username,
+        password,
+    } = url
+    else {
+        return Err(StoreError::Config("not a Sentinel URL".into()));
+    };
+    // What the primary is connected with: the sentinels' answer gives only its address.
+    let mut cfg = deadpool_redis::sentinel::Config::from_urls(
+        sentinels.clone(),
+        master.clone(),
+        deadpool_redis::sentinel::SentinelServerType::Master,
+    )
+    .with_node_connection_info(Some(deadpool_redis::sentinel::SentinelNodeConnectionInfo {
+        tls_mode: None,
+        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+            db: db.unwrap_or(0),
+            username: username.clone(),
+            password: password.clone(),
+            ..Default::default()
+        }),
+    }));
+    cfg.pool = Some(config);
+    let stale = switched.clone();
+    let pool = cfg
+        .builder()
+        .map_err(config_error)?
+        .runtime(Runtime::Tokio1)
+        .pre_recycle(deadpool_redis::sentinel::Hook::sync_fn(
+            move |_, metrics| match *stale.lock().unwrap_or_else(PoisonError::into_inner) {
+                Some(at) if metrics.created < at => Err(
+                    deadpool_redis::sentinel::HookError::message("opened to the previous primary"),
+                ),
+                _ => Ok(()),
+            },
+        ))
+        .build()
+        .map_err(config_error)?;
+    let weak = pool.weak();
+    follow_sentinels(sentinels, master, switched.clone(), move |close_idle| {
+        let Some(pool) = weak.upgrade() else {
+            return false;
+        };
+        if close_idle {
+            pool.retain(|_, _| false);
+        }
+        true
+    });
+    Ok(Pool::Sentinel(pool))
+}
+
+impl Connections {
+    /// Connections for `url`, `size` at most; over TLS (`rediss://` only) trusting the CA
+    /// certificates (PEM) in `ca_file` instead of the system's. The file is read now, so a
+    /// missing or unreadable one stops the start-up. Connections open lazily.
+    pub fn new(
         url: &RedisUrl,
         ca_file: Option<&Path>,
         size: usize,
         timeout: Duration,
         round_trips: prometheus::IntCounter,
     ) -> Result<Self, StoreError> {
-        let mut pool_config = PoolConfig::new(size.max(1));
-        // Waiting for a free connection counts against the call's own time limit; these
-        // bound the pool's parts so nothing waits without end.
-        pool_config.timeouts = Timeouts {
-            wait: Some(timeout),
-            create: Some(timeout.max(Duration::from_millis(500))),
-            recycle: Some(timeout),
-        };
-        let config_err = |e: &dyn std::fmt::Display| StoreError::Config(format!("Redis pool: {e}"));
-        let mut switched_handle = None;
+        let config = pool_config(size, timeout);
+        let mut switched = None;
         let pool = match url {
-            RedisUrl::Single(u) => {
-                let tls = u.starts_with("rediss://");
-                if tls {
-                    install_crypto_provider();
-                    if u.ends_with("#insecure") {
-                        tracing::warn!(
-                            "--redis-url …#insecure: the Redis server's certificate is not checked"
-                        );
-                    }
-                }
-                let info = match ca_file {
-                    None => redis::IntoConnectionInfo::into_connection_info(u.as_str())
-                        .map_err(|e| config_err(&e))?,
-                    Some(path) if tls => {
-                        let pem = read_ca_file(path)?;
-                        let certs = redis::TlsCertificates {
-                            client_tls: None,
-                            root_cert: Some(pem),
-                        };
-                        redis::Client::build_with_tls(u.as_str(), certs)
-                            .map_err(|e| config_err(&e))?
-                            .get_connection_info()
-                            .clone()
-                    }
-                    Some(_) => {
-                        return Err(StoreError::Config(
-                            "--redis-ca-file needs a rediss:// URL".into(),
-                        ));
-                    }
-                };
-                let manager = deadpool_redis::Manager::new(info).map_err(|e| config_err(&e))?;
-                Pool::Single(
-                    deadpool_redis::Pool::builder(manager)
-                        .config(pool_config)
-                        .runtime(Runtime::Tokio1)
-                        .build()
-                        .map_err(|e| config_err(&e))?,
-                )
-            }
-            RedisUrl::Cluster(_) | RedisUrl::Sentinel { .. } if ca_file.is_some() => {
+            RedisUrl::Single(u) => single_pool(u, ca_file, config)?,
+            _ if ca_file.is_some() => {
                 return Err(StoreError::Config(
                     "--redis-ca-file needs a rediss:// URL".into(),
                 ));
             }
-            RedisUrl::Cluster(urls) => {
-                let mut cfg = deadpool_redis::cluster::Config::from_urls(urls.clone());
-                cfg.pool = Some(pool_config);
-                Pool::Cluster(
-                    cfg.create_pool(Some(Runtime::Tokio1))
-                        .map_err(|e| config_err(&e))?,
-                )
-            }
-            RedisUrl::Sentinel {
-                sentinels,
-                master,
-                db,
-                username,
-                password,
-            } => {
-                // What the primary is connected with: the sentinels' answer gives only its
-                // address.
-                let cfg = deadpool_redis::sentinel::Config::from_urls(
-                    sentinels.clone(),
-                    master.clone(),
-                    deadpool_redis::sentinel::SentinelServerType::Master,
-                );
-                let mut cfg = cfg.with_node_connection_info(Some(
-                    deadpool_redis::sentinel::SentinelNodeConnectionInfo {
-                        tls_mode: None,
-                        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
-                            db: db.unwrap_or(0),
-                            username: username.clone(),
-                            password: password.clone(),
-                            ..Default::default()
-                        }),
-                    },
-                ));
-                cfg.pool = Some(pool_config);
-                // When the sentinels last named another primary: a connection opened before
-                // is not used again.
-                let switched: Arc<Mutex<Option<Instant>>> = Arc::default();
-                let stale = switched.clone();
-                let pool = cfg
-                    .builder()
-                    .map_err(|e| config_err(&e))?
-                    .runtime(Runtime::Tokio1)
-                    .pre_recycle(deadpool_redis::sentinel::Hook::sync_fn(
-                        move |_, metrics| match *stale
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                        {
-                            Some(at) if metrics.created < at => {
-                                Err(deadpool_redis::sentinel::HookError::message(
-                                    "opened to the previous primary",
-                                ))
-                            }
-                            _ => Ok(()),
-                        },
-                    ))
-                    .build()
-                    .map_err(|e| config_err(&e))?;
-                let weak = pool.weak();
-                switched_handle = Some(switched.clone());
-                follow_sentinels(sentinels, master, switched, move |close_idle| {
-                    let Some(pool) = weak.upgrade() else {
-                        return false;
-                    };
-                    if close_idle {
-                        pool.retain(|_, _| false);
-                    }
-                    true
-                });
-                Pool::Sentinel(pool)
+            RedisUrl::Cluster(urls) => cluster_pool(urls, config)?,
+            RedisUrl::Sentinel { .. } => {
+                let at: Arc<Mutex<Option<Instant>>> = Arc::default();
+                let pool = sentinel_pool(url, config, &at)?;
+                switched = Some(at);
+                pool
             }
         };
         Ok(Connections {
             pool,
             round_trips,
-            switched: switched_handle,
+            switched,
         })
     }
 
     /// Takes a connection out of the pool for a worker to keep (see [`Held`]). Not for a
     /// Cluster, whose decisions are not batched.
     pub async fn hold(&self) -> Result<Held, StoreError> {
-        let conn = match &self.pool {
-            Pool::Single(p) => HeldConn::Single(p.get().await.map_err(pool_error)?),
-            Pool::Sentinel(p) => HeldConn::Sentinel(p.get().await.map_err(pool_error)?),
-            Pool::Cluster(_) => {
-                return Err(StoreError::Config(
-                    "a Cluster connection cannot be held by a batch worker".into(),
-                ));
-            }
-        };
+        if self.is_cluster() {
+            return Err(StoreError::Config(
+                "a Cluster connection cannot be held by a batch worker".into(),
+            ));
+        }
         Ok(Held {
-            conn,
+            conn: self.pool.get().await?,
             taken_at: Instant::now(),
         })
     }
@@ -350,12 +402,9 @@ impl Connections {
         &self,
         held: &mut Held,
         pipe: &redis::Pipeline,
-    ) -> Result<Vec<redis::Value>, redis::RedisError> {
+    ) -> Result<Vec<Value>, redis::RedisError> {
         self.round_trips.inc();
-        match &mut held.conn {
-            HeldConn::Single(c) => pipe.query_async(c).await,
-            HeldConn::Sentinel(c) => pipe.query_async(c).await,
-        }
+        pipe.query_async(&mut held.conn).await
     }
 
     /// Loads a script into the script cache (`SCRIPT LOAD`) on a held connection.
@@ -365,11 +414,7 @@ impl Connections {
         script: &redis::Script,
     ) -> Result<(), redis::RedisError> {
         self.round_trips.inc();
-        let loaded = match &mut held.conn {
-            HeldConn::Single(c) => script.load_async(c).await,
-            HeldConn::Sentinel(c) => script.load_async(c).await,
-        };
-        loaded.map(drop)
+        script.load_async(&mut held.conn).await.map(drop)
     }
 
     /// Loads `script` into the script cache of every primary: the single server, the
@@ -377,42 +422,21 @@ impl Connections {
     /// to every node).
     pub async fn load_everywhere(&self, script: &redis::Script) -> Result<(), StoreError> {
         self.round_trips.inc();
-        let loaded = match &self.pool {
-            Pool::Single(p) => {
-                script
-                    .load_async(&mut p.get().await.map_err(pool_error)?)
-                    .await
-            }
-            Pool::Cluster(p) => {
-                script
-                    .load_async(&mut p.get().await.map_err(pool_error)?)
-                    .await
-            }
-            Pool::Sentinel(p) => {
-                script
-                    .load_async(&mut p.get().await.map_err(pool_error)?)
-                    .await
-            }
-        };
-        loaded.map(drop).map_err(redis_error)
+        let mut conn = self.pool.get().await?;
+        script
+            .load_async(&mut conn)
+            .await
+            .map(drop)
+            .map_err(redis_error)
     }
 
     /// Opens pooled connections until `n` are idle in the pool (or the pool is full), so
     /// that the first decisions do not pay for connecting.
     pub async fn open_idle(&self, n: usize) -> Result<(), StoreError> {
         // Taken out all at once (opening those the pool lacks), then given back together.
-        macro_rules! take_at_once {
-            ($pool:expr) => {{
-                let mut taken = Vec::with_capacity(n);
-                for _ in 0..n.min($pool.status().max_size) {
-                    taken.push($pool.get().await.map_err(pool_error)?);
-                }
-            }};
-        }
-        match &self.pool {
-            Pool::Single(p) => take_at_once!(p),
-            Pool::Cluster(p) => take_at_once!(p),
-            Pool::Sentinel(p) => take_at_once!(p),
+        let mut taken = Vec::with_capacity(n);
+        for _ in 0..n.min(self.pool.max_size()) {
+            taken.push(self.pool.get().await?);
         }
         Ok(())
     }
@@ -430,40 +454,17 @@ impl Connections {
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         self.round_trips.inc();
-        match &self.pool {
-            Pool::Single(p) => {
-                let mut c = p.get().await.map_err(pool_error)?;
-                inv.invoke_async(&mut c).await.map_err(redis_error)
-            }
-            Pool::Cluster(p) => {
-                let mut c = p.get().await.map_err(pool_error)?;
-                inv.invoke_async(&mut c).await.map_err(redis_error)
-            }
-            Pool::Sentinel(p) => {
-                let mut c = p.get().await.map_err(pool_error)?;
-                inv.invoke_async(&mut c).await.map_err(redis_error)
-            }
-        }
+        let mut conn = self.pool.get().await?;
+        inv.invoke_async(&mut conn).await.map_err(redis_error)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("PING");
-        let cmd = &mut cmd;
         self.round_trips.inc();
-        match &self.pool {
-            Pool::Single(p) => {
-                let mut c = p.get().await.map_err(pool_error)?;
-                cmd.query_async::<()>(&mut c).await.map_err(redis_error)
-            }
-            Pool::Cluster(p) => {
-                let mut c = p.get().await.map_err(pool_error)?;
-                cmd.query_async::<()>(&mut c).await.map_err(redis_error)
-            }
-            Pool::Sentinel(p) => {
-                let mut c = p.get().await.map_err(pool_error)?;
-                cmd.query_async::<()>(&mut c).await.map_err(redis_error)
-            }
-        }
+        let mut conn = self.pool.get().await?;
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_error)
     }
 }
 

@@ -139,7 +139,7 @@ impl RedisStore {
         let url = RedisUrl::parse(&options.url).map_err(StoreError::Config)?;
         let stats = RedisStats::new().map_err(|e| StoreError::Config(e.to_string()))?;
         // Workers keep their connections; the pool holds a few more for `/readyz` pings.
-        let connections = Arc::new(Connections::with_ca_file(
+        let connections = Arc::new(Connections::new(
             &url,
             options.ca_file.as_deref(),
             options.pool_size + HEALTH_CONNECTIONS,
