@@ -224,6 +224,7 @@ fn redis_figure(redis: &RedisServer, con: &mut redis::Connection, n: u64, limit:
         quota,
         cost: 1,
         enforce: true,
+        post_paid: false,
         verdict: None,
     };
     let inv = decide_invocation(decide_script(), "m:", std::slice::from_ref(&check), None);
@@ -256,6 +257,7 @@ fn constant_state_figure(
         quota: Quota::new(1_000_000_000, 3_600_000_000),
         cost: 1,
         enforce: true,
+        post_paid: false,
         verdict: None,
     };
     let inv = decide_invocation(decide_script(), "m:", std::slice::from_ref(&check), None);

@@ -131,6 +131,7 @@ impl Authorization for ExtAuthzDoor {
             descriptors,
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         let response = match self.state.decide(Door::ExtAuthz, &rules, &req).await {
             Ok(d) if d.allowed => allow(Some(&d), settings.headers),

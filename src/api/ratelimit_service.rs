@@ -80,6 +80,7 @@ impl RateLimitService for RateLimitDoor {
             // envoyproxy/ratelimit: 0 (unset) means one hit.
             hits: u64::from(msg.hits_addend.max(1)),
             client_required: false,
+            post_paid: false,
         };
         let rules = self.state.limiter.rules();
         let decision = match self

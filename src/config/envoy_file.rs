@@ -411,6 +411,7 @@ fn parse_descriptor(
         shadow_mode,
         replaces,
         detailed_metric,
+        post_paid: false,
         descriptors,
     })
 }

@@ -232,6 +232,9 @@ pub struct DescriptorDef {
     /// Names of limits this descriptor's limits replace (`rate_limit.replaces`).
     pub replaces: Vec<String>,
     pub detailed_metric: bool,
+    /// Extension `post_paid: true`: a request with a cost (a stream-done charge of tokens
+    /// used) is recorded whatever the verdict, into debt if need be.
+    pub post_paid: bool,
     pub descriptors: Vec<DescriptorDef>,
 }
 

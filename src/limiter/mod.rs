@@ -173,6 +173,7 @@ fn override_rule(o: &QuotaOverride) -> Arc<LimitRule> {
         shadow: false,
         replaces: Box::default(),
         detailed_metric: false,
+        post_paid: false,
         id: override_id(algorithm, o),
     })
 }
@@ -280,6 +281,7 @@ fn plan(req: &LimitRequest<'_>, applied: &[(usize, Arc<LimitRule>)]) -> (Plan, V
                     quota: rule.quota,
                     cost,
                     enforce: !rule.shadow,
+                    post_paid: false,
                     verdict: None,
                 });
             }

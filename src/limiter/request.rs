@@ -17,6 +17,9 @@ pub struct LimitRequest<'a> {
     /// `AllowRequest`): a key the configuration has nothing for is an unknown client, even
     /// when no client table is loaded, rather than an unlimited request.
     pub client_required: bool,
+    /// The request reports usage that already happened (`POST /report`, `AllowRequest` with
+    /// `report`): every limit records its cost whatever the verdict, into debt if need be.
+    pub post_paid: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -61,6 +64,7 @@ impl<'a> LimitRequest<'a> {
             }],
             hits,
             client_required: true,
+            post_paid: false,
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct LimitRule {
     /// Names of limits this one replaces when both apply to one request.
     pub replaces: Box<[Box<str>]>,
     pub detailed_metric: bool,
+    /// The descriptor records usage after the fact (`post_paid: true`): a request with a cost
+    /// is charged whatever the verdict, into debt if need be.
+    pub post_paid: bool,
     /// Identifies the limit inside a counter key: a hash of what gives its state meaning
     /// (name, algorithm, window), so a reload that changes the count keeps the counters and
     /// one that changes the window or algorithm starts afresh.
@@ -364,6 +367,7 @@ fn rule(
         shadow: shadow || def.shadow_mode,
         replaces: replaces.iter().map(|r| r.as_str().into()).collect(),
         detailed_metric,
+        post_paid: false,
         id: u64::from_be_bytes(id),
     })
 }

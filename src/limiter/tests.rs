@@ -107,6 +107,7 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
             descriptors: vec![edge(&[("remote_address", v)])],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         // Key-only: each value has its own counter.
         assert!(l.decide(&ip("1.1.1.1")).await.unwrap().allowed);
@@ -119,6 +120,7 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
             descriptors: vec![edge(&[("path", v)])],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         let d = l.decide(&path("/admin/users")).await.unwrap();
         assert_eq!(&*d.limits[0].name, "admin");
@@ -132,6 +134,7 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
             descriptors: vec![edge(&[("user", "u")])],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         assert!(l.decide(&r).await.unwrap().limits.is_empty());
         let r = LimitRequest {
@@ -139,6 +142,7 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
             descriptors: vec![edge(&[("user", "u"), ("plan", "free")])],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         assert_eq!(&*l.decide(&r).await.unwrap().limits[0].name, "free");
         // Unknown domain or entry: no limit.
@@ -147,6 +151,7 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
             descriptors: vec![edge(&[("user", "u")])],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         assert!(l.decide(&r).await.unwrap().allowed);
     });
@@ -164,6 +169,7 @@ fn replaces_drops_the_named_limit() {
             ],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         for _ in 0..3 {
             let d = l.decide(&r).await.unwrap();
@@ -184,6 +190,7 @@ fn shadow_mode_never_rejects() {
             descriptors: vec![edge(&[("path", "/x")])],
             hits: 60,
             client_required: false,
+            post_paid: false,
         };
         let d = l.decide(&r).await.unwrap();
         assert!(d.allowed);
@@ -206,6 +213,7 @@ fn the_same_descriptor_twice_in_one_request_is_charged_twice() {
             ],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         let d = l.decide(&r).await.unwrap();
         assert!(d.allowed);
@@ -225,6 +233,7 @@ fn per_descriptor_hits_and_zero_hits() {
             descriptors: vec![d.clone()],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         for _ in 0..5 {
             let dec = l.decide(&peek).await.unwrap();
@@ -240,6 +249,7 @@ fn per_descriptor_hits_and_zero_hits() {
             descriptors: vec![d],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         assert!(l.decide(&spend).await.unwrap().allowed);
         assert_eq!(
@@ -258,6 +268,7 @@ fn request_shape_errors() {
             descriptors: vec![edge(&[("a", "b")])],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         assert!(matches!(l.decide(&r).await, Err(LimitError::NoDomain)));
         let r = LimitRequest {
@@ -265,6 +276,7 @@ fn request_shape_errors() {
             descriptors: vec![],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         assert!(matches!(l.decide(&r).await, Err(LimitError::NoDescriptors)));
         let r = LimitRequest {
@@ -272,6 +284,7 @@ fn request_shape_errors() {
             descriptors: vec![edge(&[])],
             hits: 1,
             client_required: false,
+            post_paid: false,
         };
         assert!(matches!(
             l.decide(&r).await,
@@ -320,6 +333,7 @@ fn without_a_client_table_every_api_key_is_unknown() {
         // Envoy's own traffic keeps upstream's meaning: an unmatched descriptor is unlimited.
         let r = LimitRequest {
             client_required: false,
+            post_paid: false,
             ..LimitRequest::for_api_key("ratelimiter", "anyone", 1)
         };
         assert!(l.decide(&r).await.unwrap().allowed);
@@ -401,6 +415,7 @@ fn overridden<'a>(entries: &[(&'a str, &'a str)], limit: u64) -> LimitRequest<'a
         descriptors: vec![d],
         hits: 1,
         client_required: false,
+        post_paid: false,
     }
 }
 

@@ -222,6 +222,7 @@ mod tests {
             quota: Quota::new(limit, window),
             cost,
             enforce: true,
+            post_paid: false,
             verdict: None,
         }
     }

@@ -41,6 +41,9 @@ pub struct Check {
     pub cost: u64,
     /// A shadow-mode limit is counted and reported but never rejects the request.
     pub enforce: bool,
+    /// Usage that already happened (a token count known after the response): committed
+    /// whatever the verdict, even past the limit, into debt. The verdict says whether it fit.
+    pub post_paid: bool,
     /// Filled in by the store.
     pub verdict: Option<Verdict>,
 }

@@ -169,6 +169,7 @@ fn leaf(key: &str, value: Option<&str>, limits: Vec<LimitDef>) -> DescriptorDef 
         shadow_mode: false,
         replaces: vec![],
         detailed_metric: false,
+        post_paid: false,
         descriptors: vec![],
     }
 }

@@ -133,6 +133,7 @@ fn random_plan(rng: &mut Rng) -> Vec<Check> {
             quota: c.quota,
             cost,
             enforce: rng.below(10) != 0,
+            post_paid: false,
             verdict: None,
         });
     }

@@ -166,6 +166,7 @@ mod tests {
                 quota: Quota::new(limit, 1_000_000),
                 cost,
                 enforce: true,
+                post_paid: false,
                 verdict: None,
             }],
             admitted: false,

@@ -441,6 +441,7 @@ fn checks_of(case: &Case, step: &Step, reloads: bool) -> Vec<Check> {
                 quota: l.quota,
                 cost: p.cost,
                 enforce: p.enforce,
+                post_paid: false,
                 verdict: None,
             }
         })
@@ -659,6 +660,7 @@ fn check(tag: u128, algorithm: Algorithm, limit: u64, window: u64, cost: u64) ->
         quota: Quota::new(limit, window),
         cost,
         enforce: true,
+        post_paid: false,
         verdict: None,
     }
 }
@@ -1084,6 +1086,7 @@ async fn a_lost_reservation_is_refunded_from_its_record() {
     };
     let shadow = Check {
         enforce: false,
+        post_paid: false,
         ..limit(3, check(5, Algorithm::TokenBucket, 10, 1000 * SEC, 5))
     };
     let part = || {
