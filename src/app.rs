@@ -1,6 +1,7 @@
 //! Wiring: from options to a running service. `main.rs` parses the command line and calls
 //! [`build`] and [`server::run`](crate::server::run); tests call the same functions.
 
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,24 +15,26 @@ use crate::store::{Backend, Clock, MemoryStore, RedisOptions, RedisStore};
 #[derive(Clone, Debug)]
 pub struct AppOptions {
     pub config: PathBuf,
-    pub redis_url: Option<String>,
+    /// Redis to share counters across replicas; `None`: the memory store.
+    pub redis: Option<RedisOptions>,
     /// The memory store's capacity in counters.
     pub max_counters: usize,
-    /// Redis settings besides the URL.
-    pub redis: RedisOptions,
     /// How many replicas share each quota while the `local` failure policy is in force.
-    pub replicas: u64,
+    pub replicas: NonZeroU64,
 }
 
 impl AppOptions {
-    /// Options for a config path with every other setting at its default.
+    /// The defaults of the command line's flags, the one place they are written.
+    pub const DEFAULT_MAX_COUNTERS: usize = 1_000_000;
+    pub const DEFAULT_REPLICAS: NonZeroU64 = NonZeroU64::MIN;
+
+    /// Options for a config path with every other setting at its default (the memory store).
     pub fn new(config: impl Into<PathBuf>) -> Self {
         AppOptions {
             config: config.into(),
-            redis_url: None,
-            max_counters: 1_000_000,
-            redis: RedisOptions::default(),
-            replicas: 1,
+            redis: None,
+            max_counters: Self::DEFAULT_MAX_COUNTERS,
+            replicas: Self::DEFAULT_REPLICAS,
         }
     }
 }
@@ -63,21 +66,17 @@ fn log_warnings(rules: &Rules, path: &Path) {
 pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
     let rules = load_rules(&options.config)?;
     log_warnings(&rules, &options.config);
-    let store = match &options.redis_url {
+    let store = match &options.redis {
         None => Backend::Memory(MemoryStore::new(Clock::system(), options.max_counters)),
-        Some(url) => Backend::Redis(
-            RedisStore::new(RedisOptions {
-                url: url.clone(),
-                ..options.redis.clone()
-            })
-            .map_err(|e| BuildError::Store(e.to_string()))?,
+        Some(redis) => Backend::Redis(
+            RedisStore::new(redis.clone()).map_err(|e| BuildError::Store(e.to_string()))?,
         ),
     };
     // Built whatever the policy at start-up: a reload may switch to `local` later. Empty
     // until first used, it costs nothing meanwhile.
     let fallback = matches!(store, Backend::Redis(_)).then(|| LocalFallback {
         store: MemoryStore::new(Clock::system(), options.max_counters),
-        replicas: options.replicas.max(1),
+        replicas: options.replicas,
     });
     let metrics = Metrics::new()?;
     if let Backend::Redis(redis) = &store {

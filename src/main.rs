@@ -1,6 +1,7 @@
 //! The `ratelimiter` binary: parses the command line, then hands over to the library.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,24 +54,28 @@ struct Cli {
     /// connection after a lost one all fall within it. Past it the failure policy answers; a
     /// decision already sent may still be charged by Redis (under-admission, never over).
     /// `/readyz` pings get 4 times it; start-up warm-up (at most 5 s) is not bounded by it.
-    #[arg(long, env = "RATELIMITER_REDIS_TIMEOUT_MS", default_value_t = 50)]
+    #[arg(long, env = "RATELIMITER_REDIS_TIMEOUT_MS",
+          default_value_t = RedisOptions::DEFAULT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
     redis_timeout_ms: u64,
     /// Connections to Redis.
-    #[arg(long, env = "RATELIMITER_REDIS_POOL_SIZE", default_value_t = 32)]
-    redis_pool_size: usize,
+    #[arg(long, env = "RATELIMITER_REDIS_POOL_SIZE",
+          default_value_t = RedisOptions::DEFAULT_POOL_SIZE,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    redis_pool_size: u64,
     /// Prefix of every Redis key the service writes.
-    #[arg(long, env = "RATELIMITER_REDIS_PREFIX", default_value = "rl:")]
+    #[arg(long, env = "RATELIMITER_REDIS_PREFIX", default_value = RedisOptions::DEFAULT_PREFIX)]
     redis_prefix: String,
     /// CA certificates (PEM) that a `rediss://` Redis server's certificate must chain to,
     /// instead of the system's.
-    #[arg(long, env = "RATELIMITER_REDIS_CA_FILE")]
+    #[arg(long, env = "RATELIMITER_REDIS_CA_FILE", requires = "redis_url")]
     redis_ca_file: Option<PathBuf>,
     /// Replicas sharing each quota: with `on_store_failure: local`, each enforces quota ÷ N
     /// while Redis is down.
-    #[arg(long, env = "RATELIMITER_REPLICAS", default_value_t = 1)]
-    replicas: u64,
+    #[arg(long, env = "RATELIMITER_REPLICAS", default_value_t = AppOptions::DEFAULT_REPLICAS)]
+    replicas: NonZeroU64,
     /// The in-memory store's capacity, in counters.
-    #[arg(long, env = "RATELIMITER_MAX_COUNTERS", default_value_t = 1_000_000)]
+    #[arg(long, env = "RATELIMITER_MAX_COUNTERS", default_value_t = AppOptions::DEFAULT_MAX_COUNTERS)]
     max_counters: usize,
     #[command(subcommand)]
     command: Option<Command>,
@@ -122,16 +127,15 @@ fn main() -> ExitCode {
 async fn serve(cli: Cli) -> ExitCode {
     let options = AppOptions {
         config: cli.config.clone(),
-        redis_url: cli.redis_url.clone(),
-        max_counters: cli.max_counters,
-        redis: RedisOptions {
-            url: String::new(),
-            timeout: Duration::from_millis(cli.redis_timeout_ms.max(1)),
-            pool_size: cli.redis_pool_size.max(1),
+        redis: cli.redis_url.as_ref().map(|url| RedisOptions {
+            url: url.clone(),
+            timeout: Duration::from_millis(cli.redis_timeout_ms),
+            pool_size: usize::try_from(cli.redis_pool_size).unwrap_or(usize::MAX),
             prefix: cli.redis_prefix.clone(),
             ca_file: cli.redis_ca_file.clone(),
-        },
-        replicas: cli.replicas.max(1),
+        }),
+        max_counters: cli.max_counters,
+        replicas: cli.replicas,
     };
     // Bad config stops the process before any port is bound.
     let state = match app::build(&options) {

@@ -258,3 +258,18 @@ async fn each_rejection_is_logged_at_debug_without_the_key() {
         assert!(!line.contains("k1"), "{line}");
     }
 }
+
+#[test]
+fn out_of_range_flags_are_refused_with_the_flag_named() {
+    for (args, flag) in [
+        (&["--replicas", "0"][..], "--replicas"),
+        (&["--redis-timeout-ms", "0"][..], "--redis-timeout-ms"),
+        (&["--redis-pool-size", "0"][..], "--redis-pool-size"),
+        (&["--redis-ca-file", "/x.pem"][..], "--redis-url"),
+    ] {
+        let out = bin().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}

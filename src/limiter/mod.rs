@@ -11,6 +11,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -46,12 +47,12 @@ pub struct LocalFallback {
     pub store: MemoryStore,
     /// How many replicas share the quota: each enforces `quota / replicas` (rounded down, so
     /// the replicas together never admit more than the quota).
-    pub replicas: u64,
+    pub replicas: NonZeroU64,
 }
 
 impl LocalFallback {
     fn scale(&self, q: Quota) -> Quota {
-        let n = self.replicas.max(1);
+        let n = self.replicas.get();
         Quota {
             limit: q.limit / n,
             window: q.window,

@@ -44,7 +44,7 @@ const HEALTH_CONNECTIONS: usize = 2;
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
     pub url: String,
-    /// The longest a decision may wait on Redis, pool wait included.
+    /// The longest a decision may wait on Redis (see `--redis-timeout-ms`).
     pub timeout: Duration,
     /// Connections: one per batch worker (each keeps its own), plus a few for health checks.
     pub pool_size: usize,
@@ -54,13 +54,19 @@ pub struct RedisOptions {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
-impl Default for RedisOptions {
-    fn default() -> Self {
+impl RedisOptions {
+    /// The defaults of the command line's flags, the one place they are written.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 50;
+    pub const DEFAULT_POOL_SIZE: u64 = 32;
+    pub const DEFAULT_PREFIX: &str = "rl:";
+
+    /// Options for `url` with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
         RedisOptions {
-            url: "redis://127.0.0.1:6379".into(),
-            timeout: Duration::from_millis(50),
-            pool_size: 32,
-            prefix: "rl:".into(),
+            url: url.into(),
+            timeout: Duration::from_millis(Self::DEFAULT_TIMEOUT_MS),
+            pool_size: Self::DEFAULT_POOL_SIZE as usize,
+            prefix: Self::DEFAULT_PREFIX.into(),
             ca_file: None,
         }
     }
