@@ -3,7 +3,7 @@
 //! `TASKS` tasks, each on its OWN connection to one real `redis-server`, fire `CALLS` decide
 //! runs each of the test-clock script at a handful of shared counters (every algorithm, up to
 //! three checks per plan, two limits on one descriptor, plans sharing counters, costs from 0
-//! to above capacity, shadow checks). Every call takes its `now` from one shared atomic clock
+//! to above capacity, shadow checks, post-paid checks recorded into debt). Every call takes its `now` from one shared atomic clock
 //! that every task advances, so calls race: a call may reach Redis after one that drew a later
 //! instant. The test-clock script `INCR`s a witness key inside the script and returns the new
 //! value: the position of that run in Redis's execution order.
@@ -133,7 +133,8 @@ fn random_plan(rng: &mut Rng) -> Vec<Check> {
             quota: c.quota,
             cost,
             enforce: rng.below(10) != 0,
-            post_paid: false,
+            // A report (usage recorded whatever the verdict: debt) now and then.
+            post_paid: cost > 0 && rng.below(8) == 0,
             verdict: None,
         });
     }
@@ -218,7 +219,7 @@ async fn run_task(
 
 /// The replay: `MemoryStore::decide`'s rule (check every limit at one `now` against the
 /// counter's state, admit when every enforced check allows, then commit every allowed check
-/// with a cost), over the Rust algorithms. No expiry (see the module doc).
+/// with a cost, and every post-paid one whatever the verdict), over the Rust algorithms. No expiry (see the module doc).
 #[derive(Clone, Default)]
 struct Replay {
     /// Per counter: its state, and the instant from which that state is empty.
@@ -227,10 +228,8 @@ struct Replay {
 
 impl Replay {
     fn decide(&mut self, checks: &mut [Check], now: Micros) -> bool {
-        if !plan::check_all(checks, now, |c| self.slots.get(&c.key).map(|(s, _)| s)) {
-            return false;
-        }
-        for check in plan::to_commit(checks) {
+        let admitted = plan::check_all(checks, now, |c| self.slots.get(&c.key).map(|(s, _)| s));
+        for check in plan::to_commit(checks, admitted) {
             let (state, expires_at) = self
                 .slots
                 .entry(check.key)
@@ -238,7 +237,7 @@ impl Replay {
             // No expiry in the replay: a state is live until replaced.
             *expires_at = plan::commit(state, true, check, now);
         }
-        true
+        admitted
     }
 }
 
