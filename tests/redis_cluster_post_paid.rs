@@ -57,10 +57,9 @@ async fn holds(store: &RedisStore, tag: u128, expected: u64) -> u64 {
 
 async fn store_on(cluster: &RedisCluster) -> RedisStore {
     let store = RedisStore::new(RedisOptions {
-        url: cluster.url(),
         timeout: Duration::from_secs(2),
         pool_size: 4,
-        ..RedisOptions::default()
+        ..RedisOptions::new(cluster.url())
     })
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
