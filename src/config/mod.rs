@@ -7,7 +7,9 @@
 //! - **A file with `domain:` is an envoyproxy/ratelimit file**, loaded unchanged with that
 //!   project's rules (see `envoy_file.rs` for the rules and the few places we are stricter).
 //!   Its limits are fixed windows aligned to the unit, as upstream. Opt-in extension keys on a
-//!   descriptor: `algorithm:`, `burst:` and `limits:`.
+//!   descriptor: `algorithm:`, `burst:`, `limits:` and `post_paid:` (usage reported after the
+//!   fact, e.g. a stream-done charge of the tokens a response used: recorded whatever the
+//!   verdict, into debt if need be, so later requests are refused until it is paid off).
 //!
 //!   ```yaml
 //!   domain: edge
@@ -18,6 +20,9 @@
 //!       burst: 20                      # extension, token bucket only
 //!       limits:                        # extension: more limits on the same descriptor
 //!         - { name: per-day, limit: 10000, window: 1d }
+//!     - key: tenant
+//!       post_paid: true                # extension: charges recorded whatever the verdict
+//!       limits: [ { name: tokens, limit: 1000, window: 1m } ]
 //!   ```
 //!
 //! - **Any other file is in the service's own format**: `settings:` (in at most one file) and
