@@ -39,6 +39,23 @@ pub fn degraded_label(d: Degraded) -> &'static str {
     }
 }
 
+/// What a decision answers: a request asking to go ahead, or a report of usage that already
+/// happened (recorded whatever the verdict).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Check,
+    Report,
+}
+
+/// The HTTP status of a decision: a check is 200 or 429; a report is always 200 (it was
+/// recorded), its body saying whether the client is still within its limits.
+pub fn http_status(decision: &Decision, answer: Answer) -> StatusCode {
+    match answer {
+        Answer::Check if !decision.allowed => StatusCode::TOO_MANY_REQUESTS,
+        Answer::Check | Answer::Report => StatusCode::OK,
+    }
+}
+
 /// Every header of a decision, as `(name, value)` pairs.
 pub fn headers(decision: &Decision, style: HeaderStyle) -> Vec<(&'static str, String)> {
     let mut out = Vec::with_capacity(5);

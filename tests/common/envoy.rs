@@ -495,6 +495,7 @@ pub async fn allow_request(
             api_key: key.into(),
             descriptors: vec![],
             cost: None,
+            report: false,
         })
         .await
         .unwrap()
