@@ -461,3 +461,90 @@ descriptors:
     }
     svc.stop().await;
 }
+
+/// The budget an allowed ext_authz answer hands to Envoy under `key`: its
+/// `(requests_per_unit, unit)`, or `None` when there is none.
+fn budget(r: &envoy_types::ext_authz::v3::pb::CheckResponse, key: &str) -> Option<(f64, String)> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let metadata = r.dynamic_metadata.as_ref()?;
+    let Some(Kind::StructValue(s)) = metadata.fields.get(key)?.kind.as_ref() else {
+        panic!("{key} is not a struct: {metadata:?}");
+    };
+    let Some(Kind::NumberValue(n)) = s.fields["requests_per_unit"].kind else {
+        panic!("requests_per_unit is not a number: {s:?}");
+    };
+    let Some(Kind::StringValue(unit)) = s.fields["unit"].kind.clone() else {
+        panic!("unit is not a string: {s:?}");
+    };
+    assert_eq!(s.fields.len(), 2, "{s:?}");
+    Some((n, unit))
+}
+
+#[tokio::test]
+async fn ext_authz_hands_the_clients_limit_to_envoy_in_dynamic_metadata() {
+    let (svc, channel) = start("").await;
+    let mut client = AuthorizationClient::new(channel);
+    let mut ask = async |key: &str| {
+        client
+            .check(check_request(&[("x-api-key", key)], &[]))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let r = ask("k1").await;
+    assert_eq!(outcome(&r).0, 200);
+    assert_eq!(
+        budget(&r, "ratelimit_budget"),
+        Some((5.0, "HOUR".to_owned()))
+    );
+    let r = ask("big").await;
+    assert_eq!(budget(&r, "ratelimit_budget"), Some((1000.0, "DAY".into())));
+    svc.stop().await;
+
+    // Another key; or none at all.
+    let (svc, channel) = start("\n  ext_authz_budget_metadata_key: tenant_budget").await;
+    let r = AuthorizationClient::new(channel)
+        .check(check_request(&[("x-api-key", "k1")], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(budget(&r, "tenant_budget"), Some((5.0, "HOUR".into())));
+    assert_eq!(budget(&r, "ratelimit_budget"), None);
+    svc.stop().await;
+    let (svc, channel) = start("\n  ext_authz_budget_metadata_key: \"\"").await;
+    let r = AuthorizationClient::new(channel)
+        .check(check_request(&[("x-api-key", "k1")], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&r).0, 200);
+    assert!(r.dynamic_metadata.is_none(), "{r:?}");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn ext_authz_hands_no_budget_when_the_window_is_not_one_envoy_unit() {
+    let service = r#"
+clients:
+  unknown_key: reject
+  tiers:
+    ten-seconds: [ { name: short, limit: 10, window: 10s } ]
+    two-hours: [ { name: long, limit: 10, window: 2h } ]
+  keys:
+    - { key: short, tier: ten-seconds }
+    - { key: long, tier: two-hours }
+"#;
+    let dir = config_dir("envoy-doors-budget", &[("service.yaml", service)]);
+    let svc = InProcess::start(&dir).await;
+    let mut client = AuthorizationClient::new(grpc_channel(svc.grpc_url()).await);
+    for key in ["short", "long"] {
+        let r = client
+            .check(check_request(&[("x-api-key", key)], &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(outcome(&r).0, 200, "{key}");
+        assert!(r.dynamic_metadata.is_none(), "{key}: {r:?}");
+    }
+    svc.stop().await;
+}

@@ -162,6 +162,15 @@ const UNITS: [(Unit, Micros); 7] = [
     (Unit::Year, 365 * 86_400 * SECOND),
 ];
 
+/// The Envoy unit a window is exactly one of (a minute, an hour…); `None` for any other
+/// window (10 s, 2 h).
+pub fn whole_unit(window: Micros) -> Option<Unit> {
+    UNITS
+        .iter()
+        .find(|(_, len)| *len == window)
+        .map(|(u, _)| *u)
+}
+
 /// A limit as Envoy's `RateLimit` can say it: per the smallest unit that is a whole multiple
 /// of the window (10 per 10 s is 60 per minute); per the window's own unit when it is one.
 pub fn envoy_limit(name: &str, quota: &Quota) -> RateLimit {
@@ -255,5 +264,13 @@ mod tests {
         assert_eq!((l.requests_per_unit, l.unit), (5, Unit::Unknown as i32));
         let l = envoy_limit("a", &Quota::new(3, 500_000));
         assert_eq!((l.requests_per_unit, l.unit), (6, Unit::Second as i32));
+    }
+
+    #[test]
+    fn whole_units_only() {
+        assert_eq!(whole_unit(60 * SECOND), Some(Unit::Minute));
+        assert_eq!(whole_unit(7 * 86_400 * SECOND), Some(Unit::Week));
+        assert_eq!(whole_unit(10 * SECOND), None);
+        assert_eq!(whole_unit(7200 * SECOND), None);
     }
 }

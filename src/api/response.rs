@@ -112,6 +112,27 @@ pub fn headers(decision: &Decision, style: HeaderStyle) -> Vec<(&'static str, St
     out
 }
 
+/// The client's limit as Envoy's rate-limit `limit` override reads it from dynamic metadata
+/// (`RateLimit.Override.DynamicMetadata`): `requests_per_unit` per `unit`, a
+/// `envoy.type.v3.RateLimitUnit` name such as `MINUTE`. Envoy holds the number in 32 bits, so
+/// a larger limit is handed over as `u32::MAX`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Budget {
+    pub requests_per_unit: u64,
+    pub unit: &'static str,
+}
+
+/// The budget of a decision: its tightest limit, when that limit's window is exactly one
+/// Envoy unit (a limit per 10 s or per 2 h has no such shape, and gets none).
+pub fn budget(decision: &Decision) -> Option<Budget> {
+    let tightest = decision.tightest()?;
+    let unit = super::ratelimit_service::whole_unit(tightest.quota.window)?;
+    Some(Budget {
+        requests_per_unit: tightest.quota.limit.min(u64::from(u32::MAX)),
+        unit: unit.as_str_name(),
+    })
+}
+
 /// The JSON body of a decision (`POST /check`, ext_authz's 429).
 #[derive(Serialize)]
 pub struct Body<'a> {

@@ -31,6 +31,8 @@
 //!
 //!   ```yaml
 //!   settings: { default_domain: ratelimiter, headers: ietf, on_store_failure: fail_closed, max_cost: 1000 }
+//!   # also: over_limit_body, ext_authz (descriptors), ext_authz_budget_metadata_key
+//!   # (default ratelimit_budget; "" turns the budget metadata off)
 //!   clients:
 //!     unknown_key: reject              # or the name of a tier
 //!     tiers:
@@ -105,6 +107,10 @@ pub struct Settings {
     pub over_limit_body: String,
     /// How the ext_authz door builds descriptors from a `CheckRequest`.
     pub ext_authz: Vec<ExtAuthzDescriptor>,
+    /// The key under which an allowed ext_authz `CheckResponse` hands the client's limit to
+    /// Envoy (`dynamic_metadata.<key> = {requests_per_unit, unit}`, the shape of the route's
+    /// rate-limit `limit` override); empty: no metadata.
+    pub ext_authz_budget_metadata_key: String,
 }
 
 /// One descriptor the ext_authz door builds, entry by entry.
@@ -160,6 +166,10 @@ impl ValueSource {
     }
 }
 
+/// Where ext_authz puts the client's limit unless `settings.ext_authz_budget_metadata_key`
+/// says otherwise.
+pub const DEFAULT_BUDGET_METADATA_KEY: &str = "ratelimit_budget";
+
 /// The ext_authz default: the API key from the `x-api-key` header, as `POST /check` does.
 pub fn default_ext_authz() -> Vec<ExtAuthzDescriptor> {
     vec![ExtAuthzDescriptor {
@@ -179,6 +189,7 @@ impl Default for Settings {
             max_cost: 1000,
             over_limit_body: String::new(),
             ext_authz: default_ext_authz(),
+            ext_authz_budget_metadata_key: DEFAULT_BUDGET_METADATA_KEY.to_owned(),
         }
     }
 }
