@@ -4,8 +4,11 @@
 //! (UTC), a per-day limit at midnight UTC. Its known weakness is the boundary: up to twice the
 //! limit can pass in one window's length that straddles a boundary. The contract the property
 //! tests check is exactly that: in each aligned window, at most `limit` is admitted.
+//!
+//! A post-paid charge may take the count past the limit (debt): every cost, 0 included, is
+//! then refused until the window ends (a cost is allowed iff `count + cost <= limit`).
 
-use super::{Micros, Quota, RetryAfter, Verdict};
+use super::{Micros, Quota, RetryAfter, USAGE_MAX, Verdict};
 
 /// The window a counter is in and what it admitted there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,7 +41,7 @@ pub fn check(state: &Window, quota: &Quota, now: Micros, cost: u64) -> Verdict {
             retry_after: RetryAfter::Never,
         };
     }
-    if cost <= left {
+    if count.saturating_add(cost) <= quota.limit {
         Verdict {
             allowed: true,
             remaining: left - cost,
@@ -55,10 +58,46 @@ pub fn check(state: &Window, quota: &Quota, now: Micros, cost: u64) -> Verdict {
     }
 }
 
+/// Adds `cost` to the current window's count, whatever the verdict (a post-paid charge may
+/// take it past the limit), up to [`USAGE_MAX`].
 pub fn commit(state: &mut Window, quota: &Quota, now: Micros, cost: u64) {
     let (start, count) = count_at(state, quota, now);
     *state = Window {
         start,
-        count: count.saturating_add(cost),
+        count: count.saturating_add(cost).min(count.max(USAGE_MAX)),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A post-paid charge takes the count past the limit; the debt lasts until the window ends.
+    #[test]
+    fn debt_lasts_until_the_window_ends() {
+        let quota = Quota::new(10, 100);
+        let mut w = Window::default();
+        commit(&mut w, &quota, 1_010, 25);
+        assert_eq!(
+            w,
+            Window {
+                start: 1_000,
+                count: 25
+            }
+        );
+        let look = check(&w, &quota, 1_050, 0);
+        assert_eq!((look.allowed, look.remaining), (false, 0));
+        assert_eq!(look.retry_after, RetryAfter::After(50));
+        assert!(check(&w, &quota, 1_100, 10).allowed);
+        commit(&mut w, &quota, 1_020, u64::MAX);
+        assert_eq!(w.count, USAGE_MAX);
+        let full = Window {
+            start: 1_000,
+            count: 10,
+        };
+        assert!(
+            check(&full, &quota, 1_050, 0).allowed,
+            "at exactly the limit: OK"
+        );
+    }
 }

@@ -7,7 +7,17 @@
 //!
 //! Every algorithm is split in two steps so a store can decide several limits all-or-nothing:
 //! [`CounterState::check`] says what would happen without changing anything, and
-//! [`CounterState::commit`] applies an admitted cost. All arithmetic is integer microseconds.
+//! [`CounterState::commit`] applies a cost. All arithmetic is integer microseconds.
+//!
+//! # Debt
+//!
+//! A commit is unconditional: a post-paid charge (usage that already happened) is committed
+//! even when it did not fit, putting the counter past its limit, *in debt* (GCRA: the TAT runs
+//! beyond the tolerance; windows: the count beyond the limit). A counter in debt rejects every
+//! cost, check-only (cost 0) included, until the debt is paid off; at exactly the limit a
+//! check-only is still allowed (envoyproxy/ratelimit's `limitAfterIncrease >
+//! overLimitThreshold` with an increase of 0). Debt is bounded by [`USAGE_MAX`] so every figure
+//! stays exact in the Lua scripts' doubles.
 
 pub mod fixed_window;
 pub mod gcra;
@@ -18,6 +28,13 @@ mod reference;
 
 /// Microseconds. Time since the UNIX epoch for instants, a length for durations.
 pub type Micros = u64;
+
+/// The most usage a counter records, in units of cost (fixed and sliding windows) or in µs
+/// of TAT ahead of `now` (token bucket): 2^51, twice the largest limit (2^50). A post-paid
+/// charge beyond it is recorded as reaching it, a debt the limit repays at its own rate for
+/// longer than anyone waits. Any cost of at least 2^51 reaches it, which is why the Redis
+/// store may send costs capped at 2^51 and agree with this one.
+pub const USAGE_MAX: u64 = 1 << 51;
 
 /// Which algorithm a limit uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,7 +140,8 @@ impl CounterState {
         }
     }
 
-    /// Consumes `cost` at `now`. Call only after [`check`](Self::check) admitted it.
+    /// Consumes `cost` at `now`: after [`check`](Self::check) admitted it, or whatever the
+    /// verdict for a post-paid charge (into debt, bounded by [`USAGE_MAX`]).
     pub fn commit(&mut self, quota: &Quota, now: Micros, cost: u64) {
         match self {
             CounterState::Gcra(s) => gcra::commit(s, quota, now, cost),

@@ -4,19 +4,26 @@
 //! that counts credit in microseconds, a sliding window over the full history of admitted
 //! costs (never pruned), and a fixed window that sums admitted costs per aligned window.
 //! Random request sequences (non-decreasing instants, equal instants, window boundaries, big
-//! jumps, epoch-scale times, costs of 0 and above capacity) are fed to both the real algorithm
-//! and its model, and on every step the tests check:
+//! jumps, epoch-scale times, costs of 0 and above capacity, post-paid charges committed
+//! whatever the verdict) are fed to both the real algorithm and its model, and on every step
+//! the tests check:
 //!
 //! 1. equivalence: the same decision, the same `remaining`, the same `retry_after`, and that
 //!    `retry_after` is the exact minimal wait (admitted at `now + w`, not at `now + w - 1`);
-//!    `RetryAfter::Never` exactly when the cost exceeds what the limit can ever admit;
-//! 2. safety over the whole admitted history: the contract in each algorithm's doc;
+//!    `RetryAfter::Never` exactly when the cost exceeds what the limit can ever admit. The
+//!    models count debt the obvious way (a token bucket's credit goes negative, a window's
+//!    sum past the limit), so this is also how debt is repaid: exactly when the model's
+//!    credit or window has room again;
+//! 2. safety over the whole history: the contract in each algorithm's doc, for every
+//!    pre-paid admitted cost, counting every charge before it, post-paid ones (debt)
+//!    included;
 //! 3. liveness: no rejection while the model has room;
 //! 4. `check` never mutates; `reset_after` gives back the whole quota (exactly, for the token
 //!    bucket and the sliding window); from `expires_at` on, the state behaves exactly like the
 //!    empty state (and not before, while it holds anything); the sliding log holds at most
-//!    `limit` entries;
-//! 5. a cost of 0 is always admitted and committing it changes no later verdict.
+//!    `limit` entries (without debt);
+//! 5. a cost of 0 is allowed exactly when the counter is not in debt (its answer agrees with
+//!    every other cost's), and committing it changes no later verdict.
 //!
 //! A second family of tests changes the quota half-way (a config reload keeps counters whose
 //! algorithm did not change) and checks the contracts that must survive that.
@@ -28,7 +35,8 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::{
-    Algorithm, CounterState, Micros, Quota, RetryAfter, fixed_window, gcra, sliding_window,
+    Algorithm, CounterState, Micros, Quota, RetryAfter, USAGE_MAX, fixed_window, gcra,
+    sliding_window,
 };
 
 /// What a reference model says about one cost at one instant.
@@ -42,24 +50,26 @@ struct Expect {
 trait Reference {
     /// The verdict for `cost` at `now`, without changing anything.
     fn decide(&self, now: Micros, cost: u64) -> Expect;
-    /// Records an admitted cost.
-    fn admit(&mut self, now: Micros, cost: u64);
+    /// Records a cost: an admitted one, or a post-paid charge whatever the verdict (bounded
+    /// by [`USAGE_MAX`]). Returns the units actually recorded (at most `cost`).
+    fn admit(&mut self, now: Micros, cost: u64) -> u64;
 }
 
-/// A token bucket the ordinary way: credit in microseconds, refilled one per microsecond.
+/// A token bucket the ordinary way: credit in microseconds, refilled one per microsecond,
+/// negative while in debt.
 struct TokenBucket {
     /// Microseconds one unit of cost is worth.
-    per_unit: u128,
+    per_unit: i128,
     burst: u64,
-    size: u128,
-    credit: u128,
+    size: i128,
+    credit: i128,
     last: Micros,
 }
 
 impl TokenBucket {
     fn new(quota: &Quota) -> Self {
-        let per_unit = u128::from(gcra::interval(quota));
-        let size = per_unit * u128::from(quota.burst);
+        let per_unit = i128::from(gcra::interval(quota));
+        let size = per_unit * i128::from(quota.burst);
         TokenBucket {
             per_unit,
             burst: quota.burst,
@@ -69,16 +79,16 @@ impl TokenBucket {
         }
     }
 
-    fn credit_at(&self, now: Micros) -> u128 {
+    fn credit_at(&self, now: Micros) -> i128 {
         assert!(now >= self.last, "time went backwards in a test");
-        (self.credit + u128::from(now - self.last)).min(self.size)
+        (self.credit + i128::from(now - self.last)).min(self.size)
     }
 }
 
 impl Reference for TokenBucket {
     fn decide(&self, now: Micros, cost: u64) -> Expect {
         let credit = self.credit_at(now);
-        let units = |credit: u128| u64::try_from(credit / self.per_unit).unwrap();
+        let units = |credit: i128| u64::try_from(credit.max(0) / self.per_unit).unwrap();
         if cost > self.burst {
             return Expect {
                 allowed: false,
@@ -86,7 +96,7 @@ impl Reference for TokenBucket {
                 retry_after: RetryAfter::Never,
             };
         }
-        let need = u128::from(cost) * self.per_unit;
+        let need = i128::from(cost) * self.per_unit;
         if need <= credit {
             Expect {
                 allowed: true,
@@ -102,9 +112,14 @@ impl Reference for TokenBucket {
         }
     }
 
-    fn admit(&mut self, now: Micros, cost: u64) {
-        self.credit = self.credit_at(now) - u128::from(cost) * self.per_unit;
+    fn admit(&mut self, now: Micros, cost: u64) -> u64 {
+        let credit = self.credit_at(now);
+        // The debt (how far the TAT runs ahead) stops at USAGE_MAX µs.
+        let room = (credit - self.size + i128::from(USAGE_MAX)).max(0);
+        let spent = (i128::from(cost) * self.per_unit).min(room);
+        self.credit = credit - spent;
         self.last = now;
+        u64::try_from(spent / self.per_unit).unwrap()
     }
 }
 
@@ -144,6 +159,7 @@ impl Reference for FullHistory {
     fn decide(&self, now: Micros, cost: u64) -> Expect {
         let used = self.used(now);
         let remaining = u64::try_from(u128::from(self.limit).saturating_sub(used)).unwrap();
+        // (Debt: `used` may exceed the limit; then nothing fits, a cost of 0 included.)
         if cost > self.limit {
             return Expect {
                 allowed: false,
@@ -177,8 +193,13 @@ impl Reference for FullHistory {
         }
     }
 
-    fn admit(&mut self, now: Micros, cost: u64) {
-        self.history.push((now, cost));
+    fn admit(&mut self, now: Micros, cost: u64) -> u64 {
+        let room = u128::from(USAGE_MAX).saturating_sub(self.used(now));
+        let cost = cost.min(u64::try_from(room).unwrap());
+        if cost > 0 {
+            self.history.push((now, cost));
+        }
+        cost
     }
 }
 
@@ -206,7 +227,8 @@ impl PerWindow {
 impl Reference for PerWindow {
     fn decide(&self, now: Micros, cost: u64) -> Expect {
         let number = now / self.window;
-        let remaining = self.limit - self.used_in(number);
+        let used = self.used_in(number);
+        let remaining = self.limit.saturating_sub(used);
         if cost > self.limit {
             return Expect {
                 allowed: false,
@@ -214,7 +236,7 @@ impl Reference for PerWindow {
                 retry_after: RetryAfter::Never,
             };
         }
-        if cost <= remaining {
+        if used + cost <= self.limit {
             return Expect {
                 allowed: true,
                 remaining: remaining - cost,
@@ -231,8 +253,11 @@ impl Reference for PerWindow {
         }
     }
 
-    fn admit(&mut self, now: Micros, cost: u64) {
-        *self.sums.entry(now / self.window).or_default() += cost;
+    fn admit(&mut self, now: Micros, cost: u64) -> u64 {
+        let sum = self.sums.entry(now / self.window).or_default();
+        let cost = cost.min(USAGE_MAX.saturating_sub(*sum));
+        *sum += cost;
+        cost
     }
 }
 
@@ -337,8 +362,13 @@ fn start() -> impl Strategy<Value = Micros> {
     ]
 }
 
-fn steps() -> impl Strategy<Value = Vec<(Gap, u64)>> {
-    prop::collection::vec((gap(), cost()), 1..64)
+/// One request: how long after the previous one, its cost, and whether it is a post-paid
+/// charge (committed whatever the verdict).
+type Step = (Gap, u64, bool);
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let post_paid = prop_oneof![3 => Just(false), 1 => Just(true)];
+    prop::collection::vec((gap(), cost(), post_paid), 1..64)
 }
 
 fn algorithm() -> impl Strategy<Value = Algorithm> {
@@ -347,6 +377,30 @@ fn algorithm() -> impl Strategy<Value = Algorithm> {
         Just(Algorithm::SlidingWindow),
         Just(Algorithm::FixedWindow),
     ]
+}
+
+/// The units a commit at `now` recorded, from the states before and after it: its cost, or
+/// less when the charge was cut at USAGE_MAX (token bucket: whole units of the TAT's move).
+fn recorded(before: &CounterState, after: &CounterState, quota: &Quota, now: Micros) -> u64 {
+    match (before, after) {
+        (CounterState::Gcra(b), CounterState::Gcra(a)) => {
+            (a.0 - b.0.max(now)) / gcra::interval(quota)
+        }
+        (CounterState::FixedWindow(b), CounterState::FixedWindow(a)) => {
+            let start = fixed_window::window_start(quota, now);
+            a.count - if b.start == start { b.count } else { 0 }
+        }
+        (CounterState::SlidingWindow(b), CounterState::SlidingWindow(a)) => {
+            let live = |log: &sliding_window::Log| -> u64 {
+                log.entries()
+                    .filter(|&(t, _)| now < quota.window || t > now - quota.window)
+                    .map(|(_, c)| c)
+                    .sum()
+            };
+            live(a) - live(b)
+        }
+        _ => panic!("a commit changed the algorithm"),
+    }
 }
 
 /// Costs worth probing a state with.
@@ -361,10 +415,13 @@ struct Run {
     state: CounterState,
     now: Micros,
     last_retry: Option<Micros>,
-    /// Costs admitted (non-zero) since `quota` took effect.
-    admitted: Vec<(Micros, u64)>,
+    /// Costs recorded (non-zero) since `quota` took effect, in order: instant, the cost the
+    /// reference model recorded, and whether it was admitted pre-paid (not a post-paid charge).
+    admitted: Vec<(Micros, u64, bool)>,
     /// Whether the state was built under another quota.
     switched: bool,
+    /// Whether a post-paid charge was recorded (the counter may be in debt).
+    charged: bool,
     /// The instant of the last commit under `quota`.
     committed_at: Option<Micros>,
 }
@@ -379,6 +436,7 @@ impl Run {
             last_retry: None,
             admitted: Vec::new(),
             switched: false,
+            charged: false,
             committed_at: None,
         }
     }
@@ -393,8 +451,7 @@ impl Run {
 
     fn step(
         &mut self,
-        gap: Gap,
-        cost: u64,
+        (gap, cost, post_paid): Step,
         mut model: Option<&mut dyn Reference>,
     ) -> Result<(), TestCaseError> {
         let q = self.quota;
@@ -408,16 +465,25 @@ impl Run {
         prop_assert_eq!(&self.state, &before, "check mutated the state");
         prop_assert_eq!(self.state.check(&q, now, cost), v);
 
-        // 5. A cost of 0 is always admitted; the verdict agrees with what a look (cost 0) says.
+        // 5. A cost of 0 is allowed unless the counter is in debt (then nothing remains); the
+        // verdict agrees with what a look (cost 0) says.
         let look = self.state.check(&q, now, 0);
-        prop_assert!(look.allowed, "cost 0 rejected: {:?}", look);
-        prop_assert_eq!(look.retry_after, RetryAfter::Now);
         prop_assert!(look.remaining <= cap);
+        if look.allowed {
+            prop_assert_eq!(look.retry_after, RetryAfter::Now);
+        } else {
+            prop_assert!(
+                self.charged || self.switched,
+                "debt without a charge: {:?}",
+                look
+            );
+            prop_assert_eq!(look.remaining, 0);
+        }
         if cost > cap {
             prop_assert!(!v.allowed);
             prop_assert_eq!(v.retry_after, RetryAfter::Never);
             prop_assert_eq!(v.remaining, look.remaining);
-        } else if cost <= look.remaining {
+        } else if look.allowed && cost <= look.remaining {
             prop_assert!(
                 v.allowed,
                 "cost {} rejected with {} remaining",
@@ -500,7 +566,7 @@ impl Run {
 
         // 5. Committing a cost of 0 changes no later verdict.
         if cost == 0 {
-            prop_assert!(v.allowed);
+            prop_assert_eq!(v, look);
             let mut zeroed = self.state.clone();
             zeroed.commit(&q, now, 0);
             let times = [
@@ -524,15 +590,18 @@ impl Run {
             }
         }
 
-        if v.allowed {
+        if v.allowed || post_paid {
+            let before = self.state.clone();
             self.state.commit(&q, now, cost);
             self.committed_at = Some(now);
+            let recorded = recorded(&before, &self.state, &q, now);
             if let Some(model) = model {
-                model.admit(now, cost);
+                prop_assert_eq!(model.admit(now, cost), recorded, "recorded cost");
             }
-            if cost > 0 {
-                self.admitted.push((now, cost));
+            if recorded > 0 {
+                self.admitted.push((now, recorded, v.allowed && !post_paid));
             }
+            self.charged |= post_paid && cost > 0;
         }
         self.last_retry = match v.retry_after {
             RetryAfter::After(w) => Some(w),
@@ -549,8 +618,13 @@ impl Run {
         prop_assert!(self.state.is(self.algorithm));
         match &self.state {
             CounterState::Gcra(tat) => {
+                let bound = if self.charged {
+                    USAGE_MAX.max(gcra::tolerance(&q))
+                } else {
+                    gcra::tolerance(&q)
+                };
                 if !self.switched {
-                    prop_assert!(tat.0 <= now + gcra::tolerance(&q), "TAT too far ahead");
+                    prop_assert!(tat.0 <= now + bound, "TAT too far ahead");
                 }
             }
             CounterState::SlidingWindow(log) => {
@@ -572,15 +646,23 @@ impl Run {
                         at
                     );
                 }
+                let bound = if self.charged {
+                    q.limit.max(sliding_window::MAX_LIMIT)
+                } else {
+                    q.limit
+                };
                 if !self.switched {
-                    prop_assert!(entries.len() as u64 <= q.limit, "log longer than the limit");
+                    prop_assert!(entries.len() as u64 <= bound, "log longer than the limit");
                 }
+                let total: u128 = entries.iter().map(|e| u128::from(e.1)).sum();
+                prop_assert!(total <= u128::from(USAGE_MAX.max(q.limit)));
             }
             CounterState::FixedWindow(w) => {
                 prop_assert!(w.start <= now);
                 if !self.switched {
                     prop_assert_eq!(w.start % q.window, 0);
-                    prop_assert!(w.count <= q.limit);
+                    let bound = if self.charged { USAGE_MAX } else { q.limit };
+                    prop_assert!(w.count <= bound);
                 }
             }
         }
@@ -617,54 +699,54 @@ impl Run {
         Ok(())
     }
 
-    /// 2. The safety contract over everything admitted under the current quota.
+    /// Property 2, the safety contract under the current quota: for every cost admitted
+    /// pre-paid (at `h[j]`), what was recorded up to and including it, post-paid charges
+    /// (debt) included, fits the algorithm's bound. So a debt holds back exactly as much as admitted usage.
     fn check_history(&self) -> Result<(), TestCaseError> {
         let q = self.quota;
         let h = &self.admitted;
         prop_assert!(h.windows(2).all(|w| w[0].0 <= w[1].0));
-        match self.algorithm {
-            Algorithm::TokenBucket => {
-                let t = gcra::interval(&q);
-                // `h` is in time order: the running sum from `i` to `j` is the cost admitted in
-                // `[t1, t2]` once `i` is the first entry at `t1` and `j` the last at `t2`.
-                for (i, &(t1, _)) in h.iter().enumerate() {
-                    let mut sum = 0;
-                    for &(t2, c) in &h[i..] {
-                        sum += c;
-                        let bound = q.burst + (t2 - t1) / t;
-                        prop_assert!(
-                            sum <= bound,
-                            "{} admitted in [{}, {}], bound {}",
-                            sum,
-                            t1,
-                            t2,
-                            bound
-                        );
+        for (j, &(end, _, prepaid)) in h.iter().enumerate() {
+            if !prepaid {
+                continue;
+            }
+            match self.algorithm {
+                // The cost recorded in `[t1, end]`, from every `h[i]` at `t1` on, is at most
+                // `burst + (end - t1) / T`.
+                Algorithm::TokenBucket => {
+                    let t = gcra::interval(&q);
+                    let mut sum = 0u128;
+                    for &(t1, c, _) in h[..=j].iter().rev() {
+                        sum += u128::from(c);
+                        let bound = u128::from(q.burst + (end - t1) / t);
+                        prop_assert!(sum <= bound, "{} in [{}, {}] > {}", sum, t1, end, bound);
                     }
                 }
-            }
-            Algorithm::SlidingWindow => {
-                for &(end, _) in h {
-                    let sum: u64 = h
+                Algorithm::SlidingWindow => {
+                    let sum: u128 = h[..=j]
                         .iter()
-                        .filter(|&&(t, _)| t <= end && t + q.window > end)
-                        .map(|&(_, c)| c)
+                        .filter(|&&(t, _, _)| t + q.window > end)
+                        .map(|&(_, c, _)| u128::from(c))
                         .sum();
                     prop_assert!(
-                        sum <= q.limit,
-                        "{} admitted in the window ending at {}",
+                        sum <= u128::from(q.limit),
+                        "{} in the window to {}",
                         sum,
                         end
                     );
                 }
-            }
-            Algorithm::FixedWindow => {
-                let mut sums = BTreeMap::<u64, u64>::new();
-                for &(t, c) in h {
-                    *sums.entry(t / q.window).or_default() += c;
-                }
-                for (n, sum) in sums {
-                    prop_assert!(sum <= q.limit, "{} admitted in window number {}", sum, n);
+                Algorithm::FixedWindow => {
+                    let sum: u128 = h[..=j]
+                        .iter()
+                        .filter(|&&(t, _, _)| t / q.window == end / q.window)
+                        .map(|&(_, c, _)| u128::from(c))
+                        .sum();
+                    prop_assert!(
+                        sum <= u128::from(q.limit),
+                        "{} in the window of {}",
+                        sum,
+                        end
+                    );
                 }
             }
         }
@@ -677,13 +759,13 @@ fn against_reference(
     algorithm: Algorithm,
     quota: Quota,
     start: Micros,
-    steps: &[(Gap, u64)],
+    steps: &[Step],
 ) -> Result<(), TestCaseError> {
     let mut run = Run::new(algorithm, quota, start);
     let mut model = reference(algorithm, &quota);
     run.check_state()?;
-    for &(gap, cost) in steps {
-        run.step(gap, cost, Some(model.as_mut()))?;
+    for &step in steps {
+        run.step(step, Some(model.as_mut()))?;
     }
     run.check_history()
 }
@@ -726,14 +808,14 @@ proptest! {
     ) {
         let mut run = Run::new(algorithm, first, start);
         let mut model = reference(algorithm, &first);
-        for &(gap, cost) in &before {
-            run.step(gap, cost, Some(model.as_mut()))?;
+        for &step in &before {
+            run.step(step, Some(model.as_mut()))?;
         }
         run.check_history()?;
         run.switch(second);
         run.check_state()?;
-        for &(gap, cost) in &after {
-            run.step(gap, cost, None)?;
+        for &step in &after {
+            run.step(step, None)?;
         }
         run.check_history()?;
     }
@@ -780,7 +862,8 @@ fn sliding_window_retry_after_a_smaller_limit() {
     assert!(!sliding_window::check(&log, &small, 102, 1).allowed);
 }
 
-/// After the burst shrinks, the TAT may be beyond the tolerance: a cost of 0 still only looks.
+/// After the burst shrinks, the TAT may be beyond the tolerance: the counter is in debt, so a
+/// cost of 0 is refused until the debt is paid, as after a post-paid charge.
 #[test]
 fn token_bucket_zero_cost_after_a_smaller_burst() {
     let mut tat = gcra::Tat::default();
@@ -788,9 +871,11 @@ fn token_bucket_zero_cost_after_a_smaller_burst() {
     gcra::commit(&mut tat, &big, 0, 10);
     let small = Quota::new(2, 2);
     let look = gcra::check(&tat, &small, 0, 0);
-    assert!(look.allowed);
+    assert!(!look.allowed);
     assert_eq!(look.remaining, 0);
     assert_eq!(look.reset_after, 10);
+    assert_eq!(look.retry_after, RetryAfter::After(8));
+    assert!(gcra::check(&tat, &small, 8, 0).allowed);
     let v = gcra::check(&tat, &small, 0, 1);
     assert_eq!(v.retry_after, RetryAfter::After(9));
 }

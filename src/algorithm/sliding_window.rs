@@ -3,10 +3,19 @@
 //! A cost `c` at `now` is admitted when the costs admitted in `(now - window, now]` plus `c`
 //! fit in `limit`. The log keeps only entries inside the window (pruned on commit), every entry
 //! has a cost of at least 1 and instants strictly increase (a commit at or before the newest
-//! entry's instant merges into it), so it never holds more than `limit` entries: memory is
-//! bounded by the limit, and by the window in microseconds. (After a config reload lowers the
-//! limit, the log may still hold up to the old limit's entries until they leave the window; a
-//! rejection's `retry_after` waits for them.)
+//! entry's instant merges into it), so admitted costs alone never make more than `limit`
+//! entries. (After a config reload lowers the limit, the log may still hold up to the old
+//! limit's entries until they leave the window; a rejection's `retry_after` waits for them.)
+//!
+//! # Debt
+//!
+//! A post-paid charge is committed whatever the verdict, so the live total may exceed the
+//! limit (up to [`USAGE_MAX`]); every cost, 0 included, is then refused until enough entries
+//! leave (a cost is allowed iff `used + cost <= limit`). Debt could add entries beyond the
+//! limit, so a commit that would make more than `max(limit, MAX_LIMIT)` entries first folds
+//! the oldest entry into the next one: its cost then counts as if charged at the next entry's
+//! instant and leaves the window later, never sooner (erring towards holding back). With
+//! running totals that is dropping the first entry and keeping the base.
 //!
 //! # Cost per decision
 //!
@@ -20,7 +29,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Micros, Quota, RetryAfter, Verdict};
+use super::{Micros, Quota, RetryAfter, USAGE_MAX, Verdict};
 
 /// The largest limit a sliding window accepts (config files and request overrides): its log
 /// holds up to this many entries (26 bytes each in Redis), and this bounds what one decision
@@ -31,7 +40,7 @@ use super::{Micros, Quota, RetryAfter, Verdict};
 pub const MAX_LIMIT: u64 = 500;
 
 /// Running totals are kept modulo 2^52, exact in Lua's doubles; the live part of a log holds
-/// at most 2^50 (the largest limit the scripts accept), so differences stay exact.
+/// at most [`USAGE_MAX`] = 2^51 (debt included), so differences stay exact.
 const TOTAL_MODULUS: u64 = 1 << 52;
 
 /// Admitted costs, oldest first, as running totals.
@@ -133,7 +142,7 @@ pub fn check(state: &Log, quota: &Quota, now: Micros, cost: u64) -> Verdict {
             retry_after: RetryAfter::Never,
         };
     }
-    if cost <= left {
+    if used.saturating_add(cost) <= quota.limit {
         // The commit merges into the newest entry when the clock is not past it.
         let newest = if cost > 0 {
             Some(newest.map_or(now, |t| t.max(now)))
@@ -167,6 +176,9 @@ pub fn check(state: &Log, quota: &Quota, now: Micros, cost: u64) -> Verdict {
     }
 }
 
+/// Records `cost` at `now` after pruning what left the window: after [`check`] admitted it, or
+/// whatever the verdict for a post-paid charge (into debt, the live total up to
+/// [`USAGE_MAX`], the log folded to at most `max(limit, MAX_LIMIT)` entries).
 pub fn commit(state: &mut Log, quota: &Quota, now: Micros, cost: u64) {
     if now >= quota.window {
         let first = state.first_live(quota, now);
@@ -177,12 +189,21 @@ pub fn commit(state: &mut Log, quota: &Quota, now: Micros, cost: u64) {
             state.entries.drain(..first);
         }
     }
+    let used = state.entries.back().map_or(0, |e| diff(e.1, state.base));
+    let cost = cost.min(USAGE_MAX.saturating_sub(used));
     if cost == 0 {
         return;
     }
     match state.entries.back_mut() {
         Some((t, total)) if *t >= now => *total = add(*total, cost),
-        Some(&mut (_, total)) => state.entries.push_back((now, add(total, cost))),
+        Some(&mut (_, total)) => {
+            let bound = usize::try_from(quota.limit.max(MAX_LIMIT)).unwrap_or(usize::MAX);
+            while state.entries.len() >= bound {
+                // Fold the oldest entry into the next: the base stays, so its cost moves on.
+                state.entries.pop_front();
+            }
+            state.entries.push_back((now, add(total, cost)));
+        }
         None => state.entries.push_back((now, add(state.base, cost))),
     }
 }
@@ -217,6 +238,42 @@ mod tests {
 
     fn used(log: &Log, quota: &Quota, now: Micros) -> u64 {
         log.live(quota, now).1
+    }
+
+    /// Post-paid charges past the limit keep the log at MAX_LIMIT entries: the oldest entry is
+    /// folded into the next, so its cost leaves the window later, never sooner.
+    #[test]
+    fn debt_folds_the_oldest_entry_to_keep_the_log_bounded() {
+        let quota = Quota::new(3, 1000);
+        let mut log = Log::default();
+        for now in 1..=600 {
+            commit(&mut log, &quota, now, 1);
+        }
+        assert_eq!(log.entries.len() as u64, MAX_LIMIT);
+        let entries: Vec<_> = log.entries().collect();
+        assert_eq!(entries[0], (101, 101), "entries 1..=101 folded into one");
+        assert_eq!(entries[1], (102, 1));
+        // At 1100 an unfolded log would hold 500 (entries 101..=600); this one holds 600.
+        let v = check(&log, &quota, 1100, 0);
+        assert!(!v.allowed);
+        assert_eq!(v.remaining, 0);
+        // 597 must leave: entries up to 597 (running total 597), gone at 1597.
+        assert_eq!(v.retry_after, RetryAfter::After(497));
+        assert!(!check(&log, &quota, 1596, 0).allowed);
+        assert!(check(&log, &quota, 1597, 0).allowed);
+        assert!(check(&log, &quota, 1598, 1).allowed);
+    }
+
+    /// A charge past USAGE_MAX is recorded up to it: totals stay exact (below 2^52).
+    #[test]
+    fn debt_stops_at_usage_max() {
+        let quota = Quota::new(3, 1000);
+        let mut log = Log::default();
+        commit(&mut log, &quota, 5, u64::MAX);
+        commit(&mut log, &quota, 6, u64::MAX);
+        assert_eq!(log.entries().collect::<Vec<_>>(), [(5, USAGE_MAX)]);
+        let v = check(&log, &quota, 6, 0);
+        assert_eq!(v.retry_after, RetryAfter::After(999));
     }
 
     /// A clock that steps back commits into the newest entry: the log stays ordered, and the

@@ -266,11 +266,15 @@ fn plan(req: &LimitRequest<'_>, applied: &[(usize, Arc<LimitRule>)]) -> (Plan, V
             limit: rule.id,
         };
         let cost = d.hits.unwrap_or(req.hits);
+        // Usage reported after the fact: recorded whatever the verdict (a cost of 0 reports
+        // nothing, so it stays a check-only request).
+        let post_paid = (req.post_paid || rule.post_paid) && cost > 0;
         match plan.checks.iter().position(|c| c.key == key) {
             Some(at) => {
                 let c = &mut plan.checks[at];
                 c.cost = c.cost.saturating_add(cost);
                 c.enforce |= !rule.shadow;
+                c.post_paid |= post_paid;
                 check_of.push(at);
             }
             None => {
@@ -281,7 +285,7 @@ fn plan(req: &LimitRequest<'_>, applied: &[(usize, Arc<LimitRule>)]) -> (Plan, V
                     quota: rule.quota,
                     cost,
                     enforce: !rule.shadow,
-                    post_paid: false,
+                    post_paid,
                     verdict: None,
                 });
             }

@@ -248,7 +248,15 @@ fn add_descriptor(
         } else {
             def.limits
                 .iter()
-                .map(|l| rule(l, def.shadow_mode, &def.replaces, def.detailed_metric))
+                .map(|l| {
+                    rule(
+                        l,
+                        def.shadow_mode,
+                        &def.replaces,
+                        def.detailed_metric,
+                        def.post_paid,
+                    )
+                })
                 .collect()
         },
         children: HashMap::new(),
@@ -329,7 +337,10 @@ fn check_ranges(descriptors: &[DescriptorDef], file: &str, errors: &mut Vec<Conf
 
 fn compile_clients(table: &ClientTable) -> ClientIndex {
     let tier_node = |limits: &[LimitDef]| Node {
-        limits: limits.iter().map(|l| rule(l, false, &[], false)).collect(),
+        limits: limits
+            .iter()
+            .map(|l| rule(l, false, &[], false, false))
+            .collect(),
         children: HashMap::new(),
     };
     let by_digest = table
@@ -351,6 +362,7 @@ fn rule(
     shadow: bool,
     replaces: &[String],
     detailed_metric: bool,
+    post_paid: bool,
 ) -> Arc<LimitRule> {
     let mut h = Sha256::new();
     h.update(def.name.as_bytes());
@@ -367,7 +379,7 @@ fn rule(
         shadow: shadow || def.shadow_mode,
         replaces: replaces.iter().map(|r| r.as_str().into()).collect(),
         detailed_metric,
-        post_paid: false,
+        post_paid,
         id: u64::from_be_bytes(id),
     })
 }

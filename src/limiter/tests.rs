@@ -447,3 +447,148 @@ fn a_limit_override_is_one_enforced_limit_on_any_descriptor_of_a_known_domain() 
         }
     });
 }
+
+const BUDGETS: &str = r#"
+domain: llm
+descriptors:
+  - key: tenant
+    value: gcra
+    rate_limit: { unit: minute, requests_per_unit: 1000 }
+    algorithm: token_bucket
+  - key: tenant
+    value: fixed
+    rate_limit: { unit: minute, requests_per_unit: 1000 }
+    algorithm: fixed_window
+  - key: tenant
+    value: sliding
+    rate_limit: { unit: minute, requests_per_unit: 500 }
+    algorithm: sliding_window
+"#;
+
+/// A request on `tenant` of the budgets domain: `hits` tokens, reported (post-paid) or not.
+fn tokens(tenant: &str, hits: u64, post_paid: bool) -> LimitRequest<'_> {
+    LimitRequest {
+        domain: "llm",
+        descriptors: vec![edge(&[("tenant", tenant)])],
+        hits,
+        client_required: false,
+        post_paid,
+    }
+}
+
+/// Token bucket: 1,000 tokens a minute (T = 60 ms a token). 700 spent, then a report of 700
+/// against the 300 left is recorded whole: a debt of 400 tokens (24 s). A check-only request
+/// and a pre-paid one are refused with that retry-after until the debt is paid off.
+#[test]
+fn a_post_paid_report_past_the_budget_is_recorded_as_debt_token_bucket() {
+    let (l, now) = limiter(&[("llm.yaml", BUDGETS)]);
+    run(async {
+        assert!(l.decide(&tokens("gcra", 700, false)).await.unwrap().allowed);
+        let report = l.decide(&tokens("gcra", 700, true)).await.unwrap();
+        assert!(!report.allowed, "700 did not fit in the 300 left");
+        let peek = l.decide(&tokens("gcra", 0, false)).await.unwrap();
+        assert!(
+            !peek.allowed,
+            "a check-only request is refused while in debt"
+        );
+        assert_eq!(peek.limits[0].verdict.remaining, 0);
+        assert_eq!(peek.retry_after, RetryAfter::After(400 * 60_000));
+        let one = l.decide(&tokens("gcra", 1, false)).await.unwrap();
+        assert_eq!(one.retry_after, RetryAfter::After(401 * 60_000));
+        now.fetch_add(400 * 60_000 - 1, Ordering::AcqRel);
+        assert!(!l.decide(&tokens("gcra", 0, false)).await.unwrap().allowed);
+        now.fetch_add(1, Ordering::AcqRel);
+        let paid = l.decide(&tokens("gcra", 0, false)).await.unwrap();
+        assert!(paid.allowed, "at exactly the limit a check-only is OK");
+        assert!(!l.decide(&tokens("gcra", 1, false)).await.unwrap().allowed);
+        now.fetch_add(60_000, Ordering::AcqRel);
+        assert!(l.decide(&tokens("gcra", 1, false)).await.unwrap().allowed);
+    });
+}
+
+/// Fixed window: the count runs past the limit and the debt lasts until the window ends.
+#[test]
+fn a_post_paid_report_past_the_budget_is_recorded_as_debt_fixed_window() {
+    let (l, now) = limiter(&[("llm.yaml", BUDGETS)]);
+    // Start of a minute, so the window has a whole minute to run.
+    now.store(T0 - T0 % (60 * SEC), Ordering::Release);
+    run(async {
+        assert!(
+            l.decide(&tokens("fixed", 700, false))
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(!l.decide(&tokens("fixed", 700, true)).await.unwrap().allowed);
+        now.fetch_add(10 * SEC, Ordering::AcqRel);
+        let peek = l.decide(&tokens("fixed", 0, false)).await.unwrap();
+        assert!(!peek.allowed);
+        assert_eq!(peek.retry_after, RetryAfter::After(50 * SEC));
+        assert!(!l.decide(&tokens("fixed", 1, false)).await.unwrap().allowed);
+        now.fetch_add(50 * SEC, Ordering::AcqRel);
+        assert!(
+            l.decide(&tokens("fixed", 1000, false))
+                .await
+                .unwrap()
+                .allowed
+        );
+    });
+}
+
+/// Sliding window: 400 spent at 0 s, a report of 300 (of which 100 fit) at 10 s: 700 of 500,
+/// in debt until the 400 leave at 60 s; the 300 leave at 70 s.
+#[test]
+fn a_post_paid_report_past_the_budget_is_recorded_as_debt_sliding_window() {
+    let (l, now) = limiter(&[("llm.yaml", BUDGETS)]);
+    run(async {
+        assert!(
+            l.decide(&tokens("sliding", 400, false))
+                .await
+                .unwrap()
+                .allowed
+        );
+        now.fetch_add(10 * SEC, Ordering::AcqRel);
+        assert!(
+            !l.decide(&tokens("sliding", 300, true))
+                .await
+                .unwrap()
+                .allowed
+        );
+        let peek = l.decide(&tokens("sliding", 0, false)).await.unwrap();
+        assert!(!peek.allowed);
+        assert_eq!(peek.retry_after, RetryAfter::After(50 * SEC));
+        now.fetch_add(50 * SEC, Ordering::AcqRel);
+        assert!(
+            l.decide(&tokens("sliding", 0, false))
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            l.decide(&tokens("sliding", 200, false))
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            !l.decide(&tokens("sliding", 1, false))
+                .await
+                .unwrap()
+                .allowed
+        );
+    });
+}
+
+/// A report that fits is an ordinary charge; a report of 0 records nothing.
+#[test]
+fn a_post_paid_report_that_fits_is_an_ordinary_charge() {
+    let (l, _) = limiter(&[("llm.yaml", BUDGETS)]);
+    run(async {
+        let d = l.decide(&tokens("gcra", 300, true)).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.limits[0].verdict.remaining, 700);
+        assert!(l.decide(&tokens("gcra", 0, true)).await.unwrap().allowed);
+        assert!(l.decide(&tokens("gcra", 700, false)).await.unwrap().allowed);
+        assert!(!l.decide(&tokens("gcra", 1, false)).await.unwrap().allowed);
+    });
+}

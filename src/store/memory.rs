@@ -128,17 +128,14 @@ impl MemoryStore {
             })
         };
         plan.admitted = admitted;
-        if !admitted {
-            return Ok(());
-        }
         // Make room first, so a full store commits nothing rather than part of the plan.
-        for check in plan.checks.iter() {
+        for check in plan::to_commit(&plan.checks, admitted) {
             let shard = find(shards, self.shard_of(&check.key));
             if !shard.counters.contains_key(&check.key) {
                 self.make_room(shard, now)?;
             }
         }
-        for check in plan::to_commit(&plan.checks) {
+        for check in plan::to_commit(&plan.checks, admitted) {
             let shard = find(shards, self.shard_of(&check.key));
             let slot = shard.counters.entry(check.key).or_insert_with(|| Slot {
                 state: CounterState::empty(check.algorithm),
@@ -269,6 +266,28 @@ mod tests {
         );
         let plan = run(&store, vec![check(a, 10, 60 * SEC, 9)]);
         assert!(plan.admitted, "a still has 9 left");
+    }
+
+    /// A rejected plan commits its post-paid checks (debt) and nothing else.
+    #[test]
+    fn a_rejected_plan_still_records_its_post_paid_checks() {
+        let (clock, _) = Clock::manual(1000 * SEC);
+        let store = MemoryStore::with_shards(clock, 1000, 8);
+        assert!(run(&store, vec![check(1, 10, 60 * SEC, 7)]).admitted);
+        let mut report = check(1, 10, 60 * SEC, 5);
+        report.post_paid = true;
+        // Rejected by the full counter 2, and by its own 5 > 3 left: recorded all the same.
+        let plan = run(
+            &store,
+            vec![report, check(2, 1, 60 * SEC, 2), check(3, 10, 60 * SEC, 1)],
+        );
+        assert!(!plan.admitted);
+        let peek = run(&store, vec![check(1, 10, 60 * SEC, 0)]);
+        assert!(!peek.admitted, "12 of 10: in debt");
+        assert!(
+            run(&store, vec![check(3, 10, 60 * SEC, 10)]).admitted,
+            "the pre-paid check 3 of the rejected plan was not charged"
+        );
     }
 
     #[test]

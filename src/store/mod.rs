@@ -2,7 +2,8 @@
 //!
 //! The limiter hands a store a batch of [`Plan`]s. Each plan is one request's checks, decided
 //! all-or-nothing: either every enforced check is admitted and every admitted check is
-//! committed, or nothing is committed at all. Plans in one batch are independent of each
+//! committed, or nothing is committed at all, except post-paid checks (usage that already
+//! happened), which are committed whatever the verdict, into debt (see [`plan`]). Plans in one batch are independent of each
 //! other; a batch exists so a networked store can decide many requests in one round trip.
 //!
 //! Time belongs to the store: the memory store reads one process-wide [`Clock`], the Redis
@@ -96,7 +97,7 @@ impl StoreError {
 /// A backend that decides plans atomically.
 pub trait Store: Send + Sync + 'static {
     /// Decides every plan of the batch: fills each check's `verdict` and each plan's
-    /// `admitted`, committing admitted plans.
+    /// `admitted`, committing admitted plans and every plan's post-paid checks.
     ///
     /// # Cancel safety
     /// Dropping the future before it completes may or may not have committed the batch;

@@ -6,8 +6,11 @@
 //! 1. [`check_all`]: every check is decided against its counter's live state at one `now`
 //!    (a missing, expired or other-algorithm state counts as the empty state); the plan is
 //!    admitted when every enforced check allows.
-//! 2. When admitted, every check in [`to_commit`] (allowed, with a cost) is [`commit`]ted.
-//!    A rejected plan commits nothing.
+//! 2. Every check in [`to_commit`] is [`commit`]ted: when the plan is admitted, every allowed
+//!    check with a cost; admitted or not, every post-paid check with a cost (usage that
+//!    already happened, recorded even when it did not fit: debt). A rejected plan commits
+//!    nothing else. A post-paid check is "allowed" when its cost fit, so an enforced one that
+//!    did not fit rejects the plan (and is still recorded).
 
 use super::Check;
 use crate::algorithm::{CounterState, Micros};
@@ -31,11 +34,12 @@ pub fn check_all<'s>(
     admitted
 }
 
-/// The checks an admitted plan commits: those allowed, with a cost above 0.
-pub fn to_commit(checks: &[Check]) -> impl Iterator<Item = &Check> {
-    checks
-        .iter()
-        .filter(|c| c.cost > 0 && c.verdict.is_some_and(|v| v.allowed))
+/// The checks a plan commits, `admitted` or not: those with a cost above 0 that are
+/// post-paid, or allowed in an admitted plan.
+pub fn to_commit(checks: &[Check], admitted: bool) -> impl Iterator<Item = &Check> {
+    checks.iter().filter(move |c| {
+        c.cost > 0 && (c.post_paid || admitted && c.verdict.is_some_and(|v| v.allowed))
+    })
 }
 
 /// Commits one check into its counter's `state` (`live`: whether that state still holds; an

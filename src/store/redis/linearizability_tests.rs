@@ -218,7 +218,7 @@ async fn run_task(
 
 /// The replay: `MemoryStore::decide`'s rule (check every limit at one `now` against the
 /// counter's state, admit when every enforced check allows, then commit every allowed check
-/// with a cost), over the Rust algorithms. No expiry (see the module doc).
+/// with a cost, and every post-paid one whatever the verdict), over the Rust algorithms. No expiry (see the module doc).
 #[derive(Clone, Default)]
 struct Replay {
     /// Per counter: its state, and the instant from which that state is empty.
@@ -227,10 +227,8 @@ struct Replay {
 
 impl Replay {
     fn decide(&mut self, checks: &mut [Check], now: Micros) -> bool {
-        if !plan::check_all(checks, now, |c| self.slots.get(&c.key).map(|(s, _)| s)) {
-            return false;
-        }
-        for check in plan::to_commit(checks) {
+        let admitted = plan::check_all(checks, now, |c| self.slots.get(&c.key).map(|(s, _)| s));
+        for check in plan::to_commit(checks, admitted) {
             let (state, expires_at) = self
                 .slots
                 .entry(check.key)
@@ -238,7 +236,7 @@ impl Replay {
             // No expiry in the replay: a state is live until replaced.
             *expires_at = plan::commit(state, true, check, now);
         }
-        true
+        admitted
     }
 }
 

@@ -198,10 +198,8 @@ impl Model {
 
     /// The plan rule (`store::plan`), with Redis's expiry rule.
     fn decide(&mut self, checks: &mut [Check], now: Micros) -> bool {
-        if !plan::check_all(checks, now, |c| self.live(&c.key, now).map(|s| &s.state)) {
-            return false;
-        }
-        for check in plan::to_commit(checks) {
+        let admitted = plan::check_all(checks, now, |c| self.live(&c.key, now).map(|s| &s.state));
+        for check in plan::to_commit(checks, admitted) {
             let slot = self.slots.entry(check.key).or_insert_with(|| Slot {
                 state: CounterState::empty(check.algorithm),
                 expires_at: 0,
@@ -211,7 +209,7 @@ impl Model {
             slot.expires_at = plan::commit(&mut slot.state, live, check, now);
             slot.quota = check.quota;
         }
-        true
+        admitted
     }
 
     fn snapshot(&self) -> HashMap<CounterKey, (CounterState, Micros, Quota)> {
