@@ -450,11 +450,9 @@ async fn report_records_usage_past_the_limit_and_later_checks_wait_for_the_debt(
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers()["ratelimit"].to_str().unwrap().contains(";r=0;"));
     assert!(r.headers().contains_key("retry-after"));
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["allowed"], false);
-    assert_eq!(body["remaining"], 0);
     // 7 used of a 5-per-hour bucket (one back every 720 s): a request of 1 fits once the debt
     // of 2 and its own token are back, 3 × 720 s = 2160 s from now.
     let r = check(&svc, Some("k1"), "").await;
