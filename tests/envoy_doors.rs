@@ -548,3 +548,91 @@ clients:
     }
     svc.stop().await;
 }
+
+/// A token budget in upstream's format: 1,000 tokens a minute per tenant, charged after the
+/// response (`post_paid`), as a token bucket so the debt is repaid at the refill rate.
+const LLM: &str = r#"
+domain: llm
+descriptors:
+  - key: tenant
+    post_paid: true
+    rate_limit: { unit: minute, requests_per_unit: 1000 }
+    algorithm: token_bucket
+"#;
+
+/// A descriptor of `tenant` with its own `hits_addend` (Envoy's request-time check sends 0,
+/// its stream-done charge the tokens used).
+fn tenant(name: &str, hits: u64) -> RateLimitDescriptor {
+    let mut d = descriptor(&[("tenant", name)]);
+    d.hits_addend = Some(UInt64Value { value: hits });
+    d
+}
+
+/// Sends one descriptor in domain `llm`: the overall code and the descriptor's status.
+async fn llm(
+    client: &mut RateLimitServiceClient<Channel>,
+    d: RateLimitDescriptor,
+) -> RateLimitResponse {
+    client
+        .should_rate_limit(rls("llm", vec![d]))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until the clock minute has at least `margin` seconds left: a test that fills a
+/// fixed one-minute window must not straddle its end.
+async fn clear_of_minute_boundary(margin: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let left = 60 - now.as_secs() % 60;
+    if left <= margin {
+        tokio::time::sleep(std::time::Duration::from_secs(left + 1)).await;
+    }
+}
+
+#[tokio::test]
+async fn post_paid_descriptor_records_stream_done_charges_into_debt() {
+    let dir = config_dir(
+        "envoy-doors-llm",
+        &[("service.yaml", BASIC), ("llm.yaml", LLM)],
+    );
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimitServiceClient::new(grpc_channel(svc.grpc_url()).await);
+    let ok = Code::Ok as i32;
+    let over = Code::OverLimit as i32;
+    // Request-time check, then the response's 700 tokens; twice.
+    for _ in 0..2 {
+        assert_eq!(llm(&mut client, tenant("a", 0)).await.overall_code, ok);
+        llm(&mut client, tenant("a", 700)).await;
+    }
+    // 1,400 of 1,000 used: the third request-time check is refused, with nothing left and a
+    // Retry-After for the debt (400 tokens at 1,000 a minute: 24 s).
+    let r = llm(&mut client, tenant("a", 0)).await;
+    assert_eq!(r.overall_code, over, "{r:?}");
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((20..=24).contains(&retry), "retry-after {retry}");
+    // Another tenant has its own budget.
+    assert_eq!(llm(&mut client, tenant("b", 0)).await.overall_code, ok);
+
+    // A budget handed over per request (Envoy's `limit` override from ext_authz's metadata)
+    // is post-paid like the descriptor it replaces the limit of.
+    clear_of_minute_boundary(10).await;
+    let with_budget = |hits| {
+        let mut d = tenant("c", hits);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 1000,
+            unit: Unit::Minute as i32,
+        });
+        d
+    };
+    for _ in 0..2 {
+        assert_eq!(llm(&mut client, with_budget(0)).await.overall_code, ok);
+        llm(&mut client, with_budget(700)).await;
+    }
+    let r = llm(&mut client, with_budget(0)).await;
+    assert_eq!(r.overall_code, over, "{r:?}");
+    svc.stop().await;
+}
