@@ -3,7 +3,9 @@
 -- Redis runs Lua 5.1, whose only number type is a double. Doubles hold integers exactly below
 -- 2^53, so every value these scripts handle is kept far below that: instants below 2^52 us
 -- (the year 2112), quota figures (limit, window, burst) at most 2^50, and the token bucket's
--- tolerance (interval * burst) at most 2^51. Sums and products of such values stay exact.
+-- tolerance (interval * burst) at most 2^51, and what a counter records, debt included, at
+-- most USAGE_MAX = 2^51 (units for the windows, us ahead of now for the token bucket; Rust's
+-- `algorithm::USAGE_MAX`). Sums and products of such values stay exact.
 -- `quota_error` refuses anything outside that range instead of computing a wrong answer; the
 -- Rust side (`script::within_exact_range`) applies the same bounds.
 --
@@ -13,6 +15,7 @@
 local NOW_MAX = 4503599627370496 -- 2^52
 local QUOTA_MAX = 1125899906842624 -- 2^50
 local SPAN_MAX = 2251799813685248 -- 2^51
+local USAGE_MAX = 2251799813685248 -- 2^51: the most a counter records (post-paid debt)
 local INT_MAX = 9007199254740991 -- 2^53 - 1, the largest integer `int` accepts
 
 -- retry_kind values, as in the Rust `RetryAfter`

@@ -15,9 +15,11 @@
 -- ARGV[3]  "1": commit when admitted (what the service always sends); "0": decide only,
 --          write nothing.
 -- ARGV[4 + 6(i-1) .. 9 + 6(i-1)]  check i: algorithm ("token_bucket" | "sliding_window" |
---          "fixed_window"), limit, window (us), burst, cost, enforce ("1" | "0": a shadow
---          check is decided and reported but never rejects the plan). Integers in decimal,
---          within the exact range of common.lua.
+--          "fixed_window"), limit, window (us), burst, cost, flags ("0" to "3"): bit 0 enforce
+--          (a shadow check, without it, is decided and reported but never rejects the plan),
+--          bit 1 post-paid (usage that already happened: committed whatever the verdict, into
+--          debt; its verdict says whether it fit). Integers in decimal, within the exact range
+--          of common.lua.
 -- ARGV[4 + 6n]  test variant only: the name of the witness key (see clock_test.lua).
 --
 -- Reply: a flat array
@@ -29,10 +31,11 @@
 -- Errors: a malformed ARGV, or a figure outside the exact range, is an error reply
 -- ("ERR ratelimiter: ...") and writes nothing.
 --
--- Behaviour, as MemoryStore::decide: every check is decided against its key's current state
--- (a missing key, another algorithm's state or an unparsable value is the empty state); the
--- plan is admitted when every enforced check is allowed; then every allowed check with a cost
--- above 0 is committed. A plan that is not admitted writes nothing. Each written key expires
+-- Behaviour, as MemoryStore::decide (src/store/plan.rs): every check is decided against its
+-- key's current state (a missing key, another algorithm's state or an unparsable value is the
+-- empty state); the plan is admitted when every enforced check is allowed; then every check
+-- with a cost above 0 that is post-paid, or allowed in an admitted plan, is committed. A plan
+-- that is not admitted writes nothing but its post-paid checks. Each written key expires
 -- (PXAT) when its state becomes empty again, rounded up to the millisecond.
 --
 -- Atomic because Redis runs a script to its end with no other command in between: every check
@@ -83,26 +86,28 @@ end
 
 if admitted then
   reply[1] = 1
-  if commit then
-    -- The limiter merges checks on one counter, but if a key came twice its second commit
-    -- applies on top of the first, as in the memory store.
-    local written = {}
-    for i = 1, n do
-      local c = checks[i]
-      if c.allowed and c.cost > 0 then
-        local state = c.state
-        if written[c.key] ~= nil then
-          state = c.algorithm.decode(written[c.key])
-        end
-        state = c.algorithm.commit(state, c.limit, c.window, c.burst, now, c.cost)
-        local encoded = c.algorithm.encode(state)
-        write_state(c.key, encoded, c.algorithm.expires_at(state, c.limit, c.window, c.burst), now)
-        written[c.key] = encoded
+end
+if commit then
+  -- The limiter merges checks on one counter, but if a key came twice its second commit
+  -- applies on top of the first, as in the memory store.
+  local written = {}
+  local committed = false
+  for i = 1, n do
+    local c = checks[i]
+    if c.cost > 0 and (c.post_paid or (admitted and c.allowed)) then
+      local state = c.state
+      if written[c.key] ~= nil then
+        state = c.algorithm.decode(written[c.key])
       end
+      state = c.algorithm.commit(state, c.limit, c.window, c.burst, now, c.cost)
+      local encoded = c.algorithm.encode(state)
+      write_state(c.key, encoded, c.algorithm.expires_at(state, c.limit, c.window, c.burst), now)
+      written[c.key] = encoded
+      committed = true
     end
-    if reservation ~= nil then
-      record_commit(reservation, reply)
-    end
+  end
+  if reservation ~= nil and (admitted or committed) then
+    record_commit(reservation, reply)
   end
 end
 

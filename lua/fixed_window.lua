@@ -29,16 +29,18 @@ local function fixed_window_check(state, limit, window, burst, now, cost)
   if cost > limit then
     return false, left, until_next, RETRY_NEVER, 0
   end
-  if cost <= left then
+  if count + cost <= limit then
     return true, left - cost, until_next, RETRY_NOW, 0
   end
   return false, left, until_next, RETRY_AFTER, until_next
 end
 
--- The state after consuming `cost` at `now` (call only when fixed_window_check admitted it).
+-- The state after consuming `cost` at `now`: when fixed_window_check admitted it, or
+-- whatever the verdict for a post-paid charge (the count past the limit: debt), up to
+-- USAGE_MAX.
 local function fixed_window_commit(state, limit, window, burst, now, cost)
   local start, count = fixed_window_count_at(state, window, now)
-  return { start = start, count = count + cost }
+  return { start = start, count = math.min(count + cost, math.max(count, USAGE_MAX)) }
 end
 
 local function fixed_window_expires_at(state, limit, window, burst)

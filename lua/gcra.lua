@@ -27,20 +27,24 @@ local function gcra_check(tat, limit, window, burst, now, cost)
   if cost > burst then
     return false, idiv(tau - math.min(ahead, tau), t), ahead, RETRY_NEVER, 0
   end
-  -- cost <= burst, so cost * t <= tau: no overflow (Rust saturates; here it cannot matter)
+  -- cost <= burst, so cost * t <= tau, and ahead <= USAGE_MAX: exact (Rust saturates; here it
+  -- cannot matter)
   local new_ahead = ahead + cost * t
-  -- A cost of 0 only looks, so it is admitted even when a smaller quota (a config reload)
-  -- left the TAT beyond the tolerance.
-  if cost == 0 or new_ahead <= tau then
+  -- A cost of 0 only looks: allowed unless the counter is in debt (ahead > tau).
+  if new_ahead <= tau then
     return true, idiv(tau - math.min(new_ahead, tau), t), new_ahead, RETRY_NOW, 0
   end
   return false, idiv(tau - math.min(ahead, tau), t), ahead, RETRY_AFTER, new_ahead - tau
 end
 
--- The state after consuming `cost` at `now` (call only when gcra_check admitted it).
+-- The state after consuming `cost` at `now`: when gcra_check admitted it, or whatever the
+-- verdict for a post-paid charge (the TAT past the tolerance: debt), never more than USAGE_MAX
+-- ahead of `now`. (cost * t may be inexact when huge, but then it exceeds `room`, which is.)
 local function gcra_commit(tat, limit, window, burst, now, cost)
   local t = gcra_interval(limit, window)
-  return math.max(tat, now) + cost * t
+  local base = math.max(tat, now)
+  local room = sub0(USAGE_MAX, base - now)
+  return base + math.min(cost * t, room)
 end
 
 -- The instant from which the state equals the empty state (CounterState::expires_at).

@@ -73,11 +73,12 @@ local function parse_checks()
     end
     local limit, window, burst, cost = int(ARGV[at + 2]), int(ARGV[at + 3]),
       int(ARGV[at + 4]), int(ARGV[at + 5])
-    local enforce = ARGV[at + 6]
+    -- flags: bit 0 enforce, bit 1 post-paid ("0" and "1" keep their old meaning)
+    local flags = ARGV[at + 6]
     if limit == nil or window == nil or burst == nil or cost == nil
-      or (enforce ~= '1' and enforce ~= '0') then
+      or (flags ~= '0' and flags ~= '1' and flags ~= '2' and flags ~= '3') then
       return nil, 'check ' .. i .. ': limit, window, burst and cost must be integers below '
-        .. '2^53 and enforce 1 or 0'
+        .. '2^53 and flags 0 to 3'
     end
     local why = quota_error(name, limit, window, burst)
     if why ~= nil then
@@ -90,7 +91,8 @@ local function parse_checks()
       window = window,
       burst = burst,
       cost = cost,
-      enforce = enforce == '1',
+      enforce = flags == '1' or flags == '3',
+      post_paid = flags == '2' or flags == '3',
     }
   end
   return checks
@@ -102,7 +104,9 @@ end
 --   'c' .. the decide reply, comma-separated: committed (the reply is replayed to a resent
 --          decide, and tells a refund when it committed and which checks were allowed);
 --   TOMBSTONE: refunded, or refunded before its decide ran (the decide then charges nothing).
--- A rejected decide commits nothing and records nothing.
+-- A rejected decide commits nothing but its post-paid checks, and records its reply only when
+-- it committed some (so a resent one replays it rather than charging them twice; a refund of
+-- a rejected decide gives nothing back: post-paid charges are never refunded).
 local RESERVATION_TTL_MS = 60000
 local TOMBSTONE = 't'
 

@@ -17,8 +17,11 @@
 -- ARGV[3]  reserved, "1" (the commit flag's place in decide.lua's layout).
 -- ARGV[4 + 6(i-1) .. 9 + 6(i-1)]  check i, as for decide.lua, where cost is what decide.lua
 --          committed for it: its cost if it was allowed, 0 if it was not (nothing to undo).
+--          A post-paid check (flags bit 1) is never refunded: that usage happened.
+--          With a reservation whose decide was rejected, nothing is refunded (it committed
+--          only post-paid checks).
 --
--- Per check with cost > 0, when the key still holds that algorithm's state:
+-- Per pre-paid check with cost > 0, when the key still holds that algorithm's state:
 --   token bucket: tat = max(now, tat - cost * T);
 --   fixed window: count = max(0, count - cost), only while still in committed_at's window;
 --   sliding window: cost is taken off the entry at committed_at (dropped when it reaches 0).
@@ -48,7 +51,7 @@ if reservation ~= nil then
     return 0
   end
   committed_at = int(recorded[2])
-  if committed_at == nil or committed_at > NOW_MAX then
+  if committed_at == nil or committed_at > NOW_MAX or recorded[1] ~= 1 then
     return 0
   end
   for i = 1, #checks do
@@ -60,7 +63,7 @@ end
 
 for i = 1, #checks do
   local c = checks[i]
-  if c.cost > 0 then
+  if c.cost > 0 and not c.post_paid then
     local state, ours = c.algorithm.decode(read_raw(c.key))
     if ours then
       state = c.algorithm.refund(state, c.limit, c.window, c.burst, committed_at, now, c.cost)

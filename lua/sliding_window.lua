@@ -2,9 +2,11 @@
 -- mirroring src/algorithm/sliding_window.rs line for line.
 --
 -- Entries are kept oldest first with strictly increasing instants (a commit at or before the
--- newest entry's instant merges into it), each with a cost of at least 1, so a log holds at
--- most `limit` live entries (plus, until the next commit prunes them, entries that left the
--- window). Instead of its cost, an entry stores the running total: the cost of every entry up
+-- newest entry's instant merges into it), each with a cost of at least 1, so admitted costs
+-- make at most `limit` live entries (plus, until the next commit prunes them, entries that
+-- left the window). Post-paid charges (debt) may take the live total past the limit, up to
+-- USAGE_MAX; a commit that would make more than max(limit, SW_MAX_ENTRIES) entries first folds
+-- the oldest entry into the next (drops its instant, keeps the base), as the Rust does. Instead of its cost, an entry stores the running total: the cost of every entry up
 -- to it, added to the log's `base` (the running total before its first entry), modulo 2^52.
 -- So what a range of entries admitted is a difference of two totals, and every question a
 -- decision asks (where the window starts, how much is in it, which entry must leave before a
@@ -23,6 +25,7 @@
 local SW_MOD = 4503599627370496 -- 2^52: running totals are kept modulo this
 local SW_HEADER = 17 -- #'sw2:' + 13
 local SW_ENTRY = 26
+local SW_MAX_ENTRIES = 500 -- sliding_window::MAX_LIMIT
 
 local function sw_hex(v)
   return string.format('%013x', v)
@@ -126,7 +129,7 @@ local function sliding_window_check(log, limit, window, burst, now, cost)
   if cost > limit then
     return false, left, sliding_window_reset(newest, window, now), RETRY_NEVER, 0
   end
-  if cost <= left then
+  if used + cost <= limit then
     local reset_newest = newest
     if cost > 0 then
       -- the commit merges into the newest entry when the clock is not past it
@@ -164,16 +167,33 @@ local function sw_drop_before(log, first)
   return log
 end
 
--- Consumes `cost` at `now` (call only when sliding_window_check admitted it). Returns the new
--- log (the old one may have changed).
+-- Drops the oldest entry but keeps the base: its cost moves onto the next entry.
+local function sw_fold_oldest(log)
+  if log.lo <= log.hi then
+    log.lo = log.lo + 1
+  else
+    table.remove(log.xt, 1)
+    table.remove(log.xc, 1)
+  end
+end
+
+-- Consumes `cost` at `now`: when sliding_window_check admitted it, or whatever the verdict for
+-- a post-paid charge (debt: the live total up to USAGE_MAX, the log folded to at most
+-- max(limit, SW_MAX_ENTRIES) entries). Returns the new log (the old one may have changed).
 local function sliding_window_commit(log, limit, window, burst, now, cost)
   if now >= window then
     log = sw_drop_before(log, sw_first_live(log, window, now))
   end
+  local n = sw_count(log)
+  local used = 0
+  if n > 0 then
+    local _, last_total = sw_entry(log, n)
+    used = sw_diff(last_total, log.base)
+  end
+  cost = math.min(cost, sub0(USAGE_MAX, used))
   if cost == 0 then
     return log
   end
-  local n = sw_count(log)
   if n == 0 then
     log.xt[1] = now
     log.xc[1] = sw_add(log.base, cost)
@@ -189,6 +209,9 @@ local function sliding_window_commit(log, limit, window, burst, now, cost)
     end
     log.xc[#log.xc] = sw_add(total, cost)
   else
+    while sw_count(log) >= math.max(limit, SW_MAX_ENTRIES) do
+      sw_fold_oldest(log)
+    end
     log.xt[#log.xt + 1] = now
     log.xc[#log.xc + 1] = sw_add(total, cost)
   end

@@ -17,6 +17,11 @@
 //!   refund gives back only what was recorded, once, and leaves a tombstone, so a second
 //!   refund, or a decide that arrives after its refund, charges and gives back nothing.
 //!   Single-slot plans have no reservation key and no extra work.
+//! - **Post-paid checks are recorded in every slot and never refunded.** They are usage that
+//!   already happened: a slot before the rejecting one keeps them (`refund.lua` skips them),
+//!   the rejecting slot commits them (`decide.lua` does so whatever the verdict), and the
+//!   slots after it, never asked for admission, are sent their post-paid checks alone (under
+//!   reservations too, so a resent call records them once).
 //! - A refund that still fails is logged (never with a key) and counted
 //!   (`ratelimiter_redis_refund_failures_total`); its counters stay charged until they expire:
 //!   a false rejection at worst, never an over-admission.
@@ -60,15 +65,11 @@ pub(super) async fn decide_across_slots(
         admitted: false,
     };
     let mut rest = order.as_slice();
-    while let Some(&first) = rest.first() {
-        let tag = plan.checks[first].key.tag;
-        let len = rest
-            .iter()
-            .take_while(|&&i| plan.checks[i].key.tag == tag)
-            .count();
-        let (indices, tail) = rest.split_at(len);
+    while !rest.is_empty() {
+        let (indices, tail) = next_slot(plan, rest);
         rest = tail;
         let mut group: Vec<Check> = indices.iter().map(|&i| plan.checks[i].clone()).collect();
+        let tag = group[0].key.tag;
         let reservation = script::reservation_key(prefix, tag, &new_token());
         let inv = script::reserve_invocation(prefix, &group, &reservation);
         // Held from before it is sent: from then on it may commit whatever becomes of us.
@@ -82,18 +83,60 @@ pub(super) async fn decide_across_slots(
             plan.checks[i].verdict = c.verdict;
         }
         if !decoded.admitted {
-            // A rejection commits nothing: only the slots before it need refunds.
+            // A rejection commits nothing but its post-paid checks, which are never refunded:
+            // only the slots before it need refunds.
             held.parts.pop();
-            // Later slots were never asked: report them as not limiting.
-            for &i in rest {
-                plan.checks[i].verdict = Some(unasked(&plan.checks[i]));
-            }
             plan.admitted = false;
-            return Ok(());
+            return record_post_paid(connections, prefix, plan, rest).await;
         }
     }
     held.admitted = true;
     plan.admitted = true;
+    Ok(())
+}
+
+/// The first slot's checks in `rest` (indices into `plan.checks`, sorted by key, so a tag's
+/// checks are together), and what follows them.
+fn next_slot<'o>(plan: &Plan, rest: &'o [usize]) -> (&'o [usize], &'o [usize]) {
+    let tag = rest.first().map(|&i| plan.checks[i].key.tag);
+    let len = rest
+        .iter()
+        .take_while(|&&i| Some(plan.checks[i].key.tag) == tag)
+        .count();
+    rest.split_at(len)
+}
+
+/// After a rejection: the slots in `rest` were never asked for admission. Their post-paid
+/// checks (usage that already happened) are recorded all the same, one reservation per slot
+/// (so a resent call records once), never refunded; every other check of theirs is reported
+/// as not limiting.
+async fn record_post_paid(
+    connections: &Arc<Connections>,
+    prefix: &str,
+    plan: &mut Plan,
+    mut rest: &[usize],
+) -> Result<(), StoreError> {
+    while !rest.is_empty() {
+        let (indices, tail) = next_slot(plan, rest);
+        rest = tail;
+        let (post_paid, others): (Vec<usize>, Vec<usize>) =
+            indices.iter().partition(|&&i| plan.checks[i].post_paid);
+        for i in others {
+            plan.checks[i].verdict = Some(unasked(&plan.checks[i]));
+        }
+        let Some(&first) = post_paid.first() else {
+            continue;
+        };
+        let mut group: Vec<Check> = post_paid.iter().map(|&i| plan.checks[i].clone()).collect();
+        let token = new_token();
+        let reservation = script::reservation_key(prefix, plan.checks[first].key.tag, &token);
+        let inv = script::reserve_invocation(prefix, &group, &reservation);
+        let reply = connections.invoke::<redis::Value>(&inv).await?;
+        script::decode(&reply, &mut group)?;
+        for (&i, c) in post_paid.iter().zip(&group) {
+            plan.checks[i].verdict = c.verdict;
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! `TASKS` tasks, each on its OWN connection to one real `redis-server`, fire `CALLS` decide
 //! runs each of the test-clock script at a handful of shared counters (every algorithm, up to
 //! three checks per plan, two limits on one descriptor, plans sharing counters, costs from 0
-//! to above capacity, shadow checks). Every call takes its `now` from one shared atomic clock
+//! to above capacity, shadow checks, post-paid checks recorded into debt). Every call takes its `now` from one shared atomic clock
 //! that every task advances, so calls race: a call may reach Redis after one that drew a later
 //! instant. The test-clock script `INCR`s a witness key inside the script and returns the new
 //! value: the position of that run in Redis's execution order.
@@ -133,7 +133,8 @@ fn random_plan(rng: &mut Rng) -> Vec<Check> {
             quota: c.quota,
             cost,
             enforce: rng.below(10) != 0,
-            post_paid: false,
+            // A report (usage recorded whatever the verdict: debt) now and then.
+            post_paid: cost > 0 && rng.below(8) == 0,
             verdict: None,
         });
     }

@@ -14,6 +14,10 @@
 //! cross-slot refund on Redis Cluster (a false rejection for at most `r`; see
 //! docs/tradeoffs.md).
 //!
+//! A plan carrying a post-paid check (usage that already happened) always goes to Redis, which
+//! records it whatever the verdict. Its debt only moves the real retry time later, so entries
+//! cached before it stay on the safe side.
+//!
 //! Bounded: at most `capacity` entries; expired ones are swept when a shard fills, and a
 //! rejection that finds no room is simply not cached.
 
@@ -55,8 +59,12 @@ impl OverLimitCache {
     }
 
     /// Rejects `plan` from the cache if one of its enforced checks is known to be over its
-    /// limit at `now`. Fills every verdict and returns true then.
+    /// limit at `now`. Fills every verdict and returns true then. A plan with a post-paid
+    /// check is never answered here: its usage must reach Redis, rejected or not.
     pub fn reject(&self, plan: &mut Plan, now: Instant) -> bool {
+        if plan.checks.iter().any(|c| c.post_paid) {
+            return false;
+        }
         let mut hit = false;
         for check in plan.checks.iter_mut() {
             if !check.enforce || check.cost == 0 {
@@ -216,6 +224,19 @@ mod tests {
             !cache.reject(&mut shadow, t0 + us(10)),
             "shadow checks never reject"
         );
+    }
+
+    /// A plan that reports usage (a post-paid check) must reach Redis to be recorded: the cache
+    /// never answers it, however rejected its counters are.
+    #[test]
+    fn never_answers_a_plan_with_a_post_paid_check() {
+        let cache = OverLimitCache::new(100);
+        let t0 = Instant::now();
+        cache.remember(&rejected(3, 1000), t0);
+        let mut report = plan(5, 10);
+        report.checks[0].post_paid = true;
+        assert!(!cache.reject(&mut report, t0));
+        assert!(report.checks[0].verdict.is_none());
     }
 
     #[test]

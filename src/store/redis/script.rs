@@ -24,7 +24,8 @@
 //!
 //! `KEYS[i]` is check `i`'s [`counter_key`]. `ARGV` is: the test clock (ignored in production),
 //! the number of checks `n`, the commit flag (`"1"`), then six values per check: algorithm,
-//! limit, window (µs), burst, cost, enforce (`"1"`/`"0"`); the test variant adds the witness
+//! limit, window (µs), burst, cost, flags (`"0"` to `"3"`: bit 0 enforce, bit 1 post-paid, so
+//! `"1"`/`"0"` still mean enforced/shadow); the test variant adds the witness
 //! key's name. decide replies with a flat array: admitted (integer), `now` (string), then per
 //! check allowed (integer), remaining (string), reset_after (string), retry kind (integer: 0
 //! now, 1 after, 2 never), retry_after (string), plus the witness's sequence number in the test
@@ -35,13 +36,14 @@
 //! Lua 5.1 numbers are doubles, exact for integers below 2^53. The scripts refuse (with an
 //! error reply) a check whose figures could leave that range; [`within_exact_range`] tells
 //! beforehand. Costs are clamped to [`COST_CAP`] on the way in, which changes no verdict (any
-//! cost above the limit and burst is refused the same way).
+//! cost above the limit and burst is refused the same way) and no post-paid charge (any cost
+//! of at least [`USAGE_MAX`] records the same debt, the most a counter holds).
 
 use std::sync::LazyLock;
 
 use ::redis::{Script, ScriptInvocation, Value};
 
-use crate::algorithm::{Algorithm, Micros, RetryAfter, Verdict, gcra};
+use crate::algorithm::{Algorithm, Micros, RetryAfter, USAGE_MAX, Verdict, gcra};
 use crate::store::{Check, CounterKey, StoreError};
 
 /// The largest limit, window (µs) or burst the scripts accept: 2^50.
@@ -51,8 +53,10 @@ pub const SPAN_MAX: u64 = 1 << 51;
 /// The latest instant (µs since the epoch) the scripts accept: 2^52, in the year 2112.
 pub const NOW_MAX: u64 = 1 << 52;
 /// Costs are sent as `min(cost, COST_CAP)`: above every accepted limit and burst, so a capped
-/// cost gets the same verdict as the real one.
-pub const COST_CAP: u64 = QUOTA_MAX + 1;
+/// cost gets the same verdict as the real one, and at least [`USAGE_MAX`], so a capped
+/// post-paid charge records the same debt (any cost of at least `USAGE_MAX` saturates).
+pub const COST_CAP: u64 = USAGE_MAX;
+const _: () = assert!(COST_CAP > QUOTA_MAX);
 
 macro_rules! lua {
     ($file:literal) => {
@@ -139,6 +143,16 @@ pub fn within_exact_range(check: &Check) -> bool {
     check.algorithm != Algorithm::TokenBucket || gcra::tolerance(q) <= SPAN_MAX
 }
 
+/// A check's flags argument: bit 0 enforce, bit 1 post-paid.
+fn flags(check: &Check) -> &'static str {
+    match (check.post_paid, check.enforce) {
+        (false, false) => "0",
+        (false, true) => "1",
+        (true, false) => "2",
+        (true, true) => "3",
+    }
+}
+
 /// Appends one check's six `ARGV` values, with `cost` in place of its own.
 fn push_check(inv: &mut ScriptInvocation<'_>, check: &Check, cost: u64) {
     let q = &check.quota;
@@ -147,7 +161,7 @@ fn push_check(inv: &mut ScriptInvocation<'_>, check: &Check, cost: u64) {
         .arg(q.window)
         .arg(q.burst)
         .arg(cost.min(COST_CAP))
-        .arg(if check.enforce { "1" } else { "0" });
+        .arg(flags(check));
 }
 
 /// A decide run of `script` over `checks` (one plan; keys distinct, all in one Cluster slot).
@@ -175,8 +189,8 @@ pub fn decide_invocation<'a>(
 }
 
 /// A refund run undoing what a decide run over `checks` committed at `committed_at` (the
-/// `now` it returned): each check whose verdict is allowed gives back its cost; the others
-/// (not allowed, or never decided) give back nothing.
+/// `now` it returned): each pre-paid check whose verdict is allowed gives back its cost; the
+/// others (not allowed, never decided, or post-paid: that usage happened) give back nothing.
 pub fn refund_invocation(
     prefix: &str,
     checks: &[Check],

@@ -1,9 +1,10 @@
 //! Tests of the Lua scripts against a real `redis-server` (one per test, on a free port).
 //!
-//! The main property: any sequence of plans (mixed algorithms, shadow checks, costs of 0 and
-//! above the limit, config reloads that change a counter's quota or algorithm) gets the same
-//! verdicts from `decide.lua` with an injected clock as from the Rust algorithms driven the
-//! way `MemoryStore` drives them; a plan that is not admitted writes nothing; every key holds
+//! The main property: any sequence of plans (mixed algorithms, shadow checks, post-paid checks
+//! recorded whatever the verdict, costs of 0 and above the limit, config reloads that change a
+//! counter's quota or algorithm) gets the same verdicts from `decide.lua` with an injected
+//! clock as from the Rust algorithms driven the way `MemoryStore` drives them, debt included;
+//! a plan that is not admitted writes nothing but its post-paid checks; every key holds
 //! exactly the state the Rust side would hold, and expires at the millisecond its state becomes
 //! empty, rounded up.
 //!
@@ -28,7 +29,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::*;
-use crate::algorithm::{CounterState, Quota};
+use crate::algorithm::{CounterState, Quota, USAGE_MAX};
 use crate::store::plan;
 
 const PREFIX: &str = "rl:";
@@ -361,13 +362,15 @@ fn advance(case: &Case, now: Micros, gap: Gap) -> Micros {
     }
 }
 
-/// One check of a step: which counter, whether it uses its reloaded limit, cost, enforce.
+/// One check of a step: which counter, whether it uses its reloaded limit, cost, enforce,
+/// and whether it is post-paid (recorded whatever the verdict: debt).
 #[derive(Clone, Copy, Debug)]
 struct Pick {
     key: usize,
     reloaded: bool,
     cost: u64,
     enforce: bool,
+    post_paid: bool,
 }
 
 fn pick() -> impl Strategy<Value = Pick> {
@@ -377,12 +380,14 @@ fn pick() -> impl Strategy<Value = Pick> {
         prop::bool::weighted(0.15),
         cost,
         prop::bool::weighted(0.8),
+        prop::bool::weighted(0.25),
     )
-        .prop_map(|(key, reloaded, cost, enforce)| Pick {
+        .prop_map(|(key, reloaded, cost, enforce, post_paid)| Pick {
             key,
             reloaded,
             cost,
             enforce,
+            post_paid,
         })
 }
 
@@ -439,7 +444,8 @@ fn checks_of(case: &Case, step: &Step, reloads: bool) -> Vec<Check> {
                 quota: l.quota,
                 cost: p.cost,
                 enforce: p.enforce,
-                post_paid: false,
+                // As the limiter builds them: a cost of 0 is never post-paid.
+                post_paid: p.post_paid && p.cost > 0,
                 verdict: None,
             }
         })
@@ -573,7 +579,7 @@ async fn same_as_the_model(
         prop_assert_eq!(got.admitted, admitted, "step {}", i);
 
         let after = observe(con).await?;
-        if !admitted {
+        if !admitted && !checks.iter().any(|c| c.post_paid) {
             prop_assert_eq!(&after, &before, "step {}: a rejected plan wrote", i);
         }
         for (k, (_, value, at)) in KEYS.iter().zip(&after) {
@@ -604,7 +610,8 @@ async fn same_as_the_model(
 }
 
 /// With refunds: right after an admitted plan, refund.lua undoes it (sometimes), and the model
-/// forgets it; every later verdict still agrees. No config reloads here (a refund restores
+/// forgets it but for its post-paid checks, which are never refunded; every later verdict
+/// still agrees. No config reloads here (a refund restores
 /// what verdicts see, not the exact value or expiry, and a reload could tell the difference).
 async fn refunds_restore_verdicts(
     con: &mut MultiplexedConnection,
@@ -631,6 +638,8 @@ async fn refunds_restore_verdicts(
                 .map_err(fail)?;
             prop_assert_eq!(done, 1);
             model.restore(snapshot);
+            let mut post_paid: Vec<Check> = expected.into_iter().filter(|c| c.post_paid).collect();
+            model.decide(&mut post_paid, now);
         }
         all_keys_expire(con).await?;
     }
@@ -1326,4 +1335,177 @@ async fn sliding_window_running_totals_wrap_as_in_rust() {
             .unwrap();
         assert_eq!(stored, Some(log.encoded()), "round {round}");
     }
+}
+
+/// A post-paid report of 700 tokens against the 300 left of 1,000 a minute (token bucket):
+/// recorded whole in Redis (debt of 400 tokens = 24 s), the key expiring when the debt and the
+/// rest are repaid (PXAT = the TAT); a check-only request is refused until the debt is paid;
+/// a charge of u64::MAX records USAGE_MAX, as the Rust does.
+#[tokio::test]
+async fn a_post_paid_charge_past_the_limit_is_recorded_with_its_expiry() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let now = system_now() + 30 * DAY;
+    let minute = 60 * SEC;
+    let spend = |cost, post_paid| {
+        let mut c = check(1, Algorithm::TokenBucket, 1000, minute, cost);
+        c.post_paid = post_paid;
+        vec![c]
+    };
+    assert!(
+        run_decide(&mut con, &mut spend(700, false), now)
+            .await
+            .unwrap()
+            .admitted
+    );
+    let mut report = spend(700, true);
+    let got = run_decide(&mut con, &mut report, now).await.unwrap();
+    assert!(!got.admitted, "700 did not fit in the 300 left");
+    let tat = now + 1400 * 60_000;
+    let key = counter_key(PREFIX, &report[0].key);
+    let (value, pexpiretime): (String, u64) = ::redis::pipe()
+        .get(&key)
+        .cmd("PEXPIRETIME")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(value, tat.to_string(), "the whole 700 recorded");
+    assert_eq!(pexpiretime, tat.div_ceil(1000));
+
+    let mut peek = spend(0, false);
+    assert!(!run_decide(&mut con, &mut peek, now).await.unwrap().admitted);
+    let v = peek[0].verdict.unwrap();
+    assert_eq!(
+        (v.remaining, v.retry_after),
+        (0, RetryAfter::After(400 * 60_000))
+    );
+    let paid = now + 400 * 60_000;
+    assert!(
+        !run_decide(&mut con, &mut spend(0, false), paid - 1)
+            .await
+            .unwrap()
+            .admitted
+    );
+    assert!(
+        run_decide(&mut con, &mut spend(0, false), paid)
+            .await
+            .unwrap()
+            .admitted
+    );
+
+    let mut fixed = check(2, Algorithm::FixedWindow, 10, minute, u64::MAX);
+    fixed.post_paid = true;
+    fixed.enforce = false;
+    let mut checks = vec![fixed.clone()];
+    assert!(
+        run_decide(&mut con, &mut checks, now)
+            .await
+            .unwrap()
+            .admitted
+    );
+    let mut model = Model::default();
+    model.decide(&mut [fixed.clone()], now);
+    let value: String = ::redis::cmd("GET")
+        .arg(counter_key(PREFIX, &fixed.key))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let slot = model.live(&fixed.key, now).unwrap();
+    assert_eq!(value, encoded(&slot.state));
+    assert!(value.ends_with(&format!(":{USAGE_MAX}")), "{value}");
+}
+
+/// Refunds never give back a post-paid charge: neither a plain refund nor a reservation's, and a
+/// rejected decide under a reservation records its post-paid charge, so a resent decide replays
+/// it (charging once) and a refund of it gives nothing back.
+#[tokio::test]
+async fn post_paid_charges_are_never_refunded() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let bucket = |cost, post_paid| {
+        let mut c = check(6, Algorithm::FixedWindow, 10, 1000 * SEC, cost);
+        c.post_paid = post_paid;
+        c
+    };
+    let key = counter_key(PREFIX, &bucket(0, false).key);
+    let count = |value: Option<String>| {
+        value.map_or(0, |v| v.rsplit(':').next().unwrap().parse::<u64>().unwrap())
+    };
+    // Admitted: 3 pre-paid + 4 post-paid on two counters; a refund gives back the 3 only.
+    let mut other = check(7, Algorithm::FixedWindow, 10, 1000 * SEC, 4);
+    other.post_paid = true;
+    let mut checks = vec![bucket(3, false), other.clone()];
+    let reply: Value = decide_invocation(decide_script(), PREFIX, &checks, None)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    let decoded = decode(&reply, &mut checks).unwrap();
+    assert!(decoded.admitted);
+    let done: i64 = refund_invocation(PREFIX, &checks, decoded.now)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(done, 1);
+    let get = |k: String| ::redis::cmd("GET").arg(k).clone();
+    let mine: Option<String> = get(key.clone()).query_async(&mut con).await.unwrap();
+    let theirs: Option<String> = get(counter_key(PREFIX, &other.key))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!((count(mine), count(theirs)), (0, 4));
+
+    // Under a reservation: a rejected decide (post-paid 12 of 10) records, replays, refunds 0.
+    let reservation = reservation_key(PREFIX, 6, "t1");
+    let mut part = vec![bucket(12, true)];
+    for _ in 0..2 {
+        let reply: Value = reserve_invocation(PREFIX, &part, &reservation)
+            .invoke_async(&mut con)
+            .await
+            .unwrap();
+        assert!(!decode(&reply, &mut part).unwrap().admitted);
+    }
+    let gave: i64 = refund_reservation_invocation(PREFIX, &part, &reservation)
+        .invoke_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(gave, 0);
+    let mine: Option<String> = get(key).query_async(&mut con).await.unwrap();
+    assert_eq!(count(mine), 12, "charged once, never refunded");
+}
+
+/// Post-paid charges past a sliding window's limit keep its log at MAX_LIMIT entries in Redis
+/// exactly as in Rust (the oldest entry folded into the next), and the key expires with the
+/// newest entry.
+#[tokio::test]
+async fn a_sliding_log_in_debt_is_folded_as_in_rust() {
+    let server = RedisServer::start();
+    let mut con = server.connect().await;
+    let start = system_now() + 30 * DAY;
+    let mut charge = check(8, Algorithm::SlidingWindow, 3, 1000 * SEC, 1);
+    charge.post_paid = true;
+    let mut log = crate::algorithm::sliding_window::Log::default();
+    for k in 0..600 {
+        let now = start + k * 7;
+        let mut checks = vec![charge.clone()];
+        run_decide(&mut con, &mut checks, now).await.unwrap();
+        crate::algorithm::sliding_window::commit(&mut log, &charge.quota, now, 1);
+    }
+    assert_eq!(log.entries().count(), 500);
+    let key = counter_key(PREFIX, &charge.key);
+    let (value, pexpiretime): (String, u64) = ::redis::pipe()
+        .get(&key)
+        .cmd("PEXPIRETIME")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(value, log.encoded());
+    assert_eq!(pexpiretime, (start + 599 * 7 + 1000 * SEC).div_ceil(1000));
+    let mut peek = vec![check(8, Algorithm::SlidingWindow, 3, 1000 * SEC, 0)];
+    let now = start + 600 * 7;
+    run_decide(&mut con, &mut peek, now).await.unwrap();
+    let expected = crate::algorithm::sliding_window::check(&log, &charge.quota, now, 0);
+    assert_eq!(peek[0].verdict, Some(expected));
+    assert!(!expected.allowed);
 }
