@@ -71,15 +71,27 @@ impl Replicas {
             let text = common::metrics(&reqwest::Client::new(), &s.url("/metrics")).await;
             total += text
                 .lines()
-                .filter(|l| l.starts_with(r#"ratelimiter_decisions_total{door="ratelimit_service""#))
+                .filter(|l| {
+                    l.starts_with(r#"ratelimiter_decisions_total{door="ratelimit_service""#)
+                })
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
                 .sum::<u64>();
         }
         total
     }
 
-    /// Waits (at most 10 s) until `n` `ShouldRateLimit` calls were decided: the stream-done
-    /// charge comes after the client has its answer.
+    /// `GET <path>` through replica `i`'s Envoy, which must reach the upstream; returns once
+    /// both of its `ShouldRateLimit` calls were decided (the stream-done charge comes after
+    /// the client has its answer).
+    async fn served_and_charged(&self, i: usize, path: &str, header: (&str, &str)) -> Reply {
+        let before = self.rate_limit_calls().await;
+        let r = self.get(i, path, header).await;
+        assert_served(&r);
+        self.wait_for_calls(before + 2).await;
+        r
+    }
+
+    /// Waits (at most 10 s) until `n` `ShouldRateLimit` calls were decided.
     async fn wait_for_calls(&self, n: u64) {
         for _ in 0..200 {
             if self.rate_limit_calls().await >= n {
@@ -134,17 +146,14 @@ async fn a_tenant_is_held_to_its_token_budget_across_replicas_until_the_debt_is_
     let stack = Replicas::start().await;
     let acme = ("x-tenant", "acme");
     // Replica 0: 700 of 1,000 tokens, charged when the response is done.
-    let r = stack.get(0, "/v1/chat", acme).await;
-    assert_served(&r);
-    stack.wait_for_calls(2).await;
-    // Replica 1 sees them (300 left before this request) and charges 700 more: 400 in debt.
-    let r = stack.get(1, "/v1/chat", acme).await;
-    assert_served(&r);
+    stack.served_and_charged(0, "/v1/chat", acme).await;
+    // Replica 1 sees them (about 300 left before this request: the bucket refills a token
+    // every 60 ms) and charges 700 more: about 400 in debt.
+    let r = stack.served_and_charged(1, "/v1/chat", acme).await;
     assert!(
         r.header("ratelimit").starts_with(r#""tokens";r=30"#),
         "{r:?}"
     );
-    stack.wait_for_calls(4).await;
     // The third request is refused on both replicas, and never reaches the upstream; the
     // debt of 400 tokens at 1,000 a minute is repaid in 24 s.
     let mut retry = 0;
@@ -154,10 +163,12 @@ async fn a_tenant_is_held_to_its_token_budget_across_replicas_until_the_debt_is_
     }
     assert_eq!(stack.upstream.hits(), 2);
     // Another tenant has its own budget.
-    assert_served(&stack.get(0, "/v1/chat", ("x-tenant", "globex")).await);
+    stack
+        .served_and_charged(0, "/v1/chat", ("x-tenant", "globex"))
+        .await;
     // Once the debt is paid off, the tenant is served again.
     tokio::time::sleep(Duration::from_secs(retry + 1)).await;
-    assert_served(&stack.get(1, "/v1/chat", acme).await);
+    stack.served_and_charged(1, "/v1/chat", acme).await;
 }
 
 #[tokio::test]
@@ -168,21 +179,19 @@ async fn the_budget_comes_from_ext_authz_through_the_limit_override() {
     let a = ("x-api-key", "tenant-a-key"); // 1,000 tokens a minute
     let b = ("x-api-key", "tenant-b-key"); // 2,000 tokens a minute
     for i in [0, 1] {
-        let r = stack.get(i, "/authz/v1/chat", a).await;
-        assert_served(&r);
+        let r = stack.served_and_charged(i, "/authz/v1/chat", a).await;
         // The limit in force is the one ext_authz handed over.
         assert!(
-            r.header("ratelimit-policy").contains(r#""override";q=1000;w=60"#),
+            r.header("ratelimit-policy")
+                .contains(r#""override";q=1000;w=60"#),
             "{r:?}"
         );
-        stack.wait_for_calls(2 * (i as u64 + 1)).await;
     }
     let retry = retry_after_of_refusal(&stack.get(0, "/authz/v1/chat", a).await);
     assert!((1..=60).contains(&retry), "retry-after {retry}");
     // Tenant b's own budget is 2,000: after 1,400 tokens it is still served.
     for i in [0, 1, 0] {
-        assert_served(&stack.get(i, "/authz/v1/chat", b).await);
-        stack.wait_for_calls(0).await;
+        stack.served_and_charged(i, "/authz/v1/chat", b).await;
     }
     // An unknown key never gets that far.
     let r = stack.get(1, "/authz/v1/chat", ("x-api-key", "nope")).await;
