@@ -308,6 +308,7 @@ async fn report_records_usage_past_the_limit() {
     // 4 with 2 left: recorded anyway, and the answer says the client is now over its limit.
     let r = client.allow_request(report(4)).await.unwrap().into_inner();
     assert!(!r.allowed);
+    assert_eq!(r.remaining, 0, "charged anyway: nothing remains");
     // A debt of 2 plus the request's own token: 3 × 720 s.
     let r = client
         .allow_request(req("k1", None))

@@ -450,9 +450,17 @@ async fn report_records_usage_past_the_limit_and_later_checks_wait_for_the_debt(
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.headers()["ratelimit"].to_str().unwrap().contains(";r=0;"));
+    // Back within the limit once the debt of 2 is repaid: 2 × 720 s.
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1400..=1440).contains(&retry), "retry-after {retry}");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["allowed"], false);
+    assert_eq!(body["remaining"], 0, "charged anyway: nothing remains");
     // 7 used of a 5-per-hour bucket (one back every 720 s): a request of 1 fits once the debt
     // of 2 and its own token are back, 3 × 720 s = 2160 s from now.
     let r = check(&svc, Some("k1"), "").await;
