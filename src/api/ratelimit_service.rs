@@ -3,10 +3,15 @@
 //! Semantics follow envoyproxy/ratelimit so its users can switch: the request's domain and
 //! descriptors go to the limiter as they are; request-level `hits_addend` 0 means 1, a
 //! descriptor's own `hits_addend` overrides it (0 = check without consuming); a descriptor's
-//! `limit` replaces the configured limit for that descriptor. The answer has one status per
-//! descriptor (the tightest limit that matched it, what remains, and the time until reset),
-//! the overall code, the RateLimit headers for every limit that applied, and on OVER_LIMIT the
-//! configured `raw_body`.
+//! `limit` replaces the configured limit for that descriptor. A descriptor configured
+//! `post_paid: true` (token budgets: Envoy's stream-done charge of the tokens a response used)
+//! is charged whatever the verdict, into debt if need be, and so is a `limit` that replaces
+//! its limits; a check of it (`hits_addend` 0) is OVER_LIMIT while it is in debt. This door
+//! needs nothing else for it: the limiter reads the flag from the rule.
+//!
+//! The answer has one status per descriptor (the tightest limit that matched it, what
+//! remains, and the time until reset), the overall code, the RateLimit headers for every limit
+//! that applied, and on OVER_LIMIT the configured `raw_body`.
 //!
 //! Errors: an empty domain, no descriptors or an unusable override → INVALID_ARGUMENT; a store
 //! failure → UNAVAILABLE (never UNKNOWN, which Envoy treats as OK), per the failure policy.
