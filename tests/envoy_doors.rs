@@ -461,3 +461,178 @@ descriptors:
     }
     svc.stop().await;
 }
+
+/// The budget an allowed ext_authz answer hands to Envoy under `key`: its
+/// `(requests_per_unit, unit)`, or `None` when there is none.
+fn budget(r: &envoy_types::ext_authz::v3::pb::CheckResponse, key: &str) -> Option<(f64, String)> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let metadata = r.dynamic_metadata.as_ref()?;
+    let Some(Kind::StructValue(s)) = metadata.fields.get(key)?.kind.as_ref() else {
+        panic!("{key} is not a struct: {metadata:?}");
+    };
+    let Some(Kind::NumberValue(n)) = s.fields["requests_per_unit"].kind else {
+        panic!("requests_per_unit is not a number: {s:?}");
+    };
+    let Some(Kind::StringValue(unit)) = s.fields["unit"].kind.clone() else {
+        panic!("unit is not a string: {s:?}");
+    };
+    assert_eq!(s.fields.len(), 2, "{s:?}");
+    Some((n, unit))
+}
+
+#[tokio::test]
+async fn ext_authz_hands_the_clients_limit_to_envoy_in_dynamic_metadata() {
+    let (svc, channel) = start("").await;
+    let mut client = AuthorizationClient::new(channel);
+    let mut ask = async |key: &str| {
+        client
+            .check(check_request(&[("x-api-key", key)], &[]))
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let r = ask("k1").await;
+    assert_eq!(outcome(&r).0, 200);
+    assert_eq!(
+        budget(&r, "ratelimit_budget"),
+        Some((5.0, "HOUR".to_owned()))
+    );
+    let r = ask("big").await;
+    assert_eq!(budget(&r, "ratelimit_budget"), Some((1000.0, "DAY".into())));
+    svc.stop().await;
+
+    // Another key; or none at all.
+    let (svc, channel) = start("\n  ext_authz_budget_metadata_key: tenant_budget").await;
+    let r = AuthorizationClient::new(channel)
+        .check(check_request(&[("x-api-key", "k1")], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(budget(&r, "tenant_budget"), Some((5.0, "HOUR".into())));
+    assert_eq!(budget(&r, "ratelimit_budget"), None);
+    svc.stop().await;
+    let (svc, channel) = start("\n  ext_authz_budget_metadata_key: \"\"").await;
+    let r = AuthorizationClient::new(channel)
+        .check(check_request(&[("x-api-key", "k1")], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&r).0, 200);
+    assert!(r.dynamic_metadata.is_none(), "{r:?}");
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn ext_authz_hands_no_budget_when_the_window_is_not_one_envoy_unit() {
+    let service = r#"
+clients:
+  unknown_key: reject
+  tiers:
+    ten-seconds: [ { name: short, limit: 10, window: 10s } ]
+    two-hours: [ { name: long, limit: 10, window: 2h } ]
+  keys:
+    - { key: short, tier: ten-seconds }
+    - { key: long, tier: two-hours }
+"#;
+    let dir = config_dir("envoy-doors-budget", &[("service.yaml", service)]);
+    let svc = InProcess::start(&dir).await;
+    let mut client = AuthorizationClient::new(grpc_channel(svc.grpc_url()).await);
+    for key in ["short", "long"] {
+        let r = client
+            .check(check_request(&[("x-api-key", key)], &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(outcome(&r).0, 200, "{key}");
+        assert!(r.dynamic_metadata.is_none(), "{key}: {r:?}");
+    }
+    svc.stop().await;
+}
+
+/// A token budget in upstream's format: 1,000 tokens a minute per tenant, charged after the
+/// response (`post_paid`), as a token bucket so the debt is repaid at the refill rate.
+const LLM: &str = r#"
+domain: llm
+descriptors:
+  - key: tenant
+    post_paid: true
+    rate_limit: { unit: minute, requests_per_unit: 1000 }
+    algorithm: token_bucket
+"#;
+
+/// A descriptor of `tenant` with its own `hits_addend` (Envoy's request-time check sends 0,
+/// its stream-done charge the tokens used).
+fn tenant(name: &str, hits: u64) -> RateLimitDescriptor {
+    let mut d = descriptor(&[("tenant", name)]);
+    d.hits_addend = Some(UInt64Value { value: hits });
+    d
+}
+
+/// Sends one descriptor in domain `llm`: the overall code and the descriptor's status.
+async fn llm(
+    client: &mut RateLimitServiceClient<Channel>,
+    d: RateLimitDescriptor,
+) -> RateLimitResponse {
+    client
+        .should_rate_limit(rls("llm", vec![d]))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until the clock minute has at least `margin` seconds left: a test that fills a
+/// fixed one-minute window must not straddle its end.
+async fn clear_of_minute_boundary(margin: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let left = 60 - now.as_secs() % 60;
+    if left <= margin {
+        tokio::time::sleep(std::time::Duration::from_secs(left + 1)).await;
+    }
+}
+
+#[tokio::test]
+async fn post_paid_descriptor_records_stream_done_charges_into_debt() {
+    let dir = config_dir(
+        "envoy-doors-llm",
+        &[("service.yaml", BASIC), ("llm.yaml", LLM)],
+    );
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimitServiceClient::new(grpc_channel(svc.grpc_url()).await);
+    let ok = Code::Ok as i32;
+    let over = Code::OverLimit as i32;
+    // Request-time check, then the response's 700 tokens; twice.
+    for _ in 0..2 {
+        assert_eq!(llm(&mut client, tenant("a", 0)).await.overall_code, ok);
+        llm(&mut client, tenant("a", 700)).await;
+    }
+    // 1,400 of 1,000 used: the third request-time check is refused, with nothing left and a
+    // Retry-After for the debt (400 tokens at 1,000 a minute: 24 s).
+    let r = llm(&mut client, tenant("a", 0)).await;
+    assert_eq!(r.overall_code, over, "{r:?}");
+    assert_eq!(r.statuses[0].limit_remaining, 0);
+    let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((20..=24).contains(&retry), "retry-after {retry}");
+    // Another tenant has its own budget.
+    assert_eq!(llm(&mut client, tenant("b", 0)).await.overall_code, ok);
+
+    // A budget handed over per request (Envoy's `limit` override from ext_authz's metadata)
+    // is post-paid like the descriptor it replaces the limit of.
+    clear_of_minute_boundary(10).await;
+    let with_budget = |hits| {
+        let mut d = tenant("c", hits);
+        d.limit = Some(RateLimitOverride {
+            requests_per_unit: 1000,
+            unit: Unit::Minute as i32,
+        });
+        d
+    };
+    for _ in 0..2 {
+        assert_eq!(llm(&mut client, with_budget(0)).await.overall_code, ok);
+        llm(&mut client, with_budget(700)).await;
+    }
+    let r = llm(&mut client, with_budget(0)).await;
+    assert_eq!(r.overall_code, over, "{r:?}");
+    svc.stop().await;
+}

@@ -16,6 +16,7 @@ fn req(key: &str, cost: Option<u64>) -> AllowRequestRequest {
         api_key: key.into(),
         descriptors: vec![],
         cost,
+        report: false,
     }
 }
 
@@ -105,6 +106,7 @@ descriptors:
             }],
         }],
         cost: None,
+        report: false,
     };
     assert!(
         client
@@ -288,5 +290,38 @@ async fn undecodable_messages_get_an_error_and_the_server_carries_on() {
             .into_inner()
             .allowed
     );
+    svc.stop().await;
+}
+
+#[tokio::test]
+async fn report_records_usage_past_the_limit() {
+    let dir = config_dir("grpc-report", &[("service.yaml", BASIC)]);
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimiterClient::connect(svc.grpc_url()).await.unwrap();
+    let report = |cost| AllowRequestRequest {
+        report: true,
+        ..req("k1", Some(cost))
+    };
+    let r = client.allow_request(report(3)).await.unwrap().into_inner();
+    assert!(r.allowed);
+    assert_eq!(r.remaining, 2);
+    // 4 with 2 left: recorded anyway, and the answer says the client is now over its limit.
+    let r = client.allow_request(report(4)).await.unwrap().into_inner();
+    assert!(!r.allowed);
+    assert_eq!(r.remaining, 0, "charged anyway: nothing remains");
+    // A debt of 2 plus the request's own token: 3 × 720 s.
+    let r = client
+        .allow_request(req("k1", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.allowed);
+    assert!(
+        (2_100_000..=2_160_000).contains(&r.retry_after_ms),
+        "{}",
+        r.retry_after_ms
+    );
+    let status = client.allow_request(report(0)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
     svc.stop().await;
 }

@@ -420,3 +420,66 @@ async fn without_a_client_table_every_key_gets_401() {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{key}");
     }
 }
+
+async fn report(svc: &Service, key: &str, query: &str) -> reqwest::Response {
+    client()
+        .post(svc.url(&format!("/report{query}")))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn report_records_usage_past_the_limit_and_later_checks_wait_for_the_debt() {
+    let dir = config_dir("http-report", &[("service.yaml", BASIC)]);
+    let svc = Service::start(&dir, &[]);
+    // Within the limit: recorded, allowed, the same body and headers as /check.
+    let r = report(&svc, "k1", "?cost=3").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["ratelimit-policy"], r#""small";q=5;w=3600"#);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["allowed"], true);
+    assert_eq!(body["remaining"], 2);
+    // Past it (4 with 2 left): still 200 and recorded, but the client is now over its limit.
+    let r = client()
+        .post(svc.url("/report"))
+        .header("x-api-key", "k1")
+        .header("x-ratelimit-cost", "4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["ratelimit"].to_str().unwrap().contains(";r=0;"));
+    // Back within the limit once the debt of 2 is repaid: 2 × 720 s.
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1400..=1440).contains(&retry), "retry-after {retry}");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["allowed"], false);
+    assert_eq!(body["remaining"], 0, "charged anyway: nothing remains");
+    // 7 used of a 5-per-hour bucket (one back every 720 s): a request of 1 fits once the debt
+    // of 2 and its own token are back, 3 × 720 s = 2160 s from now.
+    let r = check(&svc, Some("k1"), "").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((2100..=2160).contains(&retry), "retry-after {retry}");
+    // A report is validated as /check is.
+    assert_eq!(
+        report(&svc, "k1", "?cost=0").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        report(&svc, "nope", "").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = client().post(svc.url("/report")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}

@@ -199,6 +199,7 @@ fn request(api_key: &str, with_route: bool) -> AllowRequestRequest {
             vec![]
         },
         cost: None,
+        report: false,
     }
 }
 

@@ -95,6 +95,7 @@ async fn stream(channel: Channel, key: &'static str, until: Instant, tally: Arc<
                 api_key: key.into(),
                 descriptors: vec![],
                 cost: None,
+                report: false,
             })
             .await;
         match r {

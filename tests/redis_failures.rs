@@ -153,6 +153,7 @@ async fn grpc_answer(svc: &Service, key: &str) -> Result<(String, bool), String>
             api_key: key.into(),
             descriptors: vec![],
             cost: None,
+            report: false,
         })
         .await;
     assert!(

@@ -114,6 +114,7 @@ async fn storm(
                             api_key: key.into(),
                             descriptors: vec![],
                             cost: Some(cost),
+                            report: false,
                         })
                         .await
                     {

@@ -85,6 +85,7 @@ async fn grpc_storm_admits_exactly_the_quota() {
                     api_key: "big".into(),
                     descriptors: vec![],
                     cost: None,
+                    report: false,
                 })
                 .await
                 .map(|r| r.into_inner().allowed)

@@ -7,11 +7,21 @@
 //! without one is decided as the anonymous client (the empty key), which the client table
 //! rejects with 401 unless `unknown_key` names a tier.
 //!
-//! Answers: allowed → OK, with the RateLimit headers added to the upstream's response;
+//! Answers: allowed → OK, with the RateLimit headers added to the upstream's response and
+//! the client's limit handed to Envoy as dynamic metadata (below);
 //! over limit → denied 429 with `Retry-After`, `RateLimit-Policy`, `RateLimit` and the same
 //! JSON body as `POST /check`; unknown key → 401; bad input → 400; store down under
 //! `fail_closed` → 503 with `Retry-After: 1`. Every denial is a `CheckResponse`, never a gRPC
 //! error, so Envoy's own `failure_mode_allow` only decides when this service is unreachable.
+//!
+//! The budget: an allowed answer carries `dynamic_metadata.<key> = {requests_per_unit: N,
+//! unit: "MINUTE"}` (`key` is `settings.ext_authz_budget_metadata_key`, default
+//! `ratelimit_budget`; empty turns it off), the client's tightest limit in the shape a route's
+//! rate-limit `limit: {dynamic_metadata: {metadata_key: {key: envoy.filters.http.ext_authz,
+//! path: [{key: ratelimit_budget}]}}}` override reads, so a token budget per tenant can be
+//! enforced by the rate-limit filter. Only a limit whose window is exactly one Envoy unit
+//! (second, minute, hour, day, week, 30-day month, 365-day year) has that shape; otherwise
+//! no metadata is sent and the route's own limit applies.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +32,8 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
 use tonic::{Request, Response, Status};
 
 use super::response::{self, Refusal};
@@ -134,7 +146,11 @@ impl Authorization for ExtAuthzDoor {
             post_paid: false,
         };
         let response = match self.state.decide(Door::ExtAuthz, &rules, &req).await {
-            Ok(d) if d.allowed => allow(Some(&d), settings.headers),
+            Ok(d) if d.allowed => {
+                let mut ok = allow(Some(&d), settings.headers);
+                ok.dynamic_metadata = budget_metadata(&d, &settings.ext_authz_budget_metadata_key);
+                ok
+            }
             Ok(d) => over_limit(&d, settings.headers),
             Err(LimitError::UnknownClient) if anonymous => {
                 deny(&Refusal::Unauthenticated("missing API key".into()))
@@ -153,6 +169,31 @@ fn allow(decision: Option<&Decision>, style: crate::config::HeaderStyle) -> Chec
     let mut r = CheckResponse::with_status(Status::ok(""));
     r.set_http_response(ok);
     r
+}
+
+/// `{<key>: {requests_per_unit, unit}}` for a decision with a [`response::budget`]; `None`
+/// without one or when `key` is empty.
+fn budget_metadata(decision: &Decision, key: &str) -> Option<Struct> {
+    if key.is_empty() {
+        return None;
+    }
+    let budget = response::budget(decision)?;
+    let value = |kind| Value { kind: Some(kind) };
+    let limit = Struct {
+        fields: HashMap::from([
+            (
+                "requests_per_unit".to_owned(),
+                value(Kind::NumberValue(budget.requests_per_unit as f64)),
+            ),
+            (
+                "unit".to_owned(),
+                value(Kind::StringValue(budget.unit.to_owned())),
+            ),
+        ]),
+    };
+    Some(Struct {
+        fields: HashMap::from([(key.to_owned(), value(Kind::StructValue(limit)))]),
+    })
 }
 
 fn over_limit(decision: &Decision, style: crate::config::HeaderStyle) -> CheckResponse {

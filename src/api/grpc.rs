@@ -2,7 +2,9 @@
 //!
 //! It builds the same request as `POST /check` (the entry `api_key = <key>` of the default
 //! domain) plus any extra descriptors, and maps errors to gRPC codes in [`status_of`], the one
-//! place that does so.
+//! place that does so. With `report: true` the request reports usage that already happened
+//! (as `POST /report`): it is recorded whatever the verdict, and `allowed` says whether the
+//! client is still within its limits.
 
 use std::sync::Arc;
 
@@ -58,6 +60,7 @@ impl RateLimiter for AllowRequestService {
         }
         let rules = self.state.limiter.rules();
         let mut req = LimitRequest::for_api_key(&rules.settings.default_domain, &msg.api_key, cost);
+        req.post_paid = msg.report;
         for (i, d) in msg.descriptors.iter().enumerate() {
             req.descriptors.push(extra_descriptor(i, d)?);
         }
@@ -66,6 +69,11 @@ impl RateLimiter for AllowRequestService {
             .decide(Door::Grpc, &rules, &req)
             .await
             .map_err(status_of)?;
+        let decision = if msg.report {
+            response::reported(decision)
+        } else {
+            decision
+        };
         let tightest = decision.tightest();
         Ok(Response::new(AllowRequestResponse {
             allowed: decision.allowed,

@@ -1,9 +1,13 @@
-//! The HTTP front door (axum): `POST /check`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+//! The HTTP front door (axum): `POST /check`, `POST /report`, `GET /metrics`, `GET /healthz`,
+//! `GET /readyz`.
 //!
 //! `POST /check` takes the API key from `X-API-Key` and an optional cost from the
 //! `X-RateLimit-Cost` header or the `cost` query parameter, and answers 200 (allowed) or 429
-//! (rejected) with a small JSON body and the rate-limit headers. Every error is mapped to a
-//! status by [`Refusal`](super::response::Refusal), the one place that does so.
+//! (rejected) with a small JSON body and the rate-limit headers. `POST /report` takes the same
+//! inputs for usage that already happened (limitador's `report`): the cost is recorded
+//! whatever the verdict, into debt if need be, and the answer is 200 with the same body and
+//! headers, `allowed: false` when the client is now over its limit. Every error is mapped to
+//! a status by [`Refusal`](super::response::Refusal), the one place that does so.
 
 use std::sync::Arc;
 
@@ -13,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::response::{self, Refusal};
+use super::response::{self, Answer, Refusal};
 use super::{AppState, validate_api_key};
 use crate::config::FailurePolicy;
 use crate::limiter::{Decision, LimitRequest};
@@ -26,6 +30,7 @@ const MAX_BODY: u64 = 64 * 1024;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/check", post(check))
+        .route("/report", post(report))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -33,16 +38,26 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn check(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
-    match check_inner(&state, &uri, &headers).await {
+    match decide(&state, &uri, &headers, Answer::Check).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
-async fn check_inner(
+async fn report(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
+    match decide(&state, &uri, &headers, Answer::Report).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /check` or `POST /report`: the key and cost from the request, one decision, the
+/// answer for its kind.
+async fn decide(
     state: &AppState,
     uri: &Uri,
     headers: &HeaderMap,
+    answer: Answer,
 ) -> Result<Response, Refusal> {
     if let Some(len) = headers.get("content-length") {
         let len: u64 = len
@@ -56,6 +71,25 @@ async fn check_inner(
             )));
         }
     }
+    let key = api_key(headers)?;
+    let cost = cost(uri, headers)?;
+
+    let rules = state.limiter.rules();
+    let mut req = LimitRequest::for_api_key(&rules.settings.default_domain, key, cost);
+    req.post_paid = answer == Answer::Report;
+    let decision = state
+        .decide(Door::Http, &rules, &req)
+        .await
+        .map_err(Refusal::from)?;
+    let decision = match answer {
+        Answer::Check => decision,
+        Answer::Report => response::reported(decision),
+    };
+    Ok(render(&decision, answer, rules.settings.headers))
+}
+
+/// The one `X-API-Key` header, validated.
+fn api_key(headers: &HeaderMap) -> Result<&str, Refusal> {
     let mut keys = headers.get_all("x-api-key").iter();
     let key = keys
         .next()
@@ -68,15 +102,7 @@ async fn check_inner(
         .map_err(|_| Refusal::BadRequest("malformed X-API-Key header: not visible ASCII".into()))?;
     validate_api_key(key)
         .map_err(|m| Refusal::BadRequest(format!("malformed X-API-Key header: {m}")))?;
-    let cost = cost(uri, headers)?;
-
-    let rules = state.limiter.rules();
-    let req = LimitRequest::for_api_key(&rules.settings.default_domain, key, cost);
-    let decision = state
-        .decide(Door::Http, &rules, &req)
-        .await
-        .map_err(Refusal::from)?;
-    Ok(render(&decision, rules.settings.headers))
+    Ok(key)
 }
 
 /// The request's cost: `X-RateLimit-Cost` or `?cost=` (percent-decoded), 1 when neither is
@@ -125,12 +151,8 @@ fn parse_cost(s: &str) -> Result<u64, Refusal> {
     }
 }
 
-fn render(decision: &Decision, style: crate::config::HeaderStyle) -> Response {
-    let status = if decision.allowed {
-        StatusCode::OK
-    } else {
-        StatusCode::TOO_MANY_REQUESTS
-    };
+fn render(decision: &Decision, answer: Answer, style: crate::config::HeaderStyle) -> Response {
+    let status = response::http_status(decision, answer);
     let mut resp = (status, axum::Json(response::body(decision))).into_response();
     let h = resp.headers_mut();
     for (name, value) in response::headers(decision, style) {

@@ -3,10 +3,15 @@
 //! Semantics follow envoyproxy/ratelimit so its users can switch: the request's domain and
 //! descriptors go to the limiter as they are; request-level `hits_addend` 0 means 1, a
 //! descriptor's own `hits_addend` overrides it (0 = check without consuming); a descriptor's
-//! `limit` replaces the configured limit for that descriptor. The answer has one status per
-//! descriptor (the tightest limit that matched it, what remains, and the time until reset),
-//! the overall code, the RateLimit headers for every limit that applied, and on OVER_LIMIT the
-//! configured `raw_body`.
+//! `limit` replaces the configured limit for that descriptor. A descriptor configured
+//! `post_paid: true` (token budgets: Envoy's stream-done charge of the tokens a response used)
+//! is charged whatever the verdict, into debt if need be, and so is a `limit` that replaces
+//! its limits; a check of it (`hits_addend` 0) is OVER_LIMIT while it is in debt. This door
+//! needs nothing else for it: the limiter reads the flag from the rule.
+//!
+//! The answer has one status per descriptor (the tightest limit that matched it, what
+//! remains, and the time until reset), the overall code, the RateLimit headers for every limit
+//! that applied, and on OVER_LIMIT the configured `raw_body`.
 //!
 //! Errors: an empty domain, no descriptors or an unusable override → INVALID_ARGUMENT; a store
 //! failure → UNAVAILABLE (never UNKNOWN, which Envoy treats as OK), per the failure policy.
@@ -162,6 +167,15 @@ const UNITS: [(Unit, Micros); 7] = [
     (Unit::Year, 365 * 86_400 * SECOND),
 ];
 
+/// The Envoy unit a window is exactly one of (a minute, an hour…); `None` for any other
+/// window (10 s, 2 h).
+pub fn whole_unit(window: Micros) -> Option<Unit> {
+    UNITS
+        .iter()
+        .find(|(_, len)| *len == window)
+        .map(|(u, _)| *u)
+}
+
 /// A limit as Envoy's `RateLimit` can say it: per the smallest unit that is a whole multiple
 /// of the window (10 per 10 s is 60 per minute); per the window's own unit when it is one.
 pub fn envoy_limit(name: &str, quota: &Quota) -> RateLimit {
@@ -255,5 +269,13 @@ mod tests {
         assert_eq!((l.requests_per_unit, l.unit), (5, Unit::Unknown as i32));
         let l = envoy_limit("a", &Quota::new(3, 500_000));
         assert_eq!((l.requests_per_unit, l.unit), (6, Unit::Second as i32));
+    }
+
+    #[test]
+    fn whole_units_only() {
+        assert_eq!(whole_unit(60 * SECOND), Some(Unit::Minute));
+        assert_eq!(whole_unit(7 * 86_400 * SECOND), Some(Unit::Week));
+        assert_eq!(whole_unit(10 * SECOND), None);
+        assert_eq!(whole_unit(7200 * SECOND), None);
     }
 }

@@ -39,6 +39,33 @@ pub fn degraded_label(d: Degraded) -> &'static str {
     }
 }
 
+/// What a decision answers: a request asking to go ahead, or a report of usage that already
+/// happened (recorded whatever the verdict).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Check,
+    Report,
+}
+
+/// A report's decision as the client sees it: a limit the usage did not fit was charged
+/// anyway (post-paid, into debt), so nothing remains of it, whatever the verdict counted
+/// before the charge. Its retry-after already says when the debt is repaid.
+pub fn reported(mut decision: Decision) -> Decision {
+    for l in decision.limits.iter_mut().filter(|l| !l.verdict.allowed) {
+        l.verdict.remaining = 0;
+    }
+    decision
+}
+
+/// The HTTP status of a decision: a check is 200 or 429; a report is always 200 (it was
+/// recorded), its body saying whether the client is still within its limits.
+pub fn http_status(decision: &Decision, answer: Answer) -> StatusCode {
+    match answer {
+        Answer::Check if !decision.allowed => StatusCode::TOO_MANY_REQUESTS,
+        Answer::Check | Answer::Report => StatusCode::OK,
+    }
+}
+
 /// Every header of a decision, as `(name, value)` pairs.
 pub fn headers(decision: &Decision, style: HeaderStyle) -> Vec<(&'static str, String)> {
     let mut out = Vec::with_capacity(5);
@@ -93,6 +120,27 @@ pub fn headers(decision: &Decision, style: HeaderStyle) -> Vec<(&'static str, St
         ));
     }
     out
+}
+
+/// The client's limit as Envoy's rate-limit `limit` override reads it from dynamic metadata
+/// (`RateLimit.Override.DynamicMetadata`): `requests_per_unit` per `unit`, a
+/// `envoy.type.v3.RateLimitUnit` name such as `MINUTE`. Envoy holds the number in 32 bits, so
+/// a larger limit is handed over as `u32::MAX`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Budget {
+    pub requests_per_unit: u64,
+    pub unit: &'static str,
+}
+
+/// The budget of a decision: its tightest limit, when that limit's window is exactly one
+/// Envoy unit (a limit per 10 s or per 2 h has no such shape, and gets none).
+pub fn budget(decision: &Decision) -> Option<Budget> {
+    let tightest = decision.tightest()?;
+    let unit = super::ratelimit_service::whole_unit(tightest.quota.window)?;
+    Some(Budget {
+        requests_per_unit: tightest.quota.limit.min(u64::from(u32::MAX)),
+        unit: unit.as_str_name(),
+    })
 }
 
 /// The JSON body of a decision (`POST /check`, ext_authz's 429).

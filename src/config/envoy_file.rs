@@ -37,7 +37,12 @@
 //! - `burst: N` for that `rate_limit` when it is a token bucket;
 //! - `limits: [{name, algorithm, limit, window, burst, shadow_mode}]`: more limits on the same
 //!   descriptor, each defaulting to fixed_window and inheriting the descriptor's `shadow_mode`;
-//!   `rate_limit`, if present, is one more (listed first).
+//!   `rate_limit`, if present, is one more (listed first);
+//! - `post_paid: true`: this descriptor's limits record usage after the fact (a stream-done
+//!   `ShouldRateLimit` whose `hits_addend` is the tokens a response used): a request with a
+//!   cost is charged whatever the verdict, into debt if need be, so the next request-time
+//!   check (`hits_addend: 0`) is refused until the debt is paid off. It applies to this
+//!   descriptor's limits only (not to nested descriptors) and needs at least one limit.
 //!
 //! A limit without a name (upstream's `rate_limit.name` is optional) is called
 //! `<requests>-per-<window>`, e.g. `10-per-1s`; names are unique within one descriptor.
@@ -54,7 +59,7 @@ use super::{DescriptorDef, LimitDef};
 pub(crate) const MAX_DESCRIPTOR_DEPTH: usize = 16;
 
 const TOP_KEYS: [&str; 2] = ["domain", "descriptors"];
-const DESCRIPTOR_KEYS: [&str; 9] = [
+const DESCRIPTOR_KEYS: [&str; 10] = [
     "key",
     "value",
     "rate_limit",
@@ -64,6 +69,7 @@ const DESCRIPTOR_KEYS: [&str; 9] = [
     "algorithm",
     "burst",
     "limits",
+    "post_paid",
 ];
 const RATE_LIMIT_KEYS: [&str; 6] = [
     "unit",
@@ -194,7 +200,7 @@ fn descriptor_hint(key: &str) -> Option<String> {
 
 fn rate_limit_hint(key: &str) -> Option<String> {
     match key {
-        "shadow_mode" | "detailed_metric" | "algorithm" | "burst" | "limits" => {
+        "shadow_mode" | "detailed_metric" | "algorithm" | "burst" | "limits" | "post_paid" => {
             Some(format!("{key} goes on the descriptor, next to rate_limit"))
         }
         "requestsperunit" | "requests" | "limit" => {
@@ -249,6 +255,7 @@ fn parse_descriptor(
         .filter(|value| !value.is_empty());
     let shadow_mode = yaml::boolean(problems, &fields, "shadow_mode").unwrap_or(false);
     let detailed_metric = yaml::boolean(problems, &fields, "detailed_metric").unwrap_or(false);
+    let post_paid = yaml::boolean(problems, &fields, "post_paid").unwrap_or(false);
 
     let rate_limit = fields
         .get("rate_limit")
@@ -378,6 +385,19 @@ fn parse_descriptor(
         }));
     }
 
+    // Extension: post-paid usage, recorded whatever the verdict (an invalid limit is reported
+    // on its own, so only a descriptor with nothing to charge is a post_paid problem).
+    let nothing_to_charge =
+        unlimited || (fields.get("rate_limit").is_none() && fields.get("limits").is_none());
+    if post_paid && nothing_to_charge {
+        let pos = fields.get("post_paid").map_or(fields.pos, |n| n.pos);
+        problems.at(
+            pos,
+            &fields.path_of("post_paid"),
+            "post_paid applies to this descriptor's limits, and it has none",
+        );
+    }
+
     for (pos, name) in &replaces_pos {
         if limits.iter().any(|l| &l.name == name) {
             problems.at(
@@ -411,7 +431,7 @@ fn parse_descriptor(
         shadow_mode,
         replaces,
         detailed_metric,
-        post_paid: false,
+        post_paid,
         descriptors,
     })
 }

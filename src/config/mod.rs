@@ -7,7 +7,9 @@
 //! - **A file with `domain:` is an envoyproxy/ratelimit file**, loaded unchanged with that
 //!   project's rules (see `envoy_file.rs` for the rules and the few places we are stricter).
 //!   Its limits are fixed windows aligned to the unit, as upstream. Opt-in extension keys on a
-//!   descriptor: `algorithm:`, `burst:` and `limits:`.
+//!   descriptor: `algorithm:`, `burst:`, `limits:` and `post_paid:` (usage reported after the
+//!   fact, e.g. a stream-done charge of the tokens a response used: recorded whatever the
+//!   verdict, into debt if need be, so later requests are refused until it is paid off).
 //!
 //!   ```yaml
 //!   domain: edge
@@ -18,6 +20,9 @@
 //!       burst: 20                      # extension, token bucket only
 //!       limits:                        # extension: more limits on the same descriptor
 //!         - { name: per-day, limit: 10000, window: 1d }
+//!     - key: tenant
+//!       post_paid: true                # extension: charges recorded whatever the verdict
+//!       limits: [ { name: tokens, limit: 1000, window: 1m } ]
 //!   ```
 //!
 //! - **Any other file is in the service's own format**: `settings:` (in at most one file) and
@@ -26,6 +31,8 @@
 //!
 //!   ```yaml
 //!   settings: { default_domain: ratelimiter, headers: ietf, on_store_failure: fail_closed, max_cost: 1000 }
+//!   # also: over_limit_body, ext_authz (descriptors), ext_authz_budget_metadata_key
+//!   # (default ratelimit_budget; "" turns the budget metadata off)
 //!   clients:
 //!     unknown_key: reject              # or the name of a tier
 //!     tiers:
@@ -100,6 +107,10 @@ pub struct Settings {
     pub over_limit_body: String,
     /// How the ext_authz door builds descriptors from a `CheckRequest`.
     pub ext_authz: Vec<ExtAuthzDescriptor>,
+    /// The key under which an allowed ext_authz `CheckResponse` hands the client's limit to
+    /// Envoy (`dynamic_metadata.<key> = {requests_per_unit, unit}`, the shape of the route's
+    /// rate-limit `limit` override); empty: no metadata.
+    pub ext_authz_budget_metadata_key: String,
 }
 
 /// One descriptor the ext_authz door builds, entry by entry.
@@ -155,6 +166,10 @@ impl ValueSource {
     }
 }
 
+/// Where ext_authz puts the client's limit unless `settings.ext_authz_budget_metadata_key`
+/// says otherwise.
+pub const DEFAULT_BUDGET_METADATA_KEY: &str = "ratelimit_budget";
+
 /// The ext_authz default: the API key from the `x-api-key` header, as `POST /check` does.
 pub fn default_ext_authz() -> Vec<ExtAuthzDescriptor> {
     vec![ExtAuthzDescriptor {
@@ -174,6 +189,7 @@ impl Default for Settings {
             max_cost: 1000,
             over_limit_body: String::new(),
             ext_authz: default_ext_authz(),
+            ext_authz_budget_metadata_key: DEFAULT_BUDGET_METADATA_KEY.to_owned(),
         }
     }
 }

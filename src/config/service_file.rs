@@ -18,13 +18,14 @@ use super::{
 };
 
 const TOP_KEYS: [&str; 2] = ["settings", "clients"];
-const SETTINGS_KEYS: [&str; 6] = [
+const SETTINGS_KEYS: [&str; 7] = [
     "default_domain",
     "headers",
     "on_store_failure",
     "max_cost",
     "over_limit_body",
     "ext_authz",
+    "ext_authz_budget_metadata_key",
 ];
 const CLIENTS_KEYS: [&str; 3] = ["unknown_key", "tiers", "keys"];
 const KEY_KEYS: [&str; 5] = ["key", "sha256", "tier", "limits", "name"];
@@ -140,6 +141,9 @@ fn parse_settings(problems: &mut Problems<'_>, node: &Node) -> Option<Settings> 
         && let Some(rules) = parse_ext_authz(problems, node, &fields.path_of("ext_authz"))
     {
         settings.ext_authz = rules;
+    }
+    if let Some((key, _)) = yaml::text(problems, &fields, "ext_authz_budget_metadata_key") {
+        settings.ext_authz_budget_metadata_key = key;
     }
     Some(settings)
 }

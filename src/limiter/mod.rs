@@ -164,8 +164,9 @@ impl Limiter {
 }
 
 /// The limit a request-supplied override stands for: envoyproxy/ratelimit's, a fixed window
-/// that is never in shadow mode, on a counter of its own (keyed by the override's quota).
-fn override_rule(o: &QuotaOverride) -> Arc<LimitRule> {
+/// that is never in shadow mode, on a counter of its own (keyed by the override's quota),
+/// post-paid when the descriptor's configured limits are.
+fn override_rule(o: &QuotaOverride, post_paid: bool) -> Arc<LimitRule> {
     let algorithm = Algorithm::FixedWindow;
     Arc::new(LimitRule {
         name: OVERRIDE_NAME.into(),
@@ -174,7 +175,7 @@ fn override_rule(o: &QuotaOverride) -> Arc<LimitRule> {
         shadow: false,
         replaces: Box::default(),
         detailed_metric: false,
-        post_paid: false,
+        post_paid,
         id: override_id(algorithm, o),
     })
 }
@@ -224,8 +225,12 @@ fn resolve(
             _ => {}
         }
         match (&d.limit_override, found) {
-            (Some(o), _) if rules.has_domain(req.domain) => {
-                applied.push((i, override_rule(o)));
+            (Some(o), found) if rules.has_domain(req.domain) => {
+                // A budget handed over per request is post-paid as the descriptor it stands
+                // in for (a stream-done charge against a tenant's own limit).
+                let post_paid =
+                    matches!(found, Match::Node(node) if node.limits.iter().any(|l| l.post_paid));
+                applied.push((i, override_rule(o, post_paid)));
             }
             (_, Match::Node(node)) => applied.extend(node.limits.iter().map(|l| (i, l.clone()))),
             _ => {}

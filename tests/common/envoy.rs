@@ -285,9 +285,10 @@ pub fn validate(config: &Path) -> Result<String, String> {
     }
 }
 
-/// The service behind Envoy: answers every request with 200 and the body `upstream`, and
-/// counts the requests that reached it. Runs on its own thread and runtime, so it serves
-/// whatever the test's runtime is doing; stopped on drop.
+/// The service behind Envoy: answers every request with 200 and the body `upstream` (and,
+/// when started with [`Upstream::using_tokens`], an `x-tokens-used: N` header, as an LLM API
+/// reports what a response cost), and counts the requests that reached it. Runs on its own
+/// thread and runtime, so it serves whatever the test's runtime is doing; stopped on drop.
 pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
@@ -298,8 +299,20 @@ pub struct Upstream {
 /// The body every upstream answer carries.
 pub const UPSTREAM_BODY: &str = "upstream";
 
+/// The header in which [`Upstream::using_tokens`] reports what each answer cost.
+pub const TOKENS_USED: &str = "x-tokens-used";
+
 impl Upstream {
     pub fn start() -> Upstream {
+        Self::answering(None)
+    }
+
+    /// An upstream whose every answer says it used `tokens` (`x-tokens-used: <tokens>`).
+    pub fn using_tokens(tokens: u64) -> Upstream {
+        Self::answering(Some(tokens))
+    }
+
+    fn answering(tokens: Option<u64>) -> Upstream {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -317,7 +330,8 @@ impl Upstream {
                     let counter = counter.clone();
                     async move {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        UPSTREAM_BODY
+                        let used = tokens.map(|n| (TOKENS_USED, n.to_string()));
+                        (axum::response::AppendHeaders(used), UPSTREAM_BODY)
                     }
                 });
                 axum::serve(listener, app)
@@ -495,6 +509,7 @@ pub async fn allow_request(
             api_key: key.into(),
             descriptors: vec![],
             cost: None,
+            report: false,
         })
         .await
         .unwrap()

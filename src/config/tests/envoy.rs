@@ -929,3 +929,37 @@ fn sliding_windows_above_the_cap_are_refused_in_envoy_files_too() {
         "{err}"
     );
 }
+
+#[test]
+fn post_paid_extension_marks_the_descriptor() {
+    let d = first(&with_rate_limit("    post_paid: true\n"));
+    assert!(d.post_paid);
+    assert!(!first(&with_rate_limit("")).post_paid);
+    assert!(!first(&with_rate_limit("    post_paid: false\n")).post_paid);
+    // It applies to that descriptor's limits only: a child is not post-paid.
+    let config = ok(
+        "domain: d\ndescriptors:\n  - key: tenant\n    post_paid: true\n    limits: [ {limit: 1000, window: 1m} ]\n    descriptors:\n      - key: model\n        rate_limit: {unit: minute, requests_per_unit: 5}\n",
+    );
+    let tenant = &config.domains[0].descriptors[0];
+    assert!(tenant.post_paid);
+    assert!(!tenant.descriptors[0].post_paid);
+
+    assert_err_at(
+        &with_rate_limit("    post_paid: \"yes\"\n"),
+        5,
+        16,
+        "post_paid: expected true or false, found a string",
+    );
+    assert_err(
+        "domain: d\ndescriptors:\n  - key: k\n    post_paid: true\n",
+        "post_paid applies to this descriptor's limits, and it has none",
+    );
+    assert_err(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unlimited: true}\n    post_paid: true\n",
+        "post_paid applies to this descriptor's limits, and it has none",
+    );
+    assert_err(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1, post_paid: true}\n",
+        "post_paid goes on the descriptor",
+    );
+}

@@ -681,3 +681,25 @@ fn sliding_windows_above_the_cap_are_refused_naming_it_and_the_alternatives() {
         "{err}"
     );
 }
+
+#[test]
+fn ext_authz_budget_metadata_key_defaults_and_can_be_set_or_turned_off() {
+    assert_eq!(
+        Settings::default().ext_authz_budget_metadata_key,
+        "ratelimit_budget"
+    );
+    let config = ok("settings:\n  ext_authz_budget_metadata_key: tenant_budget\n");
+    assert_eq!(
+        config.settings.ext_authz_budget_metadata_key,
+        "tenant_budget"
+    );
+    let config = ok("settings:\n  ext_authz_budget_metadata_key: \"\"\n");
+    assert_eq!(config.settings.ext_authz_budget_metadata_key, "");
+    let err = crate::config::parse_str(
+        "s.yaml",
+        "settings:\n  ext_authz_budget_metadata_key: [a]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("ext_authz_budget_metadata_key"), "{err}");
+}
