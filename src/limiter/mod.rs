@@ -85,9 +85,7 @@ impl Limiter {
     /// Swaps in a new, fully compiled configuration. Requests in flight finish on the old one.
     pub fn reload(&self, rules: Rules) {
         self.rules.store(Arc::new(rules));
-        if let Backend::Redis(r) = &self.store {
-            r.clear_cache();
-        }
+        self.store.forget_derived();
     }
 
     pub fn store(&self) -> &Backend {

@@ -292,12 +292,13 @@ fn add_descriptor(
 /// A sliding window's limit is also capped, which bounds its log and so what a decision costs.
 fn check_range(def: &LimitDef, place: &str, errors: &mut Vec<ConfigError>) {
     use crate::algorithm::{gcra, sliding_window};
-    use crate::store::redis::script::{QUOTA_MAX, SPAN_MAX};
+    use crate::store::{Backend, Store};
+    let max = Backend::CAPACITY;
     let q = &def.quota;
-    let too_big = q.limit > QUOTA_MAX
-        || q.window > QUOTA_MAX
-        || q.burst > QUOTA_MAX
-        || (def.algorithm == Algorithm::TokenBucket && gcra::tolerance(q) > SPAN_MAX);
+    let too_big = q.limit > max.quota
+        || q.window > max.quota
+        || q.burst > max.quota
+        || (def.algorithm == Algorithm::TokenBucket && gcra::tolerance(q) > max.span);
     if too_big {
         errors.push(ConfigError {
             file: place.to_owned(),
@@ -305,8 +306,11 @@ fn check_range(def: &LimitDef, place: &str, errors: &mut Vec<ConfigError>) {
             column: None,
             message: format!(
                 "limit `{}`: limit, burst or burst × (window ÷ limit) is too large to count exactly \
-                 (at most 2^50 units and a token-bucket span of 2^51 µs, about 71 years)",
-                def.name
+                 (at most 2^{} units and a token-bucket span of 2^{} µs, about {} years)",
+                def.name,
+                max.quota.ilog2(),
+                max.span.ilog2(),
+                max.span / (365 * 86_400 * 1_000_000),
             ),
         });
     }

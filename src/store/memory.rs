@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{Clock, CounterKey, Plan, Store, StoreError, plan};
+use super::{Capacity, Clock, CounterKey, Plan, Store, StoreError, plan};
 use crate::algorithm::{CounterState, Micros};
 
 /// Sweep a shard once it holds this many counters, at the least.
@@ -183,6 +183,13 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 impl Store for MemoryStore {
+    /// Integer microseconds in a `u64`, with headroom so that a sum of two figures never
+    /// overflows.
+    const CAPACITY: Capacity = Capacity {
+        quota: 1 << 62,
+        span: 1 << 62,
+    };
+
     async fn apply(&self, batch: &mut [Plan]) -> Result<(), StoreError> {
         let now = self.clock.now();
         for plan in batch.iter_mut() {

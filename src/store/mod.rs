@@ -94,8 +94,33 @@ impl StoreError {
     }
 }
 
+/// The largest figures a store decides exactly: every limit, window (µs) and burst at most
+/// `quota`, a token bucket's tolerance (interval × burst, µs) at most `span`. The config is
+/// validated against [`Backend::CAPACITY`], what every store of this binary can decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub quota: u64,
+    pub span: u64,
+}
+
+impl Capacity {
+    /// What both `a` and `b` can decide.
+    pub const fn both(a: Capacity, b: Capacity) -> Capacity {
+        Capacity {
+            quota: if a.quota < b.quota { a.quota } else { b.quota },
+            span: if a.span < b.span { a.span } else { b.span },
+        }
+    }
+}
+
 /// A backend that decides plans atomically.
 pub trait Store: Send + Sync + 'static {
+    /// The largest figures this store decides exactly.
+    const CAPACITY: Capacity;
+
+    /// The rules were reloaded: forget whatever was computed from the old ones.
+    fn forget_derived(&self) {}
+
     /// Decides every plan of the batch: fills each check's `verdict` and each plan's
     /// `admitted`, committing admitted plans and every plan's post-paid checks.
     ///
@@ -127,6 +152,15 @@ pub enum Backend {
 }
 
 impl Store for Backend {
+    const CAPACITY: Capacity = Capacity::both(MemoryStore::CAPACITY, RedisStore::CAPACITY);
+
+    fn forget_derived(&self) {
+        match self {
+            Backend::Memory(s) => s.forget_derived(),
+            Backend::Redis(s) => s.forget_derived(),
+        }
+    }
+
     async fn apply(&self, batch: &mut [Plan]) -> Result<(), StoreError> {
         match self {
             Backend::Memory(s) => s.apply(batch).await,

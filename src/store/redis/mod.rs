@@ -35,7 +35,7 @@ pub use breaker::Breaker;
 pub use connection::{Connections, RedisUrl};
 pub use over_limit::OverLimitCache;
 
-use super::{Plan, Store, StoreError};
+use super::{Capacity, Plan, Store, StoreError};
 
 /// Connections beyond the batch workers' own, for health checks.
 const HEALTH_CONNECTIONS: usize = 2;
@@ -195,11 +195,6 @@ impl RedisStore {
         }
     }
 
-    /// Forgets every cached rejection (the limits they were computed for may have changed).
-    pub fn clear_cache(&self) {
-        self.over_limit.clear();
-    }
-
     async fn apply_plan(&self, plan: &mut Plan) -> Result<(), StoreError> {
         if plan.checks.is_empty() {
             plan.admitted = true;
@@ -275,6 +270,17 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
+    /// The scripts compute in Lua's doubles, exact below 2^53 (`lua/common.lua`).
+    const CAPACITY: Capacity = Capacity {
+        quota: script::QUOTA_MAX,
+        span: script::SPAN_MAX,
+    };
+
+    /// Forgets every cached rejection (the limits they were computed for may have changed).
+    fn forget_derived(&self) {
+        self.over_limit.clear();
+    }
+
     async fn apply(&self, batch: &mut [Plan]) -> Result<(), StoreError> {
         for plan in batch.iter_mut() {
             self.apply_plan(plan).await?;
