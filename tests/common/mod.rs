@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod envoy;
 pub mod redis;
+pub mod redis_server;
 
 use ratelimiter::api::AppState;
 use ratelimiter::app::{self, AppOptions};

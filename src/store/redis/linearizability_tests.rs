@@ -38,11 +38,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use ::redis::aio::MultiplexedConnection;
 
-use super::tests::RedisServer;
+use super::tests::{RedisServer, wall_us};
 use super::*;
 use crate::algorithm::{CounterState, Quota};
 use crate::store::plan;
@@ -165,16 +165,6 @@ struct Call {
     received: Instant,
 }
 
-fn system_now() -> Micros {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros(),
-    )
-    .unwrap()
-}
-
 /// One task: `CALLS` decide runs on its own connection, each at an instant drawn from the
 /// shared clock right before it is sent.
 async fn run_task(
@@ -270,7 +260,7 @@ fn raced(a: &Call, b: &Call) -> bool {
 async fn concurrent_decisions_replay_in_witness_order() {
     let started = Instant::now();
     let server = RedisServer::start();
-    let clock = Arc::new(AtomicU64::new(system_now() + 30 * DAY));
+    let clock = Arc::new(AtomicU64::new(wall_us() + 30 * DAY));
     let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
     let mut tasks = Vec::with_capacity(TASKS);
     for task in 0..TASKS {

@@ -19,10 +19,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::redis::aio::MultiplexedConnection;
 use proptest::prelude::*;
@@ -36,107 +32,14 @@ const PREFIX: &str = "rl:";
 const DAY: u64 = 86_400_000_000;
 
 // ---------------------------------------------------------------------------------------------
-// A redis-server of our own.
+// A redis-server of our own: the integration tests' harness, one file for both.
 
-/// A `redis-server` child on a free port, killed on drop.
-pub(super) struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    pub(super) fn start() -> Self {
-        for _ in 0..20 {
-            let port = free_port();
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(std::env::temp_dir())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server on PATH");
-            if ready(&mut child, port) {
-                return RedisServer { child, port };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("could not start redis-server");
-    }
-
-    fn client(&self) -> ::redis::Client {
-        ::redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
-    }
-
-    pub(super) async fn connect(&self) -> MultiplexedConnection {
-        self.client()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nobody listens on right now (another process may take it before redis does: then
-/// redis exits and `start` tries another).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// Whether our child answers on `port` (and not some other server that got the port first).
-fn ready(child: &mut Child, port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return false;
-        }
-        if let Some(pid) = server_pid(port) {
-            return pid == child.id();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
-/// The `process_id` that the server on `port` reports, if one answers.
-fn server_pid(port: u16) -> Option<u32> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    s.write_all(b"INFO server\r\n").ok()?;
-    let mut text = String::new();
-    let mut buf = [0u8; 8192];
-    while !text.contains("process_id:") || !text[text.find("process_id:")?..].contains('\n') {
-        let n = s.read(&mut buf).ok()?;
-        if n == 0 {
-            return None;
-        }
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    let rest = &text[text.find("process_id:")? + "process_id:".len()..];
-    rest[..rest.find('\r')?].parse().ok()
-}
+#[path = "../../../tests/common/redis_server.rs"]
+mod harness;
+pub(super) use harness::{RedisServer, wall_us};
 
 fn fail(e: impl Display) -> TestCaseError {
     TestCaseError::fail(e.to_string())
-}
-
-fn system_now() -> Micros {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros(),
-    )
-    .unwrap()
 }
 
 /// Runs a property with its own runtime, connection and `cases`.
@@ -549,7 +452,7 @@ async fn same_as_the_model(
     con: &mut MultiplexedConnection,
     case: Case,
 ) -> Result<(), TestCaseError> {
-    let mut now = system_now() + 30 * DAY + case.start;
+    let mut now = wall_us() + 30 * DAY + case.start;
     let mut model = Model::default();
     for (i, step) in case.steps.iter().enumerate() {
         now = advance(&case, now, step.gap);
@@ -617,7 +520,7 @@ async fn refunds_restore_verdicts(
     con: &mut MultiplexedConnection,
     (case, refunds): (Case, Vec<bool>),
 ) -> Result<(), TestCaseError> {
-    let mut now = system_now() + 30 * DAY + case.start;
+    let mut now = wall_us() + 30 * DAY + case.start;
     let mut model = Model::default();
     for (i, step) in case.steps.iter().enumerate() {
         now = advance(&case, now, step.gap);
@@ -701,12 +604,12 @@ async fn the_production_script_reads_redis_time_and_ignores_argv1() {
     let mut nows = Vec::new();
     for injected in [1, NOW_MAX + 12345] {
         let mut checks = vec![check(1, Algorithm::TokenBucket, 10, 10 * SEC, 1)];
-        let before = system_now();
+        let before = wall_us();
         let reply: Value = decide_invocation(decide_script(), PREFIX, &checks, Some(injected))
             .invoke_async(&mut con)
             .await
             .unwrap();
-        let after = system_now();
+        let after = wall_us();
         let got = decode(&reply, &mut checks).unwrap();
         assert!(got.admitted);
         assert_eq!(got.seq, None, "no witness in production");
@@ -752,7 +655,7 @@ async fn the_production_script_reads_redis_time_and_ignores_argv1() {
 async fn foreign_values_count_as_empty_and_are_replaced() {
     let server = RedisServer::start();
     let mut con = server.connect().await;
-    let now = system_now() + 30 * DAY;
+    let now = wall_us() + 30 * DAY;
     let foreign: [(&str, Option<&str>); 10] = [
         ("token_bucket", Some("12:3")),
         ("token_bucket", Some("sw:1:1")),
@@ -844,7 +747,7 @@ async fn check_only_runs_write_nothing() {
 async fn figures_outside_the_exact_range_are_refused() {
     let server = RedisServer::start();
     let mut con = server.connect().await;
-    let now = system_now() + 30 * DAY;
+    let now = wall_us() + 30 * DAY;
     let mut big_tolerance = check(1, Algorithm::TokenBucket, 1, 1 << 40, 1);
     big_tolerance.quota.burst = 1 << 12; // 2^52 µs
     let mut big_limit = check(2, Algorithm::SlidingWindow, QUOTA_MAX + 1, SEC, 1);
@@ -885,7 +788,7 @@ async fn a_refund_takes_back_only_its_own_commit() {
     let server = RedisServer::start();
     let mut con = server.connect().await;
     // Inside a whole second, 30 days ahead.
-    let t = (system_now() + 30 * DAY) / SEC * SEC + 100_000;
+    let t = (wall_us() + 30 * DAY) / SEC * SEC + 100_000;
     let get = async |con: &mut MultiplexedConnection, tag: u128| -> Option<String> {
         let key = counter_key(PREFIX, &CounterKey { tag, limit: 1 });
         ::redis::cmd("GET").arg(key).query_async(con).await.unwrap()
@@ -1143,7 +1046,7 @@ async fn a_lost_reservation_is_refunded_from_its_record() {
 async fn the_witness_counts_runs() {
     let server = RedisServer::start();
     let mut con = server.connect().await;
-    let now = system_now() + 30 * DAY;
+    let now = wall_us() + 30 * DAY;
     for i in 1..=3u64 {
         let mut checks = vec![check(9, Algorithm::SlidingWindow, 1, SEC, 1)];
         let got = run_decide(&mut con, &mut checks, now + i).await.unwrap();
@@ -1309,7 +1212,7 @@ async fn sliding_window_running_totals_wrap_as_in_rust() {
     use crate::algorithm::sliding_window;
     let server = RedisServer::start();
     let mut con = server.connect().await;
-    let start = system_now() + 30 * DAY;
+    let start = wall_us() + 30 * DAY;
     let half = 1u64 << 49;
     let mut log = sliding_window::Log::default();
     let key = counter_key(PREFIX, &CounterKey { tag: 3, limit: 1 });
@@ -1345,7 +1248,7 @@ async fn sliding_window_running_totals_wrap_as_in_rust() {
 async fn a_post_paid_charge_past_the_limit_is_recorded_with_its_expiry() {
     let server = RedisServer::start();
     let mut con = server.connect().await;
-    let now = system_now() + 30 * DAY;
+    let now = wall_us() + 30 * DAY;
     let minute = 60 * SEC;
     let spend = |cost, post_paid| {
         let mut c = check(1, Algorithm::TokenBucket, 1000, minute, cost);
@@ -1481,7 +1384,7 @@ async fn post_paid_charges_are_never_refunded() {
 async fn a_sliding_log_in_debt_is_folded_as_in_rust() {
     let server = RedisServer::start();
     let mut con = server.connect().await;
-    let start = system_now() + 30 * DAY;
+    let start = wall_us() + 30 * DAY;
     let mut charge = check(8, Algorithm::SlidingWindow, 3, 1000 * SEC, 1);
     charge.post_paid = true;
     let mut log = crate::algorithm::sliding_window::Log::default();
