@@ -12,23 +12,10 @@ use crate::store::{Clock, MemoryStore};
 const SEC: u64 = 1_000_000;
 const T0: u64 = 1_700_000_000 * SEC;
 
-fn limiter(files: &[(&str, &str)]) -> (Limiter, Arc<AtomicU64>) {
-    let mut all = None::<config::Config>;
-    for (name, text) in files {
-        let c = config::parse_str(name, text).unwrap();
-        all = Some(match all {
-            None => c,
-            Some(mut a) => {
-                a.domains.extend(c.domains);
-                if !c.clients.keys.is_empty() {
-                    a.clients = c.clients;
-                    a.settings = c.settings;
-                }
-                a
-            }
-        });
-    }
-    let rules = Rules::compile(&all.unwrap()).unwrap();
+/// A limiter over one config file (read by the loader's own `parse_str`) and a memory store
+/// on a manual clock.
+fn limiter(name: &str, text: &str) -> (Limiter, Arc<AtomicU64>) {
+    let rules = Rules::compile(&config::parse_str(name, text).unwrap()).unwrap();
     let (clock, now) = Clock::manual(T0);
     let store = Backend::Memory(MemoryStore::new(clock, 10_000));
     (Limiter::new(rules, store, None), now)
@@ -51,7 +38,7 @@ clients:
 
 #[test]
 fn unknown_key_is_rejected_and_known_key_limited() {
-    let (l, now) = limiter(&[("c.yaml", CLIENTS)]);
+    let (l, now) = limiter("c.yaml", CLIENTS);
     run(async {
         let r = LimitRequest::for_api_key("ratelimiter", "mallory", 1);
         assert!(matches!(l.decide(&r).await, Err(LimitError::UnknownClient)));
@@ -100,7 +87,7 @@ fn edge<'a>(entries: &[(&'a str, &'a str)]) -> Descriptor<'a> {
 
 #[test]
 fn envoy_matching_exact_wildcard_key_only_and_nesting() {
-    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    let (l, _) = limiter("edge.yaml", EDGE);
     run(async {
         let ip = |v: &'static str| LimitRequest {
             domain: "edge",
@@ -159,7 +146,7 @@ fn envoy_matching_exact_wildcard_key_only_and_nesting() {
 
 #[test]
 fn replaces_drops_the_named_limit() {
-    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    let (l, _) = limiter("edge.yaml", EDGE);
     run(async {
         let r = LimitRequest {
             domain: "edge",
@@ -183,7 +170,7 @@ fn replaces_drops_the_named_limit() {
 
 #[test]
 fn shadow_mode_never_rejects() {
-    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    let (l, _) = limiter("edge.yaml", EDGE);
     run(async {
         let r = LimitRequest {
             domain: "edge",
@@ -203,7 +190,7 @@ fn shadow_mode_never_rejects() {
 
 #[test]
 fn the_same_descriptor_twice_in_one_request_is_charged_twice() {
-    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    let (l, _) = limiter("edge.yaml", EDGE);
     run(async {
         let r = LimitRequest {
             domain: "edge",
@@ -224,7 +211,7 @@ fn the_same_descriptor_twice_in_one_request_is_charged_twice() {
 
 #[test]
 fn per_descriptor_hits_and_zero_hits() {
-    let (l, _) = limiter(&[("edge.yaml", EDGE)]);
+    let (l, _) = limiter("edge.yaml", EDGE);
     run(async {
         let mut d = edge(&[("remote_address", "3.3.3.3")]);
         d.hits = Some(0);
@@ -261,7 +248,7 @@ fn per_descriptor_hits_and_zero_hits() {
 
 #[test]
 fn request_shape_errors() {
-    let (l, _) = limiter(&[("c.yaml", CLIENTS)]);
+    let (l, _) = limiter("c.yaml", CLIENTS);
     run(async {
         let r = LimitRequest {
             domain: "",
@@ -326,7 +313,7 @@ descriptors:
 
 #[test]
 fn without_a_client_table_every_api_key_is_unknown() {
-    let (l, _) = limiter(&[("edge.yaml", ENVOY_ONLY)]);
+    let (l, _) = limiter("edge.yaml", ENVOY_ONLY);
     run(async {
         let r = LimitRequest::for_api_key("ratelimiter", "anyone", 1);
         assert!(matches!(l.decide(&r).await, Err(LimitError::UnknownClient)));
@@ -339,13 +326,13 @@ fn without_a_client_table_every_api_key_is_unknown() {
         assert!(l.decide(&r).await.unwrap().allowed);
     });
     assert_eq!(l.rules().warnings().len(), 1, "validate warns about it");
-    let (l, _) = limiter(&[("c.yaml", CLIENTS)]);
+    let (l, _) = limiter("c.yaml", CLIENTS);
     assert!(l.rules().warnings().is_empty());
 }
 
 #[test]
 fn a_door_decides_on_the_snapshot_it_read_not_a_later_one() {
-    let (l, _) = limiter(&[("c.yaml", CLIENTS)]);
+    let (l, _) = limiter("c.yaml", CLIENTS);
     let before = l.rules();
     let renamed = CLIENTS.replace("clients:", "settings: { default_domain: other }\nclients:");
     l.reload(Rules::compile(&config::parse_str("c.yaml", &renamed).unwrap()).unwrap());
@@ -421,7 +408,7 @@ fn overridden<'a>(entries: &[(&'a str, &'a str)], limit: u64) -> LimitRequest<'a
 
 #[test]
 fn a_limit_override_is_one_enforced_limit_on_any_descriptor_of_a_known_domain() {
-    let (l, _) = limiter(&[("edge.yaml", OVERRIDDEN)]);
+    let (l, _) = limiter("edge.yaml", OVERRIDDEN);
     run(async {
         for entries in [
             &[("tenant", "t1")][..],   // matched, with two configured limits
@@ -481,7 +468,7 @@ fn tokens(tenant: &str, hits: u64, post_paid: bool) -> LimitRequest<'_> {
 /// and a pre-paid one are refused with that retry-after until the debt is paid off.
 #[test]
 fn a_post_paid_report_past_the_budget_is_recorded_as_debt_token_bucket() {
-    let (l, now) = limiter(&[("llm.yaml", BUDGETS)]);
+    let (l, now) = limiter("llm.yaml", BUDGETS);
     run(async {
         assert!(l.decide(&tokens("gcra", 700, false)).await.unwrap().allowed);
         let report = l.decide(&tokens("gcra", 700, true)).await.unwrap();
@@ -509,7 +496,7 @@ fn a_post_paid_report_past_the_budget_is_recorded_as_debt_token_bucket() {
 /// Fixed window: the count runs past the limit and the debt lasts until the window ends.
 #[test]
 fn a_post_paid_report_past_the_budget_is_recorded_as_debt_fixed_window() {
-    let (l, now) = limiter(&[("llm.yaml", BUDGETS)]);
+    let (l, now) = limiter("llm.yaml", BUDGETS);
     // Start of a minute, so the window has a whole minute to run.
     now.store(T0 - T0 % (60 * SEC), Ordering::Release);
     run(async {
@@ -539,7 +526,7 @@ fn a_post_paid_report_past_the_budget_is_recorded_as_debt_fixed_window() {
 /// in debt until the 400 leave at 60 s; the 300 leave at 70 s.
 #[test]
 fn a_post_paid_report_past_the_budget_is_recorded_as_debt_sliding_window() {
-    let (l, now) = limiter(&[("llm.yaml", BUDGETS)]);
+    let (l, now) = limiter("llm.yaml", BUDGETS);
     run(async {
         assert!(
             l.decide(&tokens("sliding", 400, false))
@@ -582,7 +569,7 @@ fn a_post_paid_report_past_the_budget_is_recorded_as_debt_sliding_window() {
 /// A report that fits is an ordinary charge; a report of 0 records nothing.
 #[test]
 fn a_post_paid_report_that_fits_is_an_ordinary_charge() {
-    let (l, _) = limiter(&[("llm.yaml", BUDGETS)]);
+    let (l, _) = limiter("llm.yaml", BUDGETS);
     run(async {
         let d = l.decide(&tokens("gcra", 300, true)).await.unwrap();
         assert!(d.allowed);
