@@ -48,6 +48,12 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    pub const ALL: [Algorithm; 3] = [
+        Algorithm::TokenBucket,
+        Algorithm::SlidingWindow,
+        Algorithm::FixedWindow,
+    ];
+
     /// The name used in config files, metrics and Redis keys.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,6 +61,23 @@ impl Algorithm {
             Algorithm::SlidingWindow => "sliding_window",
             Algorithm::FixedWindow => "fixed_window",
         }
+    }
+}
+
+/// A name that is not an algorithm's.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown algorithm '{0}' (expected token_bucket, sliding_window or fixed_window)")]
+pub struct UnknownAlgorithm(pub String);
+
+impl std::str::FromStr for Algorithm {
+    type Err = UnknownAlgorithm;
+
+    /// The inverse of [`Algorithm::as_str`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| UnknownAlgorithm(s.to_owned()))
     }
 }
 

@@ -51,7 +51,7 @@ use crate::algorithm::{Algorithm, Micros, Quota};
 
 use super::duration::{MAX_WINDOW, MICROS_PER_DAY, MICROS_PER_SECOND};
 use super::error::{Pos, Problems};
-use super::limits::{ALGORITHMS, default_name, parse_algorithm, parse_limit_list};
+use super::limits::{default_name, parse_limit_list};
 use super::yaml::{self, Node, index};
 use super::{DescriptorDef, LimitDef};
 
@@ -266,15 +266,10 @@ fn parse_descriptor(
         None => Algorithm::FixedWindow,
         Some((text, node)) => {
             let at = fields.path_of("algorithm");
-            match (&rate_limit, parse_algorithm(&text)) {
-                (_, None) => {
-                    problems.at(
-                        node.pos,
-                        &at,
-                        format_args!("unknown algorithm '{text}' (expected {ALGORITHMS})"),
-                    );
-                }
-                (None, Some(_)) if fields.get("rate_limit").is_none() => {
+            let parsed = text.parse::<Algorithm>();
+            match (&rate_limit, &parsed) {
+                (_, Err(e)) => problems.at(node.pos, &at, e),
+                (None, Ok(_)) if fields.get("rate_limit").is_none() => {
                     problems.at(
                         node.pos,
                         &at,
@@ -282,7 +277,7 @@ fn parse_descriptor(
                          (entries of limits: take their own algorithm)",
                     );
                 }
-                (Some(rl), Some(_)) if rl.unlimited => {
+                (Some(rl), Ok(_)) if rl.unlimited => {
                     problems.at(
                         node.pos,
                         &at,
@@ -291,7 +286,7 @@ fn parse_descriptor(
                 }
                 _ => {}
             }
-            parse_algorithm(&text).unwrap_or(Algorithm::FixedWindow)
+            parsed.unwrap_or(Algorithm::FixedWindow)
         }
     };
 

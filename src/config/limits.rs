@@ -22,18 +22,6 @@ const LIMIT_KEYS: [&str; 6] = [
     "shadow_mode",
 ];
 
-/// Reads an `algorithm:` value.
-pub(crate) fn parse_algorithm(text: &str) -> Option<Algorithm> {
-    match text {
-        "token_bucket" => Some(Algorithm::TokenBucket),
-        "sliding_window" => Some(Algorithm::SlidingWindow),
-        "fixed_window" => Some(Algorithm::FixedWindow),
-        _ => None,
-    }
-}
-
-pub(crate) const ALGORITHMS: &str = "token_bucket, sliding_window or fixed_window";
-
 /// The name a limit gets when the config gives none: `<limit>-per-<window>`.
 pub(crate) fn default_name(limit: u64, window: Micros) -> String {
     format!("{limit}-per-{}", format_duration(window))
@@ -98,14 +86,10 @@ fn parse_limit(
 
     let algorithm = match yaml::text(problems, &fields, "algorithm") {
         None => default_algorithm,
-        Some((text, node)) => match parse_algorithm(&text) {
-            Some(algorithm) => algorithm,
-            None => {
-                problems.at(
-                    node.pos,
-                    &fields.path_of("algorithm"),
-                    format_args!("unknown algorithm '{text}' (expected {ALGORITHMS})"),
-                );
+        Some((text, node)) => match text.parse::<Algorithm>() {
+            Ok(algorithm) => algorithm,
+            Err(e) => {
+                problems.at(node.pos, &fields.path_of("algorithm"), e);
                 default_algorithm
             }
         },
