@@ -104,6 +104,16 @@ if commit then
       write_state(c.key, encoded, c.algorithm.expires_at(state, c.limit, c.window, c.burst), now)
       written[c.key] = encoded
       committed = true
+      if c.post_paid then
+        -- Recorded: its figures become what a check-only sees now (plan::settle).
+        local _, remaining, reset_after, retry_kind, retry_after =
+          c.algorithm.check(state, c.limit, c.window, c.burst, now, 0)
+        local at = 2 + 5 * (i - 1)
+        reply[at + 2] = fmt(remaining)
+        reply[at + 3] = fmt(reset_after)
+        reply[at + 4] = retry_kind
+        reply[at + 5] = fmt(retry_after)
+      end
     end
   end
   if reservation ~= nil and (admitted or committed) then

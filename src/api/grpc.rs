@@ -69,11 +69,6 @@ impl RateLimiter for AllowRequestService {
             .decide(Door::Grpc, &rules, &req)
             .await
             .map_err(status_of)?;
-        let decision = if msg.report {
-            response::reported(decision)
-        } else {
-            decision
-        };
         let tightest = decision.tightest();
         Ok(Response::new(AllowRequestResponse {
             allowed: decision.allowed,

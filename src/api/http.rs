@@ -81,10 +81,6 @@ async fn decide(
         .decide(Door::Http, &rules, &req)
         .await
         .map_err(Refusal::from)?;
-    let decision = match answer {
-        Answer::Check => decision,
-        Answer::Report => response::reported(decision),
-    };
     Ok(render(&decision, answer, rules.settings.headers))
 }
 

@@ -47,16 +47,6 @@ pub enum Answer {
     Report,
 }
 
-/// A report's decision as the client sees it: a limit the usage did not fit was charged
-/// anyway (post-paid, into debt), so nothing remains of it, whatever the verdict counted
-/// before the charge. Its retry-after already says when the debt is repaid.
-pub fn reported(mut decision: Decision) -> Decision {
-    for l in decision.limits.iter_mut().filter(|l| !l.verdict.allowed) {
-        l.verdict.remaining = 0;
-    }
-    decision
-}
-
 /// The HTTP status of a decision: a check is 200 or 429; a report is always 200 (it was
 /// recorded), its body saying whether the client is still within its limits.
 pub fn http_status(decision: &Decision, answer: Answer) -> StatusCode {

@@ -579,3 +579,28 @@ fn a_post_paid_report_that_fits_is_an_ordinary_charge() {
         assert!(!l.decide(&tokens("gcra", 1, false)).await.unwrap().allowed);
     });
 }
+
+/// A recorded report answers with the counter as it is after the charge: nothing left and the
+/// wait until the debt is paid — never "retrying cannot help", even for usage larger than the
+/// whole limit (it is recorded all the same).
+#[test]
+fn a_report_answers_with_the_counter_after_the_charge() {
+    let (l, _) = limiter("llm.yaml", BUDGETS);
+    run(async {
+        // 300 of 1,000 used, then a report of 700 more: exactly at the limit, it fits.
+        assert!(l.decide(&tokens("gcra", 300, false)).await.unwrap().allowed);
+        let fits = l.decide(&tokens("gcra", 700, true)).await.unwrap();
+        assert!(fits.allowed);
+        assert_eq!(fits.limits[0].verdict.remaining, 0);
+        assert_eq!(fits.retry_after, RetryAfter::Now);
+        // 800 tokens against a sliding window of 500 a minute, more than it can ever admit at
+        // once: recorded all the same, so the answer is the wait for it to leave the window.
+        let over = l.decide(&tokens("sliding", 800, true)).await.unwrap();
+        assert!(!over.allowed);
+        let v = over.limits[0].verdict;
+        assert_eq!(v.remaining, 0);
+        assert_eq!(v.retry_after, RetryAfter::After(60 * SEC));
+        assert_eq!(over.retry_after, RetryAfter::After(60 * SEC));
+        assert_eq!(v.reset_after, 60 * SEC);
+    });
+}

@@ -143,6 +143,13 @@ impl MemoryStore {
             });
             slot.expires_at = plan::commit(&mut slot.state, slot.expires_at > now, check, now);
         }
+        let shards = &*shards;
+        plan::settle(&mut plan.checks, now, |check| {
+            find_ref(shards, self.shard_of(&check.key))
+                .counters
+                .get(&check.key)
+                .map(|slot| &slot.state)
+        });
         Ok(())
     }
 

@@ -11,6 +11,9 @@
 //!    already happened, recorded even when it did not fit: debt). A rejected plan commits
 //!    nothing else. A post-paid check is "allowed" when its cost fit, so an enforced one that
 //!    did not fit rejects the plan (and is still recorded).
+//! 3. [`settle`]: a recorded post-paid check's figures (remaining, reset, retry) become what a
+//!    check-only sees after the charge: nothing left and the wait until the debt is paid when
+//!    it went into debt — never "retrying cannot help", since the usage is already recorded.
 
 use super::Check;
 use crate::algorithm::{CounterState, Micros};
@@ -51,4 +54,22 @@ pub fn commit(state: &mut CounterState, live: bool, check: &Check, now: Micros) 
     }
     state.commit(&check.quota, now, check.cost);
     state.expires_at(&check.quota)
+}
+
+/// Step 3: every post-paid check with a cost, once committed, takes the figures a check-only
+/// (cost 0) sees on its counter's new state `live(check)`; `allowed` stays whether it fit.
+pub fn settle<'s>(
+    checks: &mut [Check],
+    now: Micros,
+    live: impl Fn(&Check) -> Option<&'s CounterState>,
+) {
+    for check in checks.iter_mut().filter(|c| c.post_paid && c.cost > 0) {
+        let Some(state) = live(check) else { continue };
+        let after = state.check(&check.quota, now, 0);
+        if let Some(v) = check.verdict.as_mut() {
+            v.remaining = after.remaining;
+            v.reset_after = after.reset_after;
+            v.retry_after = after.retry_after;
+        }
+    }
 }

@@ -227,6 +227,7 @@ impl Replay {
             // No expiry in the replay: a state is live until replaced.
             *expires_at = plan::commit(state, true, check, now);
         }
+        plan::settle(checks, now, |c| self.slots.get(&c.key).map(|(s, _)| s));
         admitted
     }
 }

@@ -113,6 +113,7 @@ impl Model {
             slot.expires_at = plan::commit(&mut slot.state, live, check, now);
             slot.quota = check.quota;
         }
+        plan::settle(checks, now, |c| self.slots.get(&c.key).map(|s| &s.state));
         admitted
     }
 
