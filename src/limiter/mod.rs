@@ -11,6 +11,7 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
@@ -161,6 +162,10 @@ impl Limiter {
     }
 }
 
+/// The limits that apply to a request, each with the index of its descriptor, in descriptor
+/// order: the configured ones borrowed from the rules, an override's made for the request.
+type Applied<'r> = Vec<(usize, Cow<'r, Arc<LimitRule>>)>;
+
 /// The limit a request-supplied override stands for: envoyproxy/ratelimit's, a fixed window
 /// that is never in shadow mode, on a counter of its own (keyed by the override's quota),
 /// post-paid when the descriptor's configured limits are.
@@ -208,11 +213,8 @@ fn validate(rules: &Rules, req: &LimitRequest<'_>) -> Result<(), LimitError> {
 /// Every limit that applies, with the index of the descriptor it applies to, in descriptor
 /// order. A descriptor carrying its own limit (Envoy's `limit` override) gets that one limit
 /// in any known domain, matched or not; a limit named in another's `replaces` drops out.
-fn resolve(
-    rules: &Rules,
-    req: &LimitRequest<'_>,
-) -> Result<Vec<(usize, Arc<LimitRule>)>, LimitError> {
-    let mut applied: Vec<(usize, Arc<LimitRule>)> = Vec::new();
+fn resolve<'r>(rules: &'r Rules, req: &LimitRequest<'_>) -> Result<Applied<'r>, LimitError> {
+    let mut applied: Applied<'r> = Vec::new();
     for (i, d) in req.descriptors.iter().enumerate() {
         let found = rules.lookup(req.domain, d.entries.iter().map(|e| (e.key, e.value)));
         match found {
@@ -228,25 +230,30 @@ fn resolve(
                 // in for (a stream-done charge against a tenant's own limit).
                 let post_paid =
                     matches!(found, Match::Node(node) if node.limits.iter().any(|l| l.post_paid));
-                applied.push((i, override_rule(o, post_paid)));
+                applied.push((i, Cow::Owned(override_rule(o, post_paid))));
             }
-            (_, Match::Node(node)) => applied.extend(node.limits.iter().map(|l| (i, l.clone()))),
+            (_, Match::Node(node)) => {
+                applied.extend(node.limits.iter().map(|l| (i, Cow::Borrowed(l))));
+            }
             _ => {}
         }
     }
     if applied.iter().any(|(_, l)| !l.replaces.is_empty()) {
-        let replaced: Vec<Box<str>> = applied
-            .iter()
-            .flat_map(|(_, l)| l.replaces.iter().cloned())
-            .collect();
-        applied.retain(|(_, l)| !replaced.iter().any(|r| **r == *l.name));
+        let replaced = |name: &str| {
+            applied
+                .iter()
+                .any(|(_, l)| l.replaces.iter().any(|r| **r == *name))
+        };
+        let keep: Vec<bool> = applied.iter().map(|(_, l)| !replaced(&l.name)).collect();
+        let mut keep = keep.into_iter();
+        applied.retain(|_| keep.next().unwrap_or(true));
     }
     Ok(applied)
 }
 
 /// One all-or-nothing plan for the applied limits, and for each applied limit the index of
 /// its check. Checks on the same counter are merged so the store sees each counter once.
-fn plan(req: &LimitRequest<'_>, applied: &[(usize, Arc<LimitRule>)]) -> (Plan, Vec<usize>) {
+fn plan(req: &LimitRequest<'_>, applied: &Applied<'_>) -> (Plan, Vec<usize>) {
     let mut plan = Plan {
         checks: Vec::with_capacity(applied.len()),
         admitted: false,
@@ -301,7 +308,7 @@ fn plan(req: &LimitRequest<'_>, applied: &[(usize, Arc<LimitRule>)]) -> (Plan, V
 /// Folds the decided plan back into per-descriptor statuses.
 fn fold(
     req: &LimitRequest<'_>,
-    applied: &[(usize, Arc<LimitRule>)],
+    applied: &Applied<'_>,
     check_of: &[usize],
     plan: Plan,
     degraded: Option<Degraded>,

@@ -56,9 +56,7 @@ impl Breaker {
                 return Ok(());
             }
             if now < until {
-                return Err(StoreError::Unavailable(
-                    "circuit open: Redis failed repeatedly".into(),
-                ));
+                return Err(open_error());
             }
             // The cooldown is over: whoever pushes it one cooldown on is the probe.
             let next = now.saturating_add(self.cooldown_micros()).max(1);
@@ -70,6 +68,14 @@ impl Breaker {
                 Err(seen) => until = seen,
             }
         }
+    }
+
+    /// `Err` while calls fail fast (open, or a probe is out); claims no probe.
+    pub fn fail_fast(&self) -> Result<(), StoreError> {
+        if self.is_open() {
+            return Err(open_error());
+        }
+        Ok(())
     }
 
     /// Whether calls fail fast now (open, or a probe is out); claims no probe.
@@ -94,6 +100,11 @@ impl Breaker {
             self.open_until.store(until.max(1), Ordering::Release);
         }
     }
+}
+
+/// What a call gets while the breaker is open.
+fn open_error() -> StoreError {
+    StoreError::Unavailable("circuit open: Redis failed repeatedly".into())
 }
 
 #[cfg(test)]

@@ -208,11 +208,7 @@ impl RedisStore {
         if self.batcher.is_some() {
             // The worker that takes the plan asks the breaker (and may be its probe); here
             // only fail fast while it is open.
-            if self.breaker.is_open() {
-                return Err(StoreError::Unavailable(
-                    "circuit open: Redis failed repeatedly".into(),
-                ));
-            }
+            self.breaker.fail_fast()?;
         } else {
             self.breaker.admit()?;
         }
