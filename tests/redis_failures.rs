@@ -382,6 +382,9 @@ async fn paused(policy: Policy) {
         "no normal decision with Redis up\n{}",
         svc.logs()
     );
+    // Ready once every batch worker holds a connection (which may come a little after the
+    // first decision): the pause must find a replica that was ready.
+    assert_eq!(readyz_becomes(&svc, 200, RECOVER_WITHIN).await, 200);
 
     let paused_at = Instant::now();
     tokio::task::block_in_place(|| redis.pause(u64::try_from(PAUSE.as_millis()).unwrap()));
