@@ -47,38 +47,19 @@
 //! A limit without a name (upstream's `rate_limit.name` is optional) is called
 //! `<requests>-per-<window>`, e.g. `10-per-1s`; names are unique within one descriptor.
 
+use serde::Deserialize;
+
 use crate::algorithm::{Algorithm, Micros, Quota};
 
+use super::deserialize::{At, Parsed, read};
 use super::duration::{MAX_WINDOW, MICROS_PER_DAY, MICROS_PER_SECOND};
 use super::error::{Pos, Problems};
-use super::limits::{default_name, parse_limit_list};
-use super::yaml::{self, Node, index};
+use super::limits::{LimitEntry, check_limits, check_sliding_window_cap, default_name};
+use super::yaml::Node;
 use super::{DescriptorDef, LimitDef};
 
 /// How deep descriptors may nest (upstream has no limit; a real config uses a handful).
 pub(crate) const MAX_DESCRIPTOR_DEPTH: usize = 16;
-
-const TOP_KEYS: [&str; 2] = ["domain", "descriptors"];
-const DESCRIPTOR_KEYS: [&str; 10] = [
-    "key",
-    "value",
-    "rate_limit",
-    "descriptors",
-    "shadow_mode",
-    "detailed_metric",
-    "algorithm",
-    "burst",
-    "limits",
-    "post_paid",
-];
-const RATE_LIMIT_KEYS: [&str; 6] = [
-    "unit",
-    "requests_per_unit",
-    "unlimited",
-    "name",
-    "replaces",
-    "unit_multiplier",
-];
 
 /// Upstream units and their fixed lengths in seconds.
 const UNITS: [(&str, u64); 7] = [
@@ -91,6 +72,48 @@ const UNITS: [(&str, u64); 7] = [
     ("YEAR", 365 * 86_400),
 ];
 
+/// An envoyproxy/ratelimit file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct EnvoyFileEntry {
+    domain: Option<At<String>>,
+    descriptors: Option<At<Vec<At<DescriptorEntry>>>>,
+}
+
+/// One descriptor as written: upstream's keys, then our extensions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DescriptorEntry {
+    key: Option<At<String>>,
+    value: Option<String>,
+    rate_limit: Option<At<RateLimitEntry>>,
+    descriptors: Option<At<Vec<At<DescriptorEntry>>>>,
+    shadow_mode: Option<bool>,
+    detailed_metric: Option<bool>,
+    algorithm: Option<At<Parsed<Algorithm>>>,
+    burst: Option<At<u64>>,
+    limits: Option<At<Vec<At<LimitEntry>>>>,
+    post_paid: Option<At<bool>>,
+}
+
+/// A descriptor's `rate_limit` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RateLimitEntry {
+    unit: Option<At<String>>,
+    requests_per_unit: Option<At<u64>>,
+    unlimited: Option<bool>,
+    name: Option<String>,
+    replaces: Option<Vec<At<ReplacesEntry>>>,
+    unit_multiplier: Option<At<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ReplacesEntry {
+    name: Option<At<String>>,
+}
+
 /// One envoyproxy/ratelimit file, read.
 pub(crate) struct EnvoyFile {
     /// `None` when the domain was missing or empty (already reported).
@@ -101,25 +124,16 @@ pub(crate) struct EnvoyFile {
 
 /// Reads a file whose top level is a mapping with `domain:`.
 pub(crate) fn parse(problems: &mut Problems<'_>, root: &Node) -> Option<EnvoyFile> {
-    let fields = yaml::fields(problems, root, "", &TOP_KEYS, &|key| match key {
-        "settings" | "clients" => Some(
-            "a file with domain: is an envoyproxy/ratelimit file; settings and clients go in \
-             a file of their own"
-                .to_owned(),
-        ),
-        _ => None,
-    })?;
-    let (domain, domain_pos) = match yaml::text(problems, &fields, "domain") {
-        Some((domain, node)) if !domain.is_empty() => (Some(domain), node.pos),
-        other => {
-            let pos = other.map_or(fields.key_pos("domain"), |(_, node)| node.pos);
-            problems.at(pos, "domain", "config file cannot have empty domain");
-            (None, pos)
-        }
-    };
+    let file: EnvoyFileEntry = read(problems, root)?;
+    let domain = file.domain.as_ref().filter(|d| !d.value.is_empty());
+    let domain_pos = file.domain.as_ref().map_or(root.pos, |d| d.pos);
+    if domain.is_none() && !problems.any_under("domain") {
+        problems.at(domain_pos, "domain", "config file cannot have empty domain");
+    }
+    let domain = domain.map(|d| d.value.clone());
     let parent = format!("{}.", domain.as_deref().unwrap_or(""));
-    let descriptors = match yaml::list(problems, &fields, "descriptors") {
-        Some(items) => parse_descriptors(problems, items, "descriptors", &parent, 1),
+    let descriptors = match &file.descriptors {
+        Some(list) => check_descriptors(problems, list, &parent, 1),
         None => Vec::new(),
     };
     Some(EnvoyFile {
@@ -129,469 +143,375 @@ pub(crate) fn parse(problems: &mut Problems<'_>, root: &Node) -> Option<EnvoyFil
     })
 }
 
-/// Reads one level of descriptors. `parent` is upstream's composite key of the level above,
+/// Checks one level of descriptors. `parent` is upstream's composite key of the level above,
 /// ending in a dot (`domain.` at the top), used in duplicate-key messages.
-fn parse_descriptors(
+fn check_descriptors(
     problems: &mut Problems<'_>,
-    items: &[Node],
-    path: &str,
+    list: &At<Vec<At<DescriptorEntry>>>,
     parent: &str,
     depth: usize,
 ) -> Vec<DescriptorDef> {
     if depth > MAX_DESCRIPTOR_DEPTH {
-        let pos = items.first().map_or(Pos::UNKNOWN, |n| n.pos);
-        problems.at(
-            pos,
-            path,
-            format_args!("descriptors nested deeper than {MAX_DESCRIPTOR_DEPTH} levels"),
-        );
+        let pos = list.value.first().map_or(list.pos, |d| d.pos);
+        let message = format!("descriptors nested deeper than {MAX_DESCRIPTOR_DEPTH} levels");
+        problems.at(pos, &list.path, message);
         return Vec::new();
     }
-    let mut seen: Vec<(String, Option<String>)> = Vec::new();
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let item_path = index(path, i);
-        let Some(descriptor) = parse_descriptor(problems, item, &item_path, parent, depth) else {
-            continue;
-        };
-        let identity = (descriptor.key.clone(), descriptor.value.clone());
-        if !descriptor.key.is_empty() && seen.contains(&identity) {
-            let composite = match &descriptor.value {
-                Some(value) => format!("{parent}{}_{value}", descriptor.key),
-                None => format!("{parent}{}", descriptor.key),
-            };
-            problems.at(
-                key_pos(item),
-                &item_path,
-                format_args!("duplicate descriptor composite key '{composite}'"),
-            );
+    let mut out: Vec<DescriptorDef> = Vec::with_capacity(list.value.len());
+    for entry in &list.value {
+        let descriptor = check_descriptor(problems, entry, parent, depth);
+        let duplicate = out
+            .iter()
+            .any(|d| d.key == descriptor.key && d.value == descriptor.value);
+        if descriptor.key.is_empty() {
             continue;
         }
-        seen.push(identity);
+        if duplicate {
+            let blamed = entry.value.key.as_ref().map_or(entry.pos, |k| k.pos);
+            let composite = composite_key(parent, &descriptor);
+            let message = format!("duplicate descriptor composite key '{composite}'");
+            problems.at(blamed, &entry.path, message);
+            continue;
+        }
         out.push(descriptor);
     }
     out
 }
 
-/// Where a descriptor's `key` value is written (or the descriptor itself).
-fn key_pos(item: &Node) -> Pos {
-    item.entries()
-        .and_then(|entries| {
-            entries
-                .iter()
-                .find(|(k, _)| k.as_text().as_deref() == Some("key"))
-        })
-        .map_or(item.pos, |(_, v)| v.pos)
-}
-
-fn descriptor_hint(key: &str) -> Option<String> {
-    match key {
-        "quota_mode" | "value_to_metric" | "share_threshold" | "metadata" => {
-            Some("an envoyproxy/ratelimit key that this service does not support".to_owned())
-        }
-        "replaces" | "unit" | "requests_per_unit" | "unlimited" | "name" | "unit_multiplier" => {
-            Some(format!("{key} goes inside rate_limit"))
-        }
-        "limit" | "window" => Some(format!("{key} goes in an entry of limits:")),
-        "ratelimit" | "rate_limits" | "ratelimits" => Some("did you mean rate_limit?".to_owned()),
-        _ => None,
+/// Upstream's name for a descriptor in messages: `domain.key_value`.
+fn composite_key(parent: &str, descriptor: &DescriptorDef) -> String {
+    match &descriptor.value {
+        Some(value) => format!("{parent}{}_{value}", descriptor.key),
+        None => format!("{parent}{}", descriptor.key),
     }
 }
 
-fn rate_limit_hint(key: &str) -> Option<String> {
-    match key {
-        "shadow_mode" | "detailed_metric" | "algorithm" | "burst" | "limits" | "post_paid" => {
-            Some(format!("{key} goes on the descriptor, next to rate_limit"))
+/// Checks one descriptor and the levels below it. A descriptor without a usable key comes
+/// back with an empty key (reported) and is left out by the caller.
+fn check_descriptor(
+    problems: &mut Problems<'_>,
+    entry: &At<DescriptorEntry>,
+    parent: &str,
+    depth: usize,
+) -> DescriptorDef {
+    let e = &entry.value;
+    let key = check_key(problems, entry);
+    let shadow_mode = e.shadow_mode.unwrap_or(false);
+    let rate_limit = e
+        .rate_limit
+        .as_ref()
+        .and_then(|rl| check_rate_limit(problems, rl));
+    let unlimited = rate_limit.as_ref().is_some_and(|rl| rl.unlimited);
+    let algorithm = check_algorithm(problems, e, unlimited);
+    let burst = check_burst(problems, e, algorithm, rate_limit.as_ref());
+    let mut limits: Vec<LimitDef> = Vec::new();
+    if let (Some(written), Some(rl)) = (&e.rate_limit, &rate_limit) {
+        limits.extend(rate_limit_def(
+            problems,
+            written,
+            rl,
+            algorithm,
+            burst,
+            shadow_mode,
+        ));
+    }
+    limits.extend(check_extra_limits(problems, e, unlimited, &limits));
+    check_post_paid(problems, e, unlimited);
+    let replaces = rate_limit.map(|rl| rl.replaces).unwrap_or_default();
+    check_replaces_own(problems, &replaces, &limits);
+    let mut descriptor = DescriptorDef {
+        key,
+        value: e.value.clone().filter(|v| !v.is_empty()),
+        limits,
+        unlimited,
+        shadow_mode,
+        replaces: replaces.into_iter().map(|r| r.value).collect(),
+        detailed_metric: e.detailed_metric.unwrap_or(false),
+        post_paid: e.post_paid.as_ref().is_some_and(|p| p.value),
+        descriptors: Vec::new(),
+    };
+    if let Some(children) = &e.descriptors {
+        let parent = format!("{}.", composite_key(parent, &descriptor));
+        descriptor.descriptors = check_descriptors(problems, children, &parent, depth + 1);
+    }
+    descriptor
+}
+
+/// The limit a `rate_limit` block makes, when it is limited and valid.
+fn rate_limit_def(
+    problems: &mut Problems<'_>,
+    written: &At<RateLimitEntry>,
+    rate_limit: &RateLimit,
+    algorithm: Algorithm,
+    burst: Option<u64>,
+    shadow_mode: bool,
+) -> Option<LimitDef> {
+    let (rpu, window) = rate_limit.quota?;
+    let name = rate_limit
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(rpu, window));
+    if let Some(requests) = &written.value.requests_per_unit {
+        check_sliding_window_cap(problems, requests, algorithm, &name);
+    }
+    Some(LimitDef {
+        name,
+        algorithm,
+        quota: Quota {
+            limit: rpu,
+            window,
+            burst: burst.unwrap_or(rpu),
+        },
+        shadow_mode,
+        source: problems.source(written),
+    })
+}
+
+/// The descriptor's key: required, not empty, no `*`.
+fn check_key(problems: &mut Problems<'_>, entry: &At<DescriptorEntry>) -> String {
+    match &entry.value.key {
+        Some(key) if !key.value.is_empty() => {
+            if key.value.contains('*') {
+                let message = "a descriptor key cannot contain '*' (wildcards belong in value)";
+                problems.about(key, message);
+            }
+            key.value.clone()
         }
-        "requestsperunit" | "requests" | "limit" => {
-            Some("did you mean requests_per_unit?".to_owned())
+        other => {
+            let pos = other.as_ref().map_or(entry.pos, |k| k.pos);
+            problems.at(pos, &entry.path, "descriptor has empty key");
+            String::new()
         }
-        "soft_requests_per_unit" => {
-            Some("an envoyproxy/ratelimit key that this service does not support".to_owned())
-        }
-        _ => None,
     }
 }
 
-/// What a `rate_limit` block says.
+/// Extension: the algorithm of the descriptor's `rate_limit`.
+fn check_algorithm(problems: &mut Problems<'_>, e: &DescriptorEntry, unlimited: bool) -> Algorithm {
+    let Some(algorithm) = &e.algorithm else {
+        return Algorithm::FixedWindow;
+    };
+    if e.rate_limit.is_none() {
+        let message = "algorithm applies to this descriptor's rate_limit, and it has none \
+                       (entries of limits: take their own algorithm)";
+        problems.about(algorithm, message);
+    } else if unlimited {
+        problems.about(
+            algorithm,
+            "algorithm does not apply to an unlimited rate_limit",
+        );
+    }
+    algorithm.value.0
+}
+
+/// Extension: the burst of the descriptor's `rate_limit`, for a token bucket.
+fn check_burst(
+    problems: &mut Problems<'_>,
+    e: &DescriptorEntry,
+    algorithm: Algorithm,
+    rate_limit: Option<&RateLimit>,
+) -> Option<u64> {
+    let burst = e.burst.as_ref()?;
+    let message = if burst.value == 0 {
+        "must be at least 1".to_owned()
+    } else if e.rate_limit.is_none() {
+        "burst applies to this descriptor's rate_limit, and it has none".to_owned()
+    } else if rate_limit.is_some_and(|rl| rl.unlimited) {
+        "burst does not apply to an unlimited rate_limit".to_owned()
+    } else if algorithm != Algorithm::TokenBucket {
+        format!(
+            "burst applies to token_bucket only (this rate_limit is {}; add algorithm: \
+             token_bucket)",
+            algorithm.as_str()
+        )
+    } else if rate_limit
+        .and_then(|rl| rl.quota)
+        .is_some_and(|(rpu, _)| rpu == 0)
+    {
+        "burst cannot be used with requests_per_unit: 0 (which blocks everything)".to_owned()
+    } else {
+        return Some(burst.value);
+    };
+    problems.about(burst, message);
+    None
+}
+
+/// Extension: more limits on the same descriptor, inheriting its `shadow_mode`.
+fn check_extra_limits(
+    problems: &mut Problems<'_>,
+    e: &DescriptorEntry,
+    unlimited: bool,
+    taken: &[LimitDef],
+) -> Vec<LimitDef> {
+    let Some(list) = &e.limits else {
+        return Vec::new();
+    };
+    if unlimited {
+        problems.about(list, "an unlimited descriptor cannot have limits");
+    } else if list.value.is_empty() {
+        problems.about_unless_reported(list, "must not be empty (leave it out instead)");
+    }
+    let taken: Vec<String> = taken.iter().map(|l| l.name.clone()).collect();
+    let mut extra = check_limits(
+        problems,
+        &list.value,
+        Algorithm::FixedWindow,
+        &taken,
+        "descriptor",
+    );
+    let shadow_mode = e.shadow_mode.unwrap_or(false);
+    extra.iter_mut().for_each(|l| l.shadow_mode |= shadow_mode);
+    extra
+}
+
+/// Extension: post-paid usage needs something to charge (an invalid limit is reported on its
+/// own, so only a descriptor with no limit written at all is a post_paid problem).
+fn check_post_paid(problems: &mut Problems<'_>, e: &DescriptorEntry, unlimited: bool) {
+    let nothing_to_charge = unlimited || (e.rate_limit.is_none() && e.limits.is_none());
+    if let Some(post_paid) = e
+        .post_paid
+        .as_ref()
+        .filter(|p| p.value && nothing_to_charge)
+    {
+        let message = "post_paid applies to this descriptor's limits, and it has none";
+        problems.about(post_paid, message);
+    }
+}
+
+/// A descriptor may not replace its own limits.
+fn check_replaces_own(problems: &mut Problems<'_>, replaces: &[At<String>], limits: &[LimitDef]) {
+    for replaced in replaces {
+        if limits.iter().any(|l| l.name == replaced.value) {
+            problems.about(
+                replaced,
+                "replaces should not contain name of same descriptor",
+            );
+        }
+    }
+}
+
+/// What a `rate_limit` block says, checked.
 struct RateLimit {
     unlimited: bool,
     /// `(requests_per_unit, window)`, when the block is valid and limited.
     quota: Option<(u64, Micros)>,
     name: Option<String>,
-    replaces: Vec<String>,
-    /// Where `replaces` entries are, for messages about them.
-    replaces_pos: Vec<(Pos, String)>,
+    /// The names it replaces, other than its own (reported), with where each is.
+    replaces: Vec<At<String>>,
 }
 
-fn parse_descriptor(
-    problems: &mut Problems<'_>,
-    node: &Node,
-    path: &str,
-    parent: &str,
-    depth: usize,
-) -> Option<DescriptorDef> {
-    let fields = yaml::fields(problems, node, path, &DESCRIPTOR_KEYS, &descriptor_hint)?;
-
-    let key = match yaml::text(problems, &fields, "key") {
-        Some((key, node)) if !key.is_empty() => {
-            if key.contains('*') {
-                problems.at(
-                    node.pos,
-                    &fields.path_of("key"),
-                    "a descriptor key cannot contain '*' (wildcards belong in value)",
-                );
-            }
-            key
-        }
-        other => {
-            let pos = other.map_or(fields.pos, |(_, node)| node.pos);
-            problems.at(pos, path, "descriptor has empty key");
-            String::new()
-        }
-    };
-    let value = yaml::text(problems, &fields, "value")
-        .map(|(value, _)| value)
-        .filter(|value| !value.is_empty());
-    let shadow_mode = yaml::boolean(problems, &fields, "shadow_mode").unwrap_or(false);
-    let detailed_metric = yaml::boolean(problems, &fields, "detailed_metric").unwrap_or(false);
-    let post_paid = yaml::boolean(problems, &fields, "post_paid").unwrap_or(false);
-
-    let rate_limit = fields
-        .get("rate_limit")
-        .and_then(|node| parse_rate_limit(problems, node, &fields.path_of("rate_limit")));
-
-    // Extension: the rate_limit's algorithm.
-    let algorithm = match yaml::text(problems, &fields, "algorithm") {
-        None => Algorithm::FixedWindow,
-        Some((text, node)) => {
-            let at = fields.path_of("algorithm");
-            let parsed = text.parse::<Algorithm>();
-            match (&rate_limit, &parsed) {
-                (_, Err(e)) => problems.at(node.pos, &at, e),
-                (None, Ok(_)) if fields.get("rate_limit").is_none() => {
-                    problems.at(
-                        node.pos,
-                        &at,
-                        "algorithm applies to this descriptor's rate_limit, and it has none \
-                         (entries of limits: take their own algorithm)",
-                    );
-                }
-                (Some(rl), Ok(_)) if rl.unlimited => {
-                    problems.at(
-                        node.pos,
-                        &at,
-                        "algorithm does not apply to an unlimited rate_limit",
-                    );
-                }
-                _ => {}
-            }
-            parsed.unwrap_or(Algorithm::FixedWindow)
-        }
-    };
-
-    // Extension: the rate_limit's burst, for a token bucket.
-    let burst = match yaml::uint(problems, &fields, "burst") {
-        None => None,
-        Some((n, node)) => {
-            let at = fields.path_of("burst");
-            if n == 0 {
-                problems.at(node.pos, &at, "must be at least 1");
-            } else if fields.get("rate_limit").is_none() {
-                problems.at(
-                    node.pos,
-                    &at,
-                    "burst applies to this descriptor's rate_limit, and it has none",
-                );
-            } else if rate_limit.as_ref().is_some_and(|rl| rl.unlimited) {
-                problems.at(
-                    node.pos,
-                    &at,
-                    "burst does not apply to an unlimited rate_limit",
-                );
-            } else if algorithm != Algorithm::TokenBucket {
-                problems.at(
-                    node.pos,
-                    &at,
-                    format_args!(
-                        "burst applies to token_bucket only (this rate_limit is {}; add \
-                         algorithm: token_bucket)",
-                        algorithm.as_str()
-                    ),
-                );
-            } else if rate_limit
-                .as_ref()
-                .and_then(|rl| rl.quota)
-                .is_some_and(|(rpu, _)| rpu == 0)
-            {
-                problems.at(
-                    node.pos,
-                    &at,
-                    "burst cannot be used with requests_per_unit: 0 (which blocks everything)",
-                );
-            }
-            Some(n)
-        }
-    };
-
-    let mut limits: Vec<LimitDef> = Vec::new();
-    let mut unlimited = false;
-    let mut replaces = Vec::new();
-    let mut replaces_pos = Vec::new();
-    if let Some(rl) = rate_limit {
-        unlimited = rl.unlimited;
-        replaces = rl.replaces;
-        replaces_pos = rl.replaces_pos;
-        if let Some((rpu, window)) = rl.quota {
-            limits.push(LimitDef {
-                name: rl.name.unwrap_or_else(|| default_name(rpu, window)),
-                algorithm,
-                quota: Quota {
-                    limit: rpu,
-                    window,
-                    burst: burst.filter(|b| *b > 0).unwrap_or(rpu),
-                },
-                shadow_mode,
-            });
-        }
-    }
-
-    // Extension: more limits on the same descriptor.
-    if let Some(items) = yaml::list(problems, &fields, "limits") {
-        let at = fields.path_of("limits");
-        let pos = fields.get("limits").map_or(fields.pos, |n| n.pos);
-        if unlimited {
-            problems.at(pos, &at, "an unlimited descriptor cannot have limits");
-        } else if items.is_empty() {
-            problems.at(pos, &at, "must not be empty (leave it out instead)");
-        }
-        let taken: Vec<String> = limits.iter().map(|l| l.name.clone()).collect();
-        let extra = parse_limit_list(
-            problems,
-            items,
-            &at,
-            Algorithm::FixedWindow,
-            &taken,
-            "descriptor",
-        );
-        limits.extend(extra.into_iter().map(|mut limit| {
-            limit.shadow_mode |= shadow_mode;
-            limit
-        }));
-    }
-
-    // Extension: post-paid usage, recorded whatever the verdict (an invalid limit is reported
-    // on its own, so only a descriptor with nothing to charge is a post_paid problem).
-    let nothing_to_charge =
-        unlimited || (fields.get("rate_limit").is_none() && fields.get("limits").is_none());
-    if post_paid && nothing_to_charge {
-        let pos = fields.get("post_paid").map_or(fields.pos, |n| n.pos);
-        problems.at(
-            pos,
-            &fields.path_of("post_paid"),
-            "post_paid applies to this descriptor's limits, and it has none",
-        );
-    }
-
-    for (pos, name) in &replaces_pos {
-        if limits.iter().any(|l| &l.name == name) {
-            problems.at(
-                *pos,
-                &fields.path_of("rate_limit.replaces"),
-                "replaces should not contain name of same descriptor",
-            );
-        }
-    }
-
-    let full = match &value {
-        Some(value) => format!("{parent}{key}_{value}"),
-        None => format!("{parent}{key}"),
-    };
-    let descriptors = match yaml::list(problems, &fields, "descriptors") {
-        Some(items) => parse_descriptors(
-            problems,
-            items,
-            &fields.path_of("descriptors"),
-            &format!("{full}."),
-            depth + 1,
-        ),
-        None => Vec::new(),
-    };
-
-    Some(DescriptorDef {
-        key,
-        value,
-        limits,
-        unlimited,
-        shadow_mode,
-        replaces,
-        detailed_metric,
-        post_paid,
-        descriptors,
-    })
-}
-
-fn parse_rate_limit(problems: &mut Problems<'_>, node: &Node, path: &str) -> Option<RateLimit> {
-    let fields = yaml::fields(problems, node, path, &RATE_LIMIT_KEYS, &rate_limit_hint)?;
-    let unlimited = yaml::boolean(problems, &fields, "unlimited").unwrap_or(false);
-    let name = yaml::text(problems, &fields, "name")
-        .map(|(name, _)| name)
-        .filter(|name| !name.is_empty());
-    let unit = yaml::text(problems, &fields, "unit");
-    let rpu = yaml::uint(problems, &fields, "requests_per_unit");
-    let multiplier = yaml::uint(problems, &fields, "unit_multiplier");
-
-    let mut replaces = Vec::new();
-    let mut replaces_pos = Vec::new();
-    if let Some(items) = yaml::list(problems, &fields, "replaces") {
-        let at = fields.path_of("replaces");
-        for (i, item) in items.iter().enumerate() {
-            let item_path = index(&at, i);
-            let Some(entry) = yaml::fields(problems, item, &item_path, &["name"], &yaml::no_hint)
-            else {
-                continue;
-            };
-            match yaml::text(problems, &entry, "name") {
-                Some((replaced, node)) if !replaced.is_empty() => {
-                    if name.as_deref() == Some(replaced.as_str()) {
-                        problems.at(
-                            node.pos,
-                            &item_path,
-                            "replaces should not contain name of same descriptor",
-                        );
-                    } else {
-                        replaces_pos.push((node.pos, replaced.clone()));
-                    }
-                    replaces.push(replaced);
-                }
-                _ => problems.at(
-                    item.pos,
-                    &item_path,
-                    "should not have an empty replaces entry",
-                ),
-            }
-        }
-    }
-
+fn check_rate_limit(problems: &mut Problems<'_>, entry: &At<RateLimitEntry>) -> Option<RateLimit> {
+    let e = &entry.value;
+    let name = e.name.clone().filter(|n| !n.is_empty());
+    let replaces = check_replaces(problems, e, name.as_deref());
+    let unlimited = e.unlimited.unwrap_or(false);
     if unlimited {
-        if let Some((_, node)) = &unit {
-            problems.at(
-                node.pos,
-                &fields.path_of("unit"),
-                "should not specify rate limit unit when unlimited",
-            );
-        }
-        if let Some((_, node)) = &rpu {
-            problems.at(
-                node.pos,
-                &fields.path_of("requests_per_unit"),
-                "should not specify requests_per_unit when unlimited",
-            );
-        }
-        if let Some((_, node)) = &multiplier {
-            problems.at(
-                node.pos,
-                &fields.path_of("unit_multiplier"),
-                "should not specify unit_multiplier when unlimited",
-            );
-        }
+        check_unlimited(problems, e);
         return Some(RateLimit {
             unlimited,
             quota: None,
             name,
             replaces,
-            replaces_pos,
         });
     }
-
-    let unit_seconds = match &unit {
-        Some((text, node)) => match unit_seconds(text) {
-            Some(seconds) => Some(seconds),
-            None => {
-                problems.at(
-                    node.pos,
-                    &fields.path_of("unit"),
-                    format_args!(
-                        "invalid rate limit unit '{text}' (expected second, minute, hour, day, \
-                         week, month or year)"
-                    ),
-                );
-                None
-            }
-        },
+    let window = check_window(problems, entry);
+    let requests = match &e.requests_per_unit {
+        Some(rpu) if rpu.value > u64::from(u32::MAX) => {
+            problems.about(rpu, format_args!("must be at most {}", u32::MAX));
+            None
+        }
+        Some(rpu) => Some(rpu.value),
         None => {
-            if fields.get("unit").is_none() {
-                problems.at(
-                    fields.pos,
-                    path,
-                    "invalid rate limit unit '' (rate_limit needs a unit, or unlimited: true)",
-                );
-            }
+            let message = "missing requests_per_unit (or unlimited: true)";
+            problems.missing(entry, "requests_per_unit", message);
             None
         }
-    };
-    let requests = match rpu {
-        Some((n, node)) if n > u64::from(u32::MAX) => {
-            problems.at(
-                node.pos,
-                &fields.path_of("requests_per_unit"),
-                format_args!("must be at most {}", u32::MAX),
-            );
-            None
-        }
-        Some((n, _)) => Some(n),
-        None => {
-            if fields.get("requests_per_unit").is_none() {
-                problems.at(
-                    fields.pos,
-                    path,
-                    "missing requests_per_unit (or unlimited: true)",
-                );
-            }
-            None
-        }
-    };
-    let multiplier = match multiplier {
-        None => Some(1),
-        Some((0, node)) => {
-            problems.at(
-                node.pos,
-                &fields.path_of("unit_multiplier"),
-                "must be at least 1",
-            );
-            None
-        }
-        Some((n, _)) => Some(n),
-    };
-    let window = match (unit_seconds, multiplier) {
-        (Some(seconds), Some(multiplier)) => {
-            let window = seconds
-                .checked_mul(multiplier)
-                .and_then(|s| s.checked_mul(MICROS_PER_SECOND))
-                .filter(|w| *w <= MAX_WINDOW);
-            if window.is_none() {
-                let pos = fields.get("unit_multiplier").map_or(fields.pos, |n| n.pos);
-                problems.at(
-                    pos,
-                    path,
-                    format_args!(
-                        "the window ({multiplier} × {}) is longer than {} days",
-                        unit.as_ref().map_or("", |(u, _)| u.as_str()),
-                        MAX_WINDOW / MICROS_PER_DAY
-                    ),
-                );
-            }
-            window
-        }
-        _ => None,
     };
     Some(RateLimit {
         unlimited,
         quota: requests.zip(window),
         name,
         replaces,
-        replaces_pos,
     })
+}
+
+/// `replaces: [{name}]`: each entry names another limit.
+fn check_replaces(
+    problems: &mut Problems<'_>,
+    e: &RateLimitEntry,
+    own_name: Option<&str>,
+) -> Vec<At<String>> {
+    let mut replaces = Vec::new();
+    for entry in e.replaces.iter().flatten() {
+        match entry.value.name.as_ref().filter(|n| !n.value.is_empty()) {
+            Some(name) if Some(name.value.as_str()) == own_name => problems.at(
+                name.pos,
+                &entry.path,
+                "replaces should not contain name of same descriptor",
+            ),
+            Some(name) => replaces.push(name.clone()),
+            None => problems.about(entry, "should not have an empty replaces entry"),
+        }
+    }
+    replaces
+}
+
+/// `unlimited: true` takes no unit, requests_per_unit or unit_multiplier.
+fn check_unlimited(problems: &mut Problems<'_>, e: &RateLimitEntry) {
+    if let Some(unit) = &e.unit {
+        problems.about(unit, "should not specify rate limit unit when unlimited");
+    }
+    if let Some(rpu) = &e.requests_per_unit {
+        problems.about(rpu, "should not specify requests_per_unit when unlimited");
+    }
+    if let Some(multiplier) = &e.unit_multiplier {
+        problems.about(
+            multiplier,
+            "should not specify unit_multiplier when unlimited",
+        );
+    }
+}
+
+/// The window: the unit's length times `unit_multiplier`, at most [`MAX_WINDOW`].
+fn check_window(problems: &mut Problems<'_>, entry: &At<RateLimitEntry>) -> Option<Micros> {
+    let e = &entry.value;
+    let seconds = match &e.unit {
+        Some(unit) => unit_seconds(&unit.value).or_else(|| {
+            let message = format!(
+                "invalid rate limit unit '{}' (expected second, minute, hour, day, week, \
+                 month or year)",
+                unit.value
+            );
+            problems.about(unit, message);
+            None
+        }),
+        None => {
+            let message =
+                "invalid rate limit unit '' (rate_limit needs a unit, or unlimited: true)";
+            problems.missing(entry, "unit", message);
+            None
+        }
+    };
+    let multiplier = match &e.unit_multiplier {
+        None => Some(1),
+        Some(m) if m.value == 0 => {
+            problems.about(m, "must be at least 1");
+            None
+        }
+        Some(m) => Some(m.value),
+    };
+    let (seconds, multiplier) = (seconds?, multiplier?);
+    let window = seconds
+        .checked_mul(multiplier)
+        .and_then(|s| s.checked_mul(MICROS_PER_SECOND))
+        .filter(|w| *w <= MAX_WINDOW);
+    if window.is_none() {
+        let pos = e.unit_multiplier.as_ref().map_or(entry.pos, |m| m.pos);
+        let unit = e.unit.as_ref().map_or("", |u| u.value.as_str());
+        let days = MAX_WINDOW / MICROS_PER_DAY;
+        let message = format!("the window ({multiplier} × {unit}) is longer than {days} days");
+        problems.at(pos, &entry.path, message);
+    }
+    window
 }
 
 /// A unit's length in seconds; upstream reads units case-insensitively.

@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+use super::deserialize::At;
+use super::yaml::join;
+
 /// One problem in one config file.
 ///
 /// `message` starts with the path of the offending node (`descriptors[0].rate_limit.unit: …`)
@@ -72,9 +75,40 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Where a limit was written, for problems found after loading (a quota too large for the
+/// store to count exactly is found when the limiter compiles the config).
+///
+/// Not part of a limit's identity: two limits written alike are equal wherever they are.
+#[derive(Clone, Debug, Default, Eq)]
+pub struct Source {
+    pub file: String,
+    pub pos: Pos,
+    /// The limit's path in its file: `clients.tiers.free[0]`.
+    pub path: String,
+}
+
+impl PartialEq for Source {
+    fn eq(&self, _: &Source) -> bool {
+        true
+    }
+}
+
+impl Source {
+    /// A problem with the limit written here.
+    pub fn problem(&self, message: impl fmt::Display) -> ConfigError {
+        let mut errors = Vec::new();
+        Problems {
+            file: &self.file,
+            errors: &mut errors,
+        }
+        .at(self.pos, &self.path, message);
+        errors.remove(0)
+    }
+}
+
 /// Where a problem is: a 1-based line and column, or nothing known.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Pos {
+pub struct Pos {
     pub line: usize,
     pub column: usize,
 }
@@ -104,6 +138,48 @@ impl Problems<'_> {
             column: (known && pos.column > 0).then_some(pos.column),
             message: one_line(&message),
         });
+    }
+}
+
+impl Problems<'_> {
+    /// Where a value was written, kept with what is made of it.
+    pub fn source<T>(&self, at: &At<T>) -> Source {
+        Source {
+            file: self.file.to_owned(),
+            pos: at.pos,
+            path: at.path.clone(),
+        }
+    }
+
+    /// A problem with a value, where it was written.
+    pub fn about<T>(&mut self, at: &At<T>, message: impl fmt::Display) {
+        self.at(at.pos, &at.path, message);
+    }
+
+    /// A problem with a value, unless one is already reported at or below it (an entry of a
+    /// list that could not be read leaves the list looking emptier than it was written).
+    pub fn about_unless_reported<T>(&mut self, at: &At<T>, message: impl fmt::Display) {
+        if !self.any_under(&at.path) {
+            self.about(at, message);
+        }
+    }
+
+    /// "`field` is missing from `parent`", unless a problem with that field (a value that
+    /// could not be read) is already reported.
+    pub fn missing<T>(&mut self, parent: &At<T>, field: &str, message: impl fmt::Display) {
+        if !self.any_under(&join(&parent.path, field)) {
+            self.about(parent, message);
+        }
+    }
+
+    /// Whether a problem is already reported at `path` or anywhere below it.
+    pub fn any_under(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| {
+            e.file == self.file
+                && e.message.strip_prefix(path).is_some_and(|rest| {
+                    rest.starts_with(':') || rest.starts_with('.') || rest.starts_with('[')
+                })
+        })
     }
 }
 

@@ -5,166 +5,151 @@
 //! files, fixed window in envoyproxy/ratelimit files (their `limits:` extension key), so a
 //! limit added next to a `rate_limit` behaves like it unless it says otherwise.
 
-use crate::algorithm::{Algorithm, Micros, Quota};
+use serde::Deserialize;
+
+use crate::algorithm::{Algorithm, Micros, Quota, sliding_window};
 
 use super::LimitDef;
+use super::deserialize::{At, Parsed};
 use super::duration::{format_duration, parse_duration};
-use super::error::{Pos, Problems};
-use super::yaml::{self, Node, index, no_hint};
+use super::error::Problems;
 
-/// Keys of one limit entry.
-const LIMIT_KEYS: [&str; 6] = [
-    "name",
-    "algorithm",
-    "limit",
-    "window",
-    "burst",
-    "shadow_mode",
-];
+/// One limit entry as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LimitEntry {
+    name: Option<At<String>>,
+    algorithm: Option<At<Parsed<Algorithm>>>,
+    limit: Option<At<u64>>,
+    window: Option<At<String>>,
+    burst: Option<At<u64>>,
+    shadow_mode: Option<bool>,
+}
 
 /// The name a limit gets when the config gives none: `<limit>-per-<window>`.
 pub(crate) fn default_name(limit: u64, window: Micros) -> String {
     format!("{limit}-per-{}", format_duration(window))
 }
 
-/// Reads a list of limit entries at `path`; entries with problems are reported and left out.
-/// Names must be unique within the `group` ("tier", "key", "descriptor"); `taken` holds names
-/// the group already has from elsewhere (a descriptor's `rate_limit`).
-pub(crate) fn parse_limit_list(
+/// Checks a list of limit entries; entries with problems are reported and left out. Names
+/// must be unique within the `group` ("tier", "key", "descriptor"); `taken` holds names the
+/// group already has from elsewhere (a descriptor's `rate_limit`).
+pub(crate) fn check_limits(
     problems: &mut Problems<'_>,
-    items: &[Node],
-    path: &str,
+    entries: &[At<LimitEntry>],
     default_algorithm: Algorithm,
     taken: &[String],
     group: &str,
 ) -> Vec<LimitDef> {
-    let mut limits: Vec<LimitDef> = Vec::with_capacity(items.len());
+    let mut limits: Vec<LimitDef> = Vec::with_capacity(entries.len());
     let mut names: Vec<String> = taken.to_vec();
-    for (i, item) in items.iter().enumerate() {
-        let item_path = index(path, i);
-        if let Some((limit, name_pos)) = parse_limit(problems, item, &item_path, default_algorithm)
-        {
-            if names.contains(&limit.name) {
-                problems.at(
-                    name_pos,
-                    &item_path,
-                    format_args!(
-                        "duplicate limit name '{}' (names must be unique within one {group})",
-                        limit.name
-                    ),
-                );
-                continue;
-            }
-            names.push(limit.name.clone());
-            limits.push(limit);
+    for entry in entries {
+        let Some(limit) = check_limit(problems, entry, default_algorithm) else {
+            continue;
+        };
+        if names.contains(&limit.name) {
+            let blamed = entry.value.name.as_ref().map_or(entry.pos, |n| n.pos);
+            problems.at(
+                blamed,
+                &entry.path,
+                format_args!(
+                    "duplicate limit name '{}' (names must be unique within one {group})",
+                    limit.name
+                ),
+            );
+            continue;
         }
+        names.push(limit.name.clone());
+        limits.push(limit);
     }
     limits
 }
 
-/// Reads one limit entry. Returns it with the position to blame for a duplicate name.
-fn parse_limit(
+/// Checks one limit entry; `None` when it has any problem (reported), including those found
+/// while reading it.
+fn check_limit(
     problems: &mut Problems<'_>,
-    node: &Node,
-    path: &str,
+    entry: &At<LimitEntry>,
     default_algorithm: Algorithm,
-) -> Option<(LimitDef, Pos)> {
-    let fields = yaml::fields(problems, node, path, &LIMIT_KEYS, &|key| match key {
-        "requests_per_unit" | "unit" => {
-            Some("a limit here is written as limit: N, window: 1s".to_owned())
-        }
-        _ => no_hint(key),
-    })?;
-    let before = problems.errors.len();
-
-    let name = yaml::text(problems, &fields, "name");
-    if let Some((name, node)) = &name
-        && name.trim().is_empty()
-    {
-        problems.at(node.pos, &fields.path_of("name"), "must not be empty");
+) -> Option<LimitDef> {
+    let e = &entry.value;
+    if let Some(name) = e.name.as_ref().filter(|n| n.value.trim().is_empty()) {
+        problems.about(name, "must not be empty");
     }
-
-    let algorithm = match yaml::text(problems, &fields, "algorithm") {
-        None => default_algorithm,
-        Some((text, node)) => match text.parse::<Algorithm>() {
-            Ok(algorithm) => algorithm,
-            Err(e) => {
-                problems.at(node.pos, &fields.path_of("algorithm"), e);
-                default_algorithm
-            }
-        },
-    };
-
-    let limit = match yaml::uint(problems, &fields, "limit") {
-        Some((0, node)) => {
-            problems.at(node.pos, &fields.path_of("limit"), "must be at least 1");
-            None
-        }
-        Some((n, _)) => Some(n),
+    let algorithm = e
+        .algorithm
+        .as_ref()
+        .map_or(default_algorithm, |a| a.value.0);
+    let limit = e.limit.as_ref().map(|l| l.value);
+    match &e.limit {
+        Some(l) if l.value == 0 => problems.about(l, "must be at least 1"),
+        Some(_) => {}
+        None => problems.missing(entry, "limit", "missing 'limit' (how many per window)"),
+    }
+    let window = match &e.window {
+        Some(w) => parse_duration(&w.value)
+            .map_err(|message| problems.about(w, message))
+            .ok(),
         None => {
-            if fields.get("limit").is_none() {
-                problems.at(fields.pos, path, "missing 'limit' (how many per window)");
-            }
+            problems.missing(entry, "window", "missing 'window' (a duration such as 1s)");
             None
         }
     };
-
-    let window = match yaml::text(problems, &fields, "window") {
-        Some((text, node)) => match parse_duration(&text) {
-            Ok(window) => Some(window),
-            Err(message) => {
-                problems.at(node.pos, &fields.path_of("window"), message);
-                None
-            }
-        },
-        None => {
-            if fields.get("window").is_none() {
-                problems.at(fields.pos, path, "missing 'window' (a duration such as 1s)");
-            }
-            None
-        }
-    };
-
-    let burst = match yaml::uint(problems, &fields, "burst") {
-        Some((0, node)) => {
-            problems.at(node.pos, &fields.path_of("burst"), "must be at least 1");
-            None
-        }
-        Some((n, node)) if algorithm != Algorithm::TokenBucket => {
-            problems.at(
-                node.pos,
-                &fields.path_of("burst"),
-                format_args!(
-                    "burst applies to token_bucket only (this limit is {})",
-                    algorithm.as_str()
-                ),
+    if let Some(burst) = &e.burst {
+        if burst.value == 0 {
+            problems.about(burst, "must be at least 1");
+        } else if algorithm != Algorithm::TokenBucket {
+            let message = format!(
+                "burst applies to token_bucket only (this limit is {})",
+                algorithm.as_str()
             );
-            Some(n)
+            problems.about(burst, message);
         }
-        other => other.map(|(n, _)| n),
-    };
-
-    let shadow_mode = yaml::boolean(problems, &fields, "shadow_mode").unwrap_or(false);
-
-    if problems.errors.len() > before {
+    }
+    if let Some(limit) = &e.limit {
+        check_sliding_window_cap(problems, limit, algorithm, &name_of(e, limit.value, window));
+    }
+    if problems.any_under(&entry.path) {
         return None;
     }
     let (limit, window) = (limit?, window?);
     let mut quota = Quota::new(limit, window);
-    if let Some(burst) = burst {
-        quota.burst = burst;
+    if let Some(burst) = &e.burst {
+        quota.burst = burst.value;
     }
-    let (name, name_pos) = match name {
-        Some((name, node)) => (name, node.pos),
-        None => (default_name(limit, window), fields.pos),
-    };
-    Some((
-        LimitDef {
-            name,
-            algorithm,
-            quota,
-            shadow_mode,
-        },
-        name_pos,
-    ))
+    Some(LimitDef {
+        name: name_of(e, limit, Some(window)),
+        algorithm,
+        quota,
+        shadow_mode: e.shadow_mode.unwrap_or(false),
+        source: problems.source(entry),
+    })
+}
+
+/// The entry's name, or the default one.
+fn name_of(e: &LimitEntry, limit: u64, window: Option<Micros>) -> String {
+    match (&e.name, window) {
+        (Some(name), _) => name.value.clone(),
+        (None, Some(window)) => default_name(limit, window),
+        (None, None) => format!("{limit}-per-?"),
+    }
+}
+
+/// A sliding window keeps one entry per admitted request, which every decision reads: its
+/// limit is capped at [`sliding_window::MAX_LIMIT`], which bounds what a decision costs.
+pub(crate) fn check_sliding_window_cap(
+    problems: &mut Problems<'_>,
+    limit: &At<u64>,
+    algorithm: Algorithm,
+    name: &str,
+) {
+    if algorithm == Algorithm::SlidingWindow && limit.value > sliding_window::MAX_LIMIT {
+        let message = format!(
+            "limit `{name}`: a sliding_window limit is at most {} (its log holds one entry per \
+             admitted request, which every decision reads); for larger limits use \
+             token_bucket or fixed_window",
+            sliding_window::MAX_LIMIT
+        );
+        problems.about(limit, message);
+    }
 }

@@ -57,6 +57,7 @@
 //! The raw value of an API key never leaves this module: keys are kept as SHA-256 digests,
 //! labelled by tier or `name:`, and no message quotes one.
 
+mod deserialize;
 mod duration;
 mod envoy_file;
 mod error;
@@ -70,14 +71,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use crate::algorithm::{Algorithm, Quota};
 
 pub use duration::parse_duration;
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrors, Pos, Source};
 
-use error::{Pos, Problems};
-use service_file::{KeyLimits, REJECT, ServiceFile};
+use error::Problems;
+use service_file::{KeyDef, KeyLimits, REJECT, ServiceFile};
 use yaml::Value;
 
 /// Files larger than this are refused before they are parsed.
@@ -139,8 +141,10 @@ pub enum ValueSource {
     Literal(String),
 }
 
-impl ValueSource {
-    pub fn parse(s: &str) -> Result<ValueSource, String> {
+impl FromStr for ValueSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ValueSource, String> {
         let nonempty = |v: &str, what: &str| {
             if v.is_empty() {
                 Err(format!("`{what}:` needs a name after the colon"))
@@ -211,6 +215,75 @@ pub enum FailurePolicy {
     Local,
 }
 
+impl FromStr for HeaderStyle {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ietf" => Ok(HeaderStyle::Ietf),
+            "x-ratelimit" => Ok(HeaderStyle::XRateLimit),
+            "both" => Ok(HeaderStyle::Both),
+            "none" => Ok(HeaderStyle::None),
+            _ => Err(format!(
+                "unknown header style '{s}' (expected ietf, x-ratelimit, both or none)"
+            )),
+        }
+    }
+}
+
+impl FromStr for FailurePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fail_open" => Ok(FailurePolicy::FailOpen),
+            "fail_closed" => Ok(FailurePolicy::FailClosed),
+            "local" => Ok(FailurePolicy::Local),
+            _ => Err(format!(
+                "unknown policy '{s}' (expected fail_open, fail_closed or local)"
+            )),
+        }
+    }
+}
+
+/// What to add to "unknown key 'x'" where a user is likely to have meant something else:
+/// (a field that tells which struct the key is in, the keys, the hint; `{key}` is replaced
+/// by the key, `*` matches any key). The first match wins.
+#[rustfmt::skip]
+const UNKNOWN_KEY_HINTS: &[(&str, &[&str], &str)] = &[
+    ("domain", &["settings", "clients"], "a file with domain: is an envoyproxy/ratelimit file; \
+        settings and clients go in a file of their own"),
+    ("post_paid", &["quota_mode", "value_to_metric", "share_threshold", "metadata"], UNSUPPORTED),
+    ("post_paid", &["replaces", "unit", "requests_per_unit", "unlimited", "name",
+        "unit_multiplier"], "{key} goes inside rate_limit"),
+    ("post_paid", &["limit", "window"], "{key} goes in an entry of limits:"),
+    ("post_paid", &["ratelimit", "rate_limits", "ratelimits"], "did you mean rate_limit?"),
+    ("unit_multiplier", &["shadow_mode", "detailed_metric", "algorithm", "burst", "limits",
+        "post_paid"], "{key} goes on the descriptor, next to rate_limit"),
+    ("unit_multiplier", &["requestsperunit", "requests", "limit"],
+        "did you mean requests_per_unit?"),
+    ("unit_multiplier", &["soft_requests_per_unit"], UNSUPPORTED),
+    ("clients", &["descriptors"], "descriptors belong in an envoyproxy/ratelimit file, which \
+        has a domain:"),
+    ("clients", &["*"], "this file has no domain:, so it is in the service's own format: \
+        settings, clients"),
+    ("sha256", &["api_key", "value", "secret"], "the key itself goes under key: (or its \
+        SHA-256 under sha256:)"),
+    ("sha256", &["limit", "window", "algorithm", "burst"], "a key's own limits go in a list \
+        under limits:"),
+    ("window", &["requests_per_unit", "unit"], "a limit here is written as limit: N, window: 1s"),
+];
+
+const UNSUPPORTED: &str = "an envoyproxy/ratelimit key that this service does not support";
+
+/// The hint for an unknown `key` of the struct whose fields are `fields`, if any.
+fn unknown_key_hint(key: &str, fields: &[&str]) -> Option<String> {
+    UNKNOWN_KEY_HINTS
+        .iter()
+        .find(|(field, keys, _)| fields.contains(field) && (keys.contains(&key) || keys == &["*"]))
+        .map(|(_, _, hint)| hint.replace("{key}", key))
+}
+
 /// One limit: an algorithm and a quota, with a name unique among its siblings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LimitDef {
@@ -221,6 +294,8 @@ pub struct LimitDef {
     pub quota: Quota,
     /// Decide and count, but always allow.
     pub shadow_mode: bool,
+    /// Where it was written.
+    pub source: Source,
 }
 
 /// One envoyproxy/ratelimit domain, from one file.
@@ -396,10 +471,10 @@ fn parse_file(name: &str, text: &str, errors: &mut Vec<ConfigError>) -> Option<F
             return None;
         }
     };
-    match &root.value {
+    match (&root.value, root.entries()) {
         // An empty file (or only comments) configures nothing.
-        Value::Null => Some(FileContents::Service(ServiceFile::default())),
-        Value::Map(entries) => {
+        (Value::Null, _) => Some(FileContents::Service(ServiceFile::default())),
+        (_, Some(entries)) => {
             let is_envoy = entries
                 .iter()
                 .any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "domain"));
@@ -427,161 +502,177 @@ fn assemble(
     mut errors: Vec<ConfigError>,
     order: &[String],
 ) -> Result<Config, ConfigErrors> {
-    let mut settings: Option<(Settings, String)> = None;
-    let mut domains: Vec<DomainConfig> = Vec::new();
-    let mut unknown_key: Option<(String, Pos, String)> = None;
-    let mut tiers: BTreeMap<String, (Vec<LimitDef>, String)> = BTreeMap::new();
-    let mut broken_tiers: Vec<String> = Vec::new();
-    let mut pending_keys = Vec::new();
-
+    let mut merged = Merged::default();
     for (file, contents) in files {
         let mut problems = Problems {
             file: &file,
             errors: &mut errors,
         };
         match contents {
-            FileContents::Envoy(envoy) => {
-                let Some(domain) = envoy.domain else { continue };
-                if let Some(first) = domains.iter().find(|d| d.domain == domain) {
-                    problems.at(
-                        envoy.domain_pos,
-                        "domain",
-                        format_args!(
-                            "duplicate domain '{domain}' in config file (first in {})",
-                            first.file
-                        ),
-                    );
-                    continue;
-                }
-                domains.push(DomainConfig {
-                    domain,
-                    file: file.clone(),
-                    descriptors: envoy.descriptors,
-                });
-            }
-            FileContents::Service(service) => {
-                if let Some((new, pos)) = service.settings {
-                    match &settings {
-                        Some((_, first)) => problems.at(
-                            pos,
-                            "settings",
-                            format_args!("settings may appear in one file only (first in {first})"),
-                        ),
-                        None => settings = Some((new, file.clone())),
-                    }
-                }
-                if let Some((name, pos)) = service.unknown_key {
-                    match &unknown_key {
-                        Some((_, _, first)) => problems.at(
-                            pos,
-                            "clients.unknown_key",
-                            format_args!(
-                                "unknown_key may be set in one file only (first in {first})"
-                            ),
-                        ),
-                        None => unknown_key = Some((name, pos, file.clone())),
-                    }
-                }
-                for tier in service.tiers {
-                    if let Some((_, first)) = tiers.get(&tier.name) {
-                        problems.at(
-                            tier.pos,
-                            "clients.tiers",
-                            format_args!("tier '{}' is already defined in {first}", tier.name),
-                        );
-                        continue;
-                    }
-                    tiers.insert(tier.name, (tier.limits, file.clone()));
-                }
-                broken_tiers.extend(service.broken_tiers);
-                pending_keys.extend(service.keys.into_iter().map(|k| (file.clone(), k)));
-            }
+            FileContents::Envoy(envoy) => merged.add_domain(&mut problems, envoy),
+            FileContents::Service(service) => merged.add_service(&mut problems, service),
         }
     }
-
-    let known = |name: &str| tiers.contains_key(name) || broken_tiers.iter().any(|b| b == name);
-
-    let unknown_key = match unknown_key {
-        None => UnknownKey::Reject,
-        Some((name, _, _)) if name == REJECT => UnknownKey::Reject,
-        Some((name, pos, file)) => {
-            if !known(&name) {
-                Problems {
-                    file: &file,
-                    errors: &mut errors,
-                }
-                .at(
-                    pos,
-                    "clients.unknown_key",
-                    format_args!("names tier '{name}', which does not exist (or use reject)"),
-                );
-            }
-            UnknownKey::Tier(name)
-        }
-    };
-
-    let mut keys = Vec::with_capacity(pending_keys.len());
-    let mut seen: HashMap<[u8; 32], (String, String)> = HashMap::new();
-    for (file, key) in pending_keys {
-        let mut problems = Problems {
-            file: &file,
-            errors: &mut errors,
-        };
-        if let Some((first_file, first_path)) = seen.get(&key.digest) {
-            problems.at(
-                key.pos,
-                &key.path,
-                format_args!("duplicate key: the same key as {first_path} in {first_file}"),
-            );
-            continue;
-        }
-        seen.insert(key.digest, (file.clone(), key.path.clone()));
-        let (limits, tier_name) = match key.limits {
-            KeyLimits::Own(limits) => (limits, None),
-            KeyLimits::Tier(name, pos) => match tiers.get(&name) {
-                Some((limits, _)) => (limits.clone(), Some(name)),
-                None => {
-                    if !known(&name) {
-                        problems.at(
-                            pos,
-                            &yaml::join(&key.path, "tier"),
-                            format_args!("unknown tier '{name}'"),
-                        );
-                    }
-                    continue;
-                }
-            },
-        };
-        keys.push(ClientKey {
-            digest: key.digest,
-            label: key
-                .name
-                .or(tier_name)
-                .unwrap_or_else(|| "custom".to_owned()),
-            limits,
-        });
-    }
-
+    let clients = merged.clients(&mut errors);
     if !errors.is_empty() {
         errors.sort_by_key(|e| {
-            let file = order
-                .iter()
-                .position(|f| *f == e.file)
-                .unwrap_or(usize::MAX);
-            (file, e.line.unwrap_or(0), e.column.unwrap_or(0))
+            let file = order.iter().position(|f| *f == e.file);
+            (
+                file.unwrap_or(usize::MAX),
+                e.line.unwrap_or(0),
+                e.column.unwrap_or(0),
+            )
         });
         return Err(ConfigErrors(errors));
     }
     Ok(Config {
-        settings: settings.map(|(s, _)| s).unwrap_or_default(),
-        domains,
-        clients: ClientTable {
+        settings: merged.settings.map(|(s, _)| s).unwrap_or_default(),
+        domains: merged.domains,
+        clients,
+    })
+}
+
+/// What the files say together, before the checks across files.
+#[derive(Default)]
+struct Merged {
+    /// The settings, and the file they came from.
+    settings: Option<(Settings, String)>,
+    domains: Vec<DomainConfig>,
+    /// `unknown_key:` as written, where, and in which file.
+    unknown_key: Option<(String, Pos, String)>,
+    /// Tiers by name, with the file each came from.
+    tiers: BTreeMap<String, (Vec<LimitDef>, String)>,
+    /// Tiers with problems (reported): keys naming them are not reported again.
+    broken_tiers: Vec<String>,
+    /// Keys with their file, not yet resolved against the tiers.
+    keys: Vec<(String, KeyDef)>,
+}
+
+impl Merged {
+    fn add_domain(&mut self, problems: &mut Problems<'_>, envoy: envoy_file::EnvoyFile) {
+        let Some(domain) = envoy.domain else { return };
+        if let Some(first) = self.domains.iter().find(|d| d.domain == domain) {
+            let message = format!(
+                "duplicate domain '{domain}' in config file (first in {})",
+                first.file
+            );
+            return problems.at(envoy.domain_pos, "domain", message);
+        }
+        self.domains.push(DomainConfig {
+            domain,
+            file: problems.file.to_owned(),
+            descriptors: envoy.descriptors,
+        });
+    }
+
+    fn add_service(&mut self, problems: &mut Problems<'_>, service: ServiceFile) {
+        let file = problems.file.to_owned();
+        if let Some((settings, pos)) = service.settings {
+            match &self.settings {
+                Some((_, first)) => problems.at(
+                    pos,
+                    "settings",
+                    format_args!("settings may appear in one file only (first in {first})"),
+                ),
+                None => self.settings = Some((settings, file.clone())),
+            }
+        }
+        if let Some((name, pos)) = service.unknown_key {
+            match &self.unknown_key {
+                Some((_, _, first)) => problems.at(
+                    pos,
+                    "clients.unknown_key",
+                    format_args!("unknown_key may be set in one file only (first in {first})"),
+                ),
+                None => self.unknown_key = Some((name, pos, file.clone())),
+            }
+        }
+        for tier in service.tiers {
+            if let Some((_, first)) = self.tiers.get(&tier.name) {
+                let message = format!("tier '{}' is already defined in {first}", tier.name);
+                problems.at(tier.pos, "clients.tiers", message);
+                continue;
+            }
+            self.tiers.insert(tier.name, (tier.limits, file.clone()));
+        }
+        self.broken_tiers.extend(service.broken_tiers);
+        self.keys
+            .extend(service.keys.into_iter().map(|k| (file.clone(), k)));
+    }
+
+    /// Whether a tier of that name was written (well or not).
+    fn has_tier(&self, name: &str) -> bool {
+        self.tiers.contains_key(name) || self.broken_tiers.iter().any(|b| b == name)
+    }
+
+    /// The client table: `unknown_key` and every key resolved against the tiers.
+    fn clients(&mut self, errors: &mut Vec<ConfigError>) -> ClientTable {
+        let unknown_key = match self.unknown_key.take() {
+            None => UnknownKey::Reject,
+            Some((name, _, _)) if name == REJECT => UnknownKey::Reject,
+            Some((name, pos, file)) => {
+                if !self.has_tier(&name) {
+                    let message =
+                        format!("names tier '{name}', which does not exist (or use reject)");
+                    let mut problems = Problems {
+                        file: &file,
+                        errors,
+                    };
+                    problems.at(pos, "clients.unknown_key", message);
+                }
+                UnknownKey::Tier(name)
+            }
+        };
+        let keys = self.resolve_keys(errors);
+        ClientTable {
             unknown_key,
-            tiers: tiers
+            tiers: std::mem::take(&mut self.tiers)
                 .into_iter()
                 .map(|(name, (limits, _))| (name, limits))
                 .collect(),
             keys,
-        },
-    })
+        }
+    }
+
+    /// Each key with its limits (its tier's or its own); duplicates and unknown tiers reported.
+    fn resolve_keys(&mut self, errors: &mut Vec<ConfigError>) -> Vec<ClientKey> {
+        let mut keys = Vec::with_capacity(self.keys.len());
+        let mut seen: HashMap<[u8; 32], (String, String)> = HashMap::new();
+        for (file, key) in std::mem::take(&mut self.keys) {
+            let mut problems = Problems {
+                file: &file,
+                errors,
+            };
+            if let Some((first_file, first_path)) = seen.get(&key.digest) {
+                let message =
+                    format!("duplicate key: the same key as {first_path} in {first_file}");
+                problems.at(key.pos, &key.path, message);
+                continue;
+            }
+            seen.insert(key.digest, (file.clone(), key.path.clone()));
+            let (limits, tier_name) = match key.limits {
+                KeyLimits::Own(limits) => (limits, None),
+                KeyLimits::Tier(name, pos) => match self.tiers.get(&name) {
+                    Some((limits, _)) => (limits.clone(), Some(name)),
+                    None => {
+                        if !self.has_tier(&name) {
+                            let message = format!("unknown tier '{name}'");
+                            problems.at(pos, &yaml::join(&key.path, "tier"), message);
+                        }
+                        continue;
+                    }
+                },
+            };
+            let label = key
+                .name
+                .or(tier_name)
+                .unwrap_or_else(|| "custom".to_owned());
+            keys.push(ClientKey {
+                digest: key.digest,
+                label,
+                limits,
+            });
+        }
+        keys
+    }
 }

@@ -6,32 +6,87 @@
 //!
 //! A raw API key is never kept: `key:` is hashed at once, and no message ever quotes a key.
 
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::algorithm::Algorithm;
 
+use super::deserialize::{At, Parsed, read};
 use super::error::{Pos, Problems};
-use super::limits::parse_limit_list;
-use super::yaml::{self, Node, Value, index, join, no_hint};
+use super::limits::{LimitEntry, check_limits};
+use super::yaml::Node;
 use super::{
     ExtAuthzDescriptor, ExtAuthzEntry, FailurePolicy, HeaderStyle, LimitDef, Settings, ValueSource,
 };
 
-const TOP_KEYS: [&str; 2] = ["settings", "clients"];
-const SETTINGS_KEYS: [&str; 7] = [
-    "default_domain",
-    "headers",
-    "on_store_failure",
-    "max_cost",
-    "over_limit_body",
-    "ext_authz",
-    "ext_authz_budget_metadata_key",
-];
-const CLIENTS_KEYS: [&str; 3] = ["unknown_key", "tiers", "keys"];
-const KEY_KEYS: [&str; 5] = ["key", "sha256", "tier", "limits", "name"];
-
 /// The word `unknown_key:` uses for "refuse unknown keys"; no tier may take it as a name.
 pub(crate) const REJECT: &str = "reject";
+
+/// An own-format file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ServiceFileEntry {
+    settings: Option<At<SettingsEntry>>,
+    clients: Option<ClientsEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct SettingsEntry {
+    default_domain: Option<At<String>>,
+    headers: Option<Parsed<HeaderStyle>>,
+    on_store_failure: Option<Parsed<FailurePolicy>>,
+    max_cost: Option<At<u64>>,
+    over_limit_body: Option<String>,
+    ext_authz: Option<ExtAuthzSettings>,
+    ext_authz_budget_metadata_key: Option<String>,
+}
+
+/// `ext_authz: { descriptors: [ [ { key: api_key, from: "header:x-api-key" }, … ], … ] }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ExtAuthzSettings {
+    descriptors: Option<Vec<At<Vec<At<ExtAuthzEntrySpec>>>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ExtAuthzEntrySpec {
+    key: Option<At<String>>,
+    from: Option<At<Parsed<ValueSource>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ClientsEntry {
+    unknown_key: Option<At<String>>,
+    tiers: Option<TierEntries>,
+    keys: Option<Vec<At<KeyEntry>>>,
+}
+
+/// One API key as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct KeyEntry {
+    key: Option<At<String>>,
+    sha256: Option<At<String>>,
+    tier: Option<At<String>>,
+    limits: Option<At<Vec<At<LimitEntry>>>>,
+    name: Option<At<String>>,
+}
+
+/// `tiers:`, a mapping of tier names to lists of limits, in file order.
+#[derive(Debug, Default)]
+struct TierEntries(Vec<(At<TierName>, At<Option<TierLimits>>)>);
+
+#[derive(Debug)]
+struct TierName(String);
+
+#[derive(Debug)]
+struct TierLimits(Vec<At<LimitEntry>>);
 
 /// One own-format file, read but not yet merged.
 #[derive(Default)]
@@ -68,344 +123,222 @@ pub(crate) enum KeyLimits {
 /// Reads a file whose top level is a mapping without `domain:`.
 pub(crate) fn parse(problems: &mut Problems<'_>, root: &Node) -> ServiceFile {
     let mut file = ServiceFile::default();
-    let Some(fields) = yaml::fields(problems, root, "", &TOP_KEYS, &|key| match key {
-        "descriptors" => Some(
-            "descriptors belong in an envoyproxy/ratelimit file, which has a domain:".to_owned(),
-        ),
-        _ => Some(
-            "this file has no domain:, so it is in the service's own format: settings, \
-                   clients"
-                .to_owned(),
-        ),
-    }) else {
+    let Some(entry) = read::<ServiceFileEntry>(problems, root) else {
         return file;
     };
-    if let Some(node) = fields.get("settings") {
-        file.settings = parse_settings(problems, node).map(|s| (s, fields.key_pos("settings")));
+    if let Some(settings) = entry.settings {
+        // Blame the `settings:` key itself for a second settings block.
+        let key_pos = root
+            .entries()
+            .and_then(|entries| entries.iter().find(|(k, _)| k.show() == "settings"))
+            .map_or(settings.pos, |(k, _)| k.pos);
+        file.settings = Some((check_settings(problems, settings.value), key_pos));
     }
-    if let Some(node) = fields.get("clients") {
-        parse_clients(problems, node, &mut file);
+    if let Some(clients) = entry.clients {
+        check_clients(problems, clients, &mut file);
     }
     file
 }
 
-fn parse_settings(problems: &mut Problems<'_>, node: &Node) -> Option<Settings> {
-    let fields = yaml::fields(problems, node, "settings", &SETTINGS_KEYS, &no_hint)?;
+fn check_settings(problems: &mut Problems<'_>, e: SettingsEntry) -> Settings {
     let mut settings = Settings::default();
-    if let Some((domain, node)) = yaml::text(problems, &fields, "default_domain") {
-        if domain.trim().is_empty() {
-            problems.at(
-                node.pos,
-                &fields.path_of("default_domain"),
-                "must not be empty",
-            );
+    if let Some(domain) = e.default_domain {
+        if domain.value.trim().is_empty() {
+            problems.about(&domain, "must not be empty");
         }
-        settings.default_domain = domain;
+        settings.default_domain = domain.value;
     }
-    if let Some((text, node)) = yaml::text(problems, &fields, "headers") {
-        match text.as_str() {
-            "ietf" => settings.headers = HeaderStyle::Ietf,
-            "x-ratelimit" => settings.headers = HeaderStyle::XRateLimit,
-            "both" => settings.headers = HeaderStyle::Both,
-            "none" => settings.headers = HeaderStyle::None,
-            _ => problems.at(
-                node.pos,
-                &fields.path_of("headers"),
-                format_args!(
-                    "unknown header style '{text}' (expected ietf, x-ratelimit, both or none)"
-                ),
-            ),
-        }
+    if let Some(Parsed(headers)) = e.headers {
+        settings.headers = headers;
     }
-    if let Some((text, node)) = yaml::text(problems, &fields, "on_store_failure") {
-        match text.as_str() {
-            "fail_open" => settings.on_store_failure = FailurePolicy::FailOpen,
-            "fail_closed" => settings.on_store_failure = FailurePolicy::FailClosed,
-            "local" => settings.on_store_failure = FailurePolicy::Local,
-            _ => problems.at(
-                node.pos,
-                &fields.path_of("on_store_failure"),
-                format_args!("unknown policy '{text}' (expected fail_open, fail_closed or local)"),
-            ),
-        }
+    if let Some(Parsed(policy)) = e.on_store_failure {
+        settings.on_store_failure = policy;
     }
-    match yaml::uint(problems, &fields, "max_cost") {
-        Some((0, node)) => problems.at(node.pos, &fields.path_of("max_cost"), "must be at least 1"),
-        Some((n, _)) => settings.max_cost = n,
+    match e.max_cost {
+        Some(max) if max.value == 0 => problems.about(&max, "must be at least 1"),
+        Some(max) => settings.max_cost = max.value,
         None => {}
     }
-    if let Some((body, _)) = yaml::text(problems, &fields, "over_limit_body") {
+    if let Some(body) = e.over_limit_body {
         settings.over_limit_body = body;
     }
-    if let Some(node) = fields.get("ext_authz")
-        && let Some(rules) = parse_ext_authz(problems, node, &fields.path_of("ext_authz"))
-    {
-        settings.ext_authz = rules;
+    if let Some(descriptors) = e.ext_authz.and_then(|x| x.descriptors) {
+        settings.ext_authz = descriptors
+            .into_iter()
+            .filter_map(|d| check_ext_authz_descriptor(problems, d))
+            .collect();
     }
-    if let Some((key, _)) = yaml::text(problems, &fields, "ext_authz_budget_metadata_key") {
+    if let Some(key) = e.ext_authz_budget_metadata_key {
         settings.ext_authz_budget_metadata_key = key;
     }
-    Some(settings)
+    settings
 }
 
-/// `ext_authz: { descriptors: [ [ { key: api_key, from: "header:x-api-key" }, … ], … ] }`
-fn parse_ext_authz(
+/// One descriptor the ext_authz door builds: at least one entry, each with a key and a source.
+fn check_ext_authz_descriptor(
     problems: &mut Problems<'_>,
-    node: &Node,
-    path: &str,
-) -> Option<Vec<ExtAuthzDescriptor>> {
-    let fields = yaml::fields(problems, node, path, &["descriptors"], &no_hint)?;
-    let items = yaml::list(problems, &fields, "descriptors")?;
-    let path = fields.path_of("descriptors");
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let dpath = index(&path, i);
-        let Value::Seq(entries) = &item.value else {
-            problems.at(
-                item.pos,
-                &dpath,
-                format_args!("expected a list of entries, found {}", item.kind()),
-            );
-            continue;
-        };
-        if entries.is_empty() {
-            problems.at(item.pos, &dpath, "a descriptor needs at least one entry");
-            continue;
-        }
-        let mut descriptor = ExtAuthzDescriptor {
-            entries: Vec::new(),
-        };
-        for (j, entry) in entries.iter().enumerate() {
-            let epath = index(&dpath, j);
-            let Some(f) = yaml::fields(problems, entry, &epath, &["key", "from"], &no_hint) else {
-                continue;
-            };
-            let key = yaml::text(problems, &f, "key");
-            let from = yaml::text(problems, &f, "from");
-            match (key, from) {
-                (Some((key, knode)), Some((from, fnode))) => {
-                    if key.is_empty() {
-                        problems.at(knode.pos, &f.path_of("key"), "must not be empty");
-                        continue;
-                    }
-                    match ValueSource::parse(&from) {
-                        Ok(from) => descriptor.entries.push(ExtAuthzEntry { key, from }),
-                        Err(e) => problems.at(fnode.pos, &f.path_of("from"), e),
-                    }
-                }
-                _ => problems.at(entry.pos, &epath, "an entry needs `key` and `from`"),
-            }
-        }
-        out.push(descriptor);
+    descriptor: At<Vec<At<ExtAuthzEntrySpec>>>,
+) -> Option<ExtAuthzDescriptor> {
+    if descriptor.value.is_empty() {
+        problems.about_unless_reported(&descriptor, "a descriptor needs at least one entry");
+        return None;
     }
-    Some(out)
+    let mut entries = Vec::with_capacity(descriptor.value.len());
+    for entry in descriptor.value {
+        match (entry.value.key, entry.value.from) {
+            (Some(key), _) if key.value.is_empty() => problems.about(&key, "must not be empty"),
+            (Some(key), Some(from)) => entries.push(ExtAuthzEntry {
+                key: key.value,
+                from: from.value.0,
+            }),
+            _ if problems.any_under(&entry.path) => {}
+            _ => problems.at(entry.pos, &entry.path, "an entry needs `key` and `from`"),
+        }
+    }
+    Some(ExtAuthzDescriptor { entries })
 }
 
-fn parse_clients(problems: &mut Problems<'_>, node: &Node, file: &mut ServiceFile) {
-    let Some(fields) = yaml::fields(problems, node, "clients", &CLIENTS_KEYS, &no_hint) else {
-        return;
-    };
-    if let Some((text, node)) = yaml::text(problems, &fields, "unknown_key") {
-        if text.is_empty() {
-            problems.at(
-                node.pos,
-                &fields.path_of("unknown_key"),
-                "must be reject or the name of a tier",
-            );
+fn check_clients(problems: &mut Problems<'_>, clients: ClientsEntry, file: &mut ServiceFile) {
+    if let Some(unknown_key) = clients.unknown_key {
+        if unknown_key.value.is_empty() {
+            problems.about(&unknown_key, "must be reject or the name of a tier");
         } else {
-            file.unknown_key = Some((text, node.pos));
+            file.unknown_key = Some((unknown_key.value, unknown_key.pos));
         }
     }
-    if let Some(node) = fields.get("tiers") {
-        parse_tiers(problems, node, &fields.path_of("tiers"), file);
+    for (name, limits) in clients.tiers.map(|t| t.0).unwrap_or_default() {
+        check_tier(problems, name, limits, file);
     }
-    if let Some(items) = yaml::list(problems, &fields, "keys") {
-        let path = fields.path_of("keys");
-        for (i, item) in items.iter().enumerate() {
-            if let Some(key) = parse_key(problems, item, &index(&path, i)) {
-                file.keys.push(key);
-            }
+    for key in clients.keys.unwrap_or_default() {
+        if let Some(key) = check_key(problems, key) {
+            file.keys.push(key);
         }
     }
 }
 
-fn parse_tiers(problems: &mut Problems<'_>, node: &Node, path: &str, file: &mut ServiceFile) {
-    let Some(entries) = node.entries() else {
-        problems.at(
-            node.pos,
-            path,
-            format_args!(
-                "expected a mapping of tier names to limits, found {}",
-                node.kind()
-            ),
-        );
-        return;
-    };
-    for (key, value) in entries {
-        let Value::Str(name) = &key.value else {
-            problems.at(
-                key.pos,
-                path,
-                format_args!("tier name is not a string: {}", key.show()),
-            );
-            continue;
-        };
-        let tier_path = join(path, name);
-        if name.trim().is_empty() {
-            problems.at(key.pos, path, "a tier name must not be empty");
-            continue;
+fn check_tier(
+    problems: &mut Problems<'_>,
+    name: At<TierName>,
+    limits: At<Option<TierLimits>>,
+    file: &mut ServiceFile,
+) {
+    let TierName(tier) = name.value;
+    if tier.trim().is_empty() {
+        return problems.at(name.pos, &name.path, "a tier name must not be empty");
+    }
+    if tier == REJECT {
+        let message = "a tier cannot be named 'reject' (unknown_key: reject means refuse)";
+        return problems.at(name.pos, &name.path, message);
+    }
+    let checked = match &limits.value {
+        None => {
+            problems.about(&limits, "expected a list of limits, found nothing (null)");
+            None
         }
-        if name == REJECT {
-            problems.at(
-                key.pos,
-                path,
-                "a tier cannot be named 'reject' (unknown_key: reject means refuse)",
-            );
-            continue;
+        Some(TierLimits(list)) if list.is_empty() => {
+            problems.about_unless_reported(&limits, "a tier needs at least one limit");
+            None
         }
-        let Value::Seq(items) = &value.value else {
-            problems.at(
-                value.pos,
-                &tier_path,
-                format_args!("expected a list of limits, found {}", value.kind()),
-            );
-            file.broken_tiers.push(name.clone());
-            continue;
-        };
-        if items.is_empty() {
-            problems.at(value.pos, &tier_path, "a tier needs at least one limit");
-            file.broken_tiers.push(name.clone());
-            continue;
-        }
-        let before = problems.errors.len();
-        let limits = parse_limit_list(
+        Some(TierLimits(list)) => Some(check_limits(
             problems,
-            items,
-            &tier_path,
+            list,
             Algorithm::TokenBucket,
             &[],
             "tier",
-        );
-        if problems.errors.len() == before {
-            file.tiers.push(TierDef {
-                name: name.clone(),
-                pos: key.pos,
-                limits,
-            });
-        } else {
-            file.broken_tiers.push(name.clone());
-        }
+        )),
+    };
+    match checked {
+        Some(limits_ok) if !problems.any_under(&limits.path) => file.tiers.push(TierDef {
+            name: tier,
+            pos: name.pos,
+            limits: limits_ok,
+        }),
+        _ => file.broken_tiers.push(tier),
     }
 }
 
-fn parse_key(problems: &mut Problems<'_>, node: &Node, path: &str) -> Option<KeyDef> {
-    let fields = yaml::fields(problems, node, path, &KEY_KEYS, &|key| match key {
-        "api_key" | "value" | "secret" => {
-            Some("the key itself goes under key: (or its SHA-256 under sha256:)".to_owned())
-        }
-        "limit" | "window" | "algorithm" | "burst" => {
-            Some("a key's own limits go in a list under limits:".to_owned())
-        }
-        _ => None,
-    })?;
-
-    let digest = match (fields.get("key"), fields.get("sha256")) {
-        (Some(_), Some(node)) => {
-            problems.at(node.pos, path, "give either key or sha256, not both");
-            None
-        }
-        (None, None) => {
-            problems.at(
-                fields.pos,
-                path,
-                "each key needs key: (the key) or sha256: (its SHA-256)",
-            );
-            None
-        }
-        (Some(_), None) => match yaml::text(problems, &fields, "key") {
-            Some((key, node)) if key.is_empty() => {
-                problems.at(node.pos, &fields.path_of("key"), "must not be empty");
-                None
-            }
-            Some((key, _)) => Some(Sha256::digest(key.as_bytes()).into()),
-            None => None,
-        },
-        (None, Some(_)) => match yaml::text(problems, &fields, "sha256") {
-            Some((text, node)) => {
-                let digest = parse_sha256(&text);
-                if digest.is_none() {
-                    problems.at(
-                        node.pos,
-                        &fields.path_of("sha256"),
-                        "must be 64 hexadecimal characters (the SHA-256 of the key)",
-                    );
-                }
-                digest
-            }
-            None => None,
-        },
-    };
-
-    let name = match yaml::text(problems, &fields, "name") {
-        Some((name, node)) if name.trim().is_empty() => {
-            problems.at(node.pos, &fields.path_of("name"), "must not be empty");
-            None
-        }
-        other => other.map(|(name, _)| name),
-    };
-
-    let limits = match (fields.get("tier"), fields.get("limits")) {
-        (Some(_), Some(node)) => {
-            problems.at(node.pos, path, "give either tier or limits, not both");
-            None
-        }
-        (None, None) => {
-            problems.at(
-                fields.pos,
-                path,
-                "each key needs tier: (a tier's name) or limits:",
-            );
-            None
-        }
-        (Some(_), None) => match yaml::text(problems, &fields, "tier") {
-            Some((tier, node)) if tier.is_empty() => {
-                problems.at(node.pos, &fields.path_of("tier"), "must not be empty");
-                None
-            }
-            Some((tier, node)) => Some(KeyLimits::Tier(tier, node.pos)),
-            None => None,
-        },
-        (None, Some(_)) => match yaml::list(problems, &fields, "limits") {
-            Some([]) => {
-                let pos = fields.get("limits").map_or(fields.pos, |n| n.pos);
-                problems.at(
-                    pos,
-                    &fields.path_of("limits"),
-                    "a key needs at least one limit",
-                );
-                None
-            }
-            Some(items) => Some(KeyLimits::Own(parse_limit_list(
-                problems,
-                items,
-                &fields.path_of("limits"),
-                Algorithm::TokenBucket,
-                &[],
-                "key",
-            ))),
-            None => None,
-        },
-    };
-
+fn check_key(problems: &mut Problems<'_>, entry: At<KeyEntry>) -> Option<KeyDef> {
+    let digest = check_digest(problems, &entry);
+    let limits = check_key_limits(problems, &entry);
+    let e = entry.value;
+    if let Some(name) = e.name.as_ref().filter(|n| n.value.trim().is_empty()) {
+        problems.about(name, "must not be empty");
+    }
     // A key with other problems (already reported) is still kept when its digest and limits
     // are known, so that the checks across keys (duplicates, unknown tiers) still run.
     Some(KeyDef {
         digest: digest?,
-        pos: fields.pos,
-        path: path.to_owned(),
-        name,
+        pos: entry.pos,
+        path: entry.path,
+        name: e.name.map(|n| n.value).filter(|n| !n.trim().is_empty()),
         limits: limits?,
     })
+}
+
+/// `key:` (hashed at once) or `sha256:`, exactly one.
+fn check_digest(problems: &mut Problems<'_>, entry: &At<KeyEntry>) -> Option<[u8; 32]> {
+    match (&entry.value.key, &entry.value.sha256) {
+        (Some(_), Some(sha)) => {
+            problems.at(sha.pos, &entry.path, "give either key or sha256, not both");
+            None
+        }
+        (Some(key), None) if key.value.is_empty() => {
+            problems.about(key, "must not be empty");
+            None
+        }
+        (Some(key), None) => Some(Sha256::digest(key.value.as_bytes()).into()),
+        (None, Some(sha)) => parse_sha256(&sha.value).or_else(|| {
+            problems.about(
+                sha,
+                "must be 64 hexadecimal characters (the SHA-256 of the key)",
+            );
+            None
+        }),
+        (None, None) => {
+            let message = "each key needs key: (the key) or sha256: (its SHA-256)";
+            if !problems.any_under(&format!("{}.sha256", entry.path)) {
+                problems.missing(entry, "key", message);
+            }
+            None
+        }
+    }
+}
+
+/// `tier:` or `limits:`, exactly one.
+fn check_key_limits(problems: &mut Problems<'_>, entry: &At<KeyEntry>) -> Option<KeyLimits> {
+    match (&entry.value.tier, &entry.value.limits) {
+        (Some(_), Some(limits)) => {
+            problems.at(
+                limits.pos,
+                &entry.path,
+                "give either tier or limits, not both",
+            );
+            None
+        }
+        (Some(tier), None) if tier.value.is_empty() => {
+            problems.about(tier, "must not be empty");
+            None
+        }
+        (Some(tier), None) => Some(KeyLimits::Tier(tier.value.clone(), tier.pos)),
+        (None, Some(limits)) if limits.value.is_empty() => {
+            problems.about_unless_reported(limits, "a key needs at least one limit");
+            None
+        }
+        (None, Some(limits)) => Some(KeyLimits::Own(check_limits(
+            problems,
+            &limits.value,
+            Algorithm::TokenBucket,
+            &[],
+            "key",
+        ))),
+        (None, None) => {
+            let message = "each key needs tier: (a tier's name) or limits:";
+            if !problems.any_under(&format!("{}.tier", entry.path)) {
+                problems.missing(entry, "limits", message);
+            }
+            None
+        }
+    }
 }
 
 /// 64 hex digits, either case, to 32 bytes.
@@ -417,4 +350,81 @@ fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let mut digest = [0u8; 32];
     hex::decode_to_slice(text, &mut digest).ok()?;
     Some(digest)
+}
+
+impl<'de> Deserialize<'de> for TierEntries {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TierEntriesVisitor)
+    }
+}
+
+struct TierEntriesVisitor;
+
+impl<'de> Visitor<'de> for TierEntriesVisitor {
+    type Value = TierEntries;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping of tier names to limits")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TierEntries, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(TierEntries(entries))
+    }
+}
+
+impl<'de> Deserialize<'de> for TierName {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TierNameVisitor)
+    }
+}
+
+/// A tier's name: a string (a number or boolean as a key is refused, not read as text).
+struct TierNameVisitor;
+
+impl Visitor<'_> for TierNameVisitor {
+    type Value = TierName;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a tier name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<TierName, E> {
+        Ok(TierName(name.to_owned()))
+    }
+
+    fn visit_i128<E: de::Error>(self, n: i128) -> Result<TierName, E> {
+        Err(E::custom(format!("tier name is not a string: {n}")))
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<TierName, E> {
+        Err(E::custom(format!("tier name is not a string: {b}")))
+    }
+}
+
+impl<'de> Deserialize<'de> for TierLimits {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(TierLimitsVisitor)
+    }
+}
+
+struct TierLimitsVisitor;
+
+impl<'de> Visitor<'de> for TierLimitsVisitor {
+    type Value = TierLimits;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of limits")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<TierLimits, A::Error> {
+        let mut limits = Vec::new();
+        while let Some(limit) = seq.next_element()? {
+            limits.push(limit);
+        }
+        Ok(TierLimits(limits))
+    }
 }

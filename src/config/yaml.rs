@@ -1,10 +1,9 @@
 //! A YAML document as a tree of nodes that each know their line and column.
 //!
-//! Config files are not deserialized straight into structs: serde stops at the first unknown
-//! key or wrong type, and we want every problem of a file in one pass, each with a location.
-//! So a file is parsed once by serde-saphyr into this generic tree (every node wrapped in
-//! `serde_saphyr::Spanned`, which records where it was), and the two file shapes walk the tree
-//! with the small readers below, reporting problems as they go.
+//! A file is parsed once by serde-saphyr into this generic tree (every node wrapped in
+//! `serde_saphyr::Spanned`, which records where it was); [`super::deserialize`] then reads the
+//! tree into the declared structs of the two file shapes, with every problem located, which
+//! serde straight from the text could not do (it stops at the first).
 //!
 //! Parsing choices, for predictable configs:
 //! - YAML 1.2 booleans only (`yes`, `no`, `on`, `off`, `y`, `n` stay strings: `value: no` is
@@ -19,7 +18,7 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Location, Spanned};
 
-use super::error::{Pos, Problems};
+use super::error::Pos;
 
 /// The deepest YAML nesting accepted (mappings and lists). A descriptor level takes two
 /// (the list and the mapping), so this leaves room above the 16 descriptor levels allowed,
@@ -302,188 +301,6 @@ pub(crate) fn join(parent: &str, name: &str) -> String {
 /// `parent[index]`.
 pub(crate) fn index(parent: &str, i: usize) -> String {
     format!("{parent}[{i}]")
-}
-
-/// The checked keys of one mapping. Built by [`fields`], which has already reported
-/// non-string and unknown keys.
-pub(crate) struct Fields<'n> {
-    pub pos: Pos,
-    pub path: String,
-    entries: Vec<(&'n str, &'n Node, &'n Node)>,
-}
-
-impl<'n> Fields<'n> {
-    /// The value under `name`, unless it is absent or null (`key:` with nothing after it
-    /// means "not given", as in Go's YAML).
-    pub fn get(&self, name: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .find(|(k, _, v)| *k == name && !v.is_null())
-            .map(|(_, _, v)| *v)
-    }
-
-    /// Where the key `name` is written, or the mapping's position.
-    pub fn key_pos(&self, name: &str) -> Pos {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| *k == name)
-            .map_or(self.pos, |(_, key, _)| key.pos)
-    }
-
-    /// The path of the value under `name`.
-    pub fn path_of(&self, name: &str) -> String {
-        join(&self.path, name)
-    }
-}
-
-/// Reads a mapping whose keys must come from `allowed`. Reports a non-mapping, non-string
-/// keys, and unknown keys (with `hint(key)` appended when it has something to say), and
-/// returns the known entries; `None` only when the node is not a mapping at all.
-pub(crate) fn fields<'n>(
-    problems: &mut Problems<'_>,
-    node: &'n Node,
-    path: &str,
-    allowed: &[&str],
-    hint: &dyn Fn(&str) -> Option<String>,
-) -> Option<Fields<'n>> {
-    let Some(map) = node.entries() else {
-        problems.at(
-            node.pos,
-            path,
-            format_args!("expected a mapping, found {}", node.kind()),
-        );
-        return None;
-    };
-    let mut entries = Vec::with_capacity(map.len());
-    for (key, value) in map {
-        let Value::Str(name) = &key.value else {
-            problems.at(
-                key.pos,
-                path,
-                format_args!("key is not a string: {}", key.show()),
-            );
-            continue;
-        };
-        if !allowed.contains(&name.as_str()) {
-            let extra = hint(name).map(|h| format!(" ({h})")).unwrap_or_default();
-            problems.at(key.pos, path, format_args!("unknown key '{name}'{extra}"));
-            continue;
-        }
-        entries.push((name.as_str(), key, value));
-    }
-    Some(Fields {
-        pos: node.pos,
-        path: path.to_owned(),
-        entries,
-    })
-}
-
-/// No hint for unknown keys.
-pub(crate) fn no_hint(_: &str) -> Option<String> {
-    None
-}
-
-/// A text field: a string, or a number or boolean read as written.
-pub(crate) fn text<'n>(
-    problems: &mut Problems<'_>,
-    fields: &Fields<'n>,
-    name: &str,
-) -> Option<(String, &'n Node)> {
-    let node = fields.get(name)?;
-    match node.as_text() {
-        Some(text) => Some((text, node)),
-        None => {
-            problems.at(
-                node.pos,
-                &fields.path_of(name),
-                format_args!("expected a string, found {}", node.kind()),
-            );
-            None
-        }
-    }
-}
-
-/// A whole number, `0..=u64::MAX`.
-pub(crate) fn uint<'n>(
-    problems: &mut Problems<'_>,
-    fields: &Fields<'n>,
-    name: &str,
-) -> Option<(u64, &'n Node)> {
-    let node = fields.get(name)?;
-    let path = fields.path_of(name);
-    match &node.value {
-        Value::Int(i) if *i < 0 => {
-            problems.at(
-                node.pos,
-                &path,
-                format_args!("must not be negative, found {i}"),
-            );
-            None
-        }
-        Value::Int(i) => match u64::try_from(*i) {
-            Ok(v) => Some((v, node)),
-            Err(_) => {
-                problems.at(node.pos, &path, format_args!("{i} is too large"));
-                None
-            }
-        },
-        Value::Float(_) => {
-            problems.at(
-                node.pos,
-                &path,
-                format_args!("expected a whole number, found {}", node.show()),
-            );
-            None
-        }
-        _ => {
-            problems.at(
-                node.pos,
-                &path,
-                format_args!("expected a whole number, found {}", node.kind()),
-            );
-            None
-        }
-    }
-}
-
-/// `true` or `false`.
-pub(crate) fn boolean(
-    problems: &mut Problems<'_>,
-    fields: &Fields<'_>,
-    name: &str,
-) -> Option<bool> {
-    let node = fields.get(name)?;
-    match node.value {
-        Value::Bool(b) => Some(b),
-        _ => {
-            problems.at(
-                node.pos,
-                &fields.path_of(name),
-                format_args!("expected true or false, found {}", node.kind()),
-            );
-            None
-        }
-    }
-}
-
-/// A list.
-pub(crate) fn list<'n>(
-    problems: &mut Problems<'_>,
-    fields: &Fields<'n>,
-    name: &str,
-) -> Option<&'n [Node]> {
-    let node = fields.get(name)?;
-    match &node.value {
-        Value::Seq(items) => Some(items),
-        _ => {
-            problems.at(
-                node.pos,
-                &fields.path_of(name),
-                format_args!("expected a list, found {}", node.kind()),
-            );
-            None
-        }
-    }
 }
 
 #[cfg(test)]

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use super::request::API_KEY;
-use crate::algorithm::{Algorithm, Quota};
+use crate::algorithm::{Algorithm, Quota, gcra};
 use crate::config::{
     ClientTable, Config, ConfigError, ConfigErrors, DescriptorDef, LimitDef, Settings, UnknownKey,
 };
+use crate::store::{Backend, Store};
 
 /// One configured limit, shared by every request that matches it.
 #[derive(Debug)]
@@ -114,17 +115,11 @@ impl Rules {
             branch.clients = Some(compile_clients(&config.clients));
         }
         for domain in &config.domains {
-            check_ranges(&domain.descriptors, &domain.file, &mut errors);
+            check_ranges(&domain.descriptors, &mut errors);
         }
-        for (tier, limits) in &config.clients.tiers {
-            for l in limits {
-                check_range(l, &format!("clients.tiers.{tier}"), &mut errors);
-            }
-        }
-        for key in &config.clients.keys {
-            for l in &key.limits {
-                check_range(l, &format!("clients.keys ({})", key.label), &mut errors);
-            }
+        let client_limits = config.clients.tiers.values().flatten();
+        for l in client_limits.chain(config.clients.keys.iter().flat_map(|k| &k.limits)) {
+            check_range(l, &mut errors);
         }
         if errors.is_empty() {
             Ok(Rules {
@@ -287,12 +282,10 @@ fn add_descriptor(
     }
 }
 
-/// Every limit must be decidable exactly by every store: the Redis scripts compute in Lua's
-/// doubles, exact up to 2^53, so limits, windows and token-bucket spans are bounded well below.
-/// A sliding window's limit is also capped, which bounds its log and so what a decision costs.
-fn check_range(def: &LimitDef, place: &str, errors: &mut Vec<ConfigError>) {
-    use crate::algorithm::{gcra, sliding_window};
-    use crate::store::{Backend, Store};
+/// Every limit must be decidable exactly by every store ([`Store::CAPACITY`]): the Redis
+/// scripts compute in Lua's doubles, exact up to 2^53, so limits, windows and token-bucket
+/// spans are bounded well below.
+fn check_range(def: &LimitDef, errors: &mut Vec<ConfigError>) {
     let max = Backend::CAPACITY;
     let q = &def.quota;
     let too_big = q.limit > max.quota
@@ -300,42 +293,23 @@ fn check_range(def: &LimitDef, place: &str, errors: &mut Vec<ConfigError>) {
         || q.burst > max.quota
         || (def.algorithm == Algorithm::TokenBucket && gcra::tolerance(q) > max.span);
     if too_big {
-        errors.push(ConfigError {
-            file: place.to_owned(),
-            line: None,
-            column: None,
-            message: format!(
-                "limit `{}`: limit, burst or burst × (window ÷ limit) is too large to count exactly \
-                 (at most 2^{} units and a token-bucket span of 2^{} µs, about {} years)",
-                def.name,
-                max.quota.ilog2(),
-                max.span.ilog2(),
-                max.span / (365 * 86_400 * 1_000_000),
-            ),
-        });
-    }
-    if def.algorithm == Algorithm::SlidingWindow && q.limit > sliding_window::MAX_LIMIT {
-        errors.push(ConfigError {
-            file: place.to_owned(),
-            line: None,
-            column: None,
-            message: format!(
-                "limit `{}`: a sliding_window limit is at most {} (its log holds one entry per \
-                 admitted request, which every decision reads); for larger limits use \
-                 token_bucket or fixed_window",
-                def.name,
-                sliding_window::MAX_LIMIT
-            ),
-        });
+        errors.push(def.source.problem(format_args!(
+            "limit `{}`: limit, burst or burst × (window ÷ limit) is too large to count exactly \
+             (at most 2^{} units and a token-bucket span of 2^{} µs, about {} years)",
+            def.name,
+            max.quota.ilog2(),
+            max.span.ilog2(),
+            max.span / (365 * 86_400 * 1_000_000),
+        )));
     }
 }
 
-fn check_ranges(descriptors: &[DescriptorDef], file: &str, errors: &mut Vec<ConfigError>) {
+fn check_ranges(descriptors: &[DescriptorDef], errors: &mut Vec<ConfigError>) {
     for d in descriptors {
         for l in &d.limits {
-            check_range(l, file, errors);
+            check_range(l, errors);
         }
-        check_ranges(&d.descriptors, file, errors);
+        check_ranges(&d.descriptors, errors);
     }
 }
 

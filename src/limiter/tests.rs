@@ -300,6 +300,11 @@ clients:
     let config = config::parse_str("huge.yaml", cfg).unwrap();
     let err = Rules::compile(&config).unwrap_err().to_string();
     assert!(err.contains("huge") && err.contains("too large"), "{err}");
+    // Located where the limit is written, like every other config problem.
+    assert!(
+        err.starts_with("huge.yaml:4:13: clients.tiers.huge[0]: limit `huge`: "),
+        "{err}"
+    );
 }
 
 /// An envoyproxy/ratelimit file alone: no client table.

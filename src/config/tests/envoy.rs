@@ -157,6 +157,7 @@ fn fixed(name: &str, limit: u64, window: u64) -> LimitDef {
         algorithm: Algorithm::FixedWindow,
         quota: Quota::new(limit, window),
         shadow_mode: false,
+        source: Default::default(),
     }
 }
 
@@ -796,12 +797,14 @@ fn limits_extension_adds_limits_after_the_rate_limit() {
                     burst: 8
                 },
                 shadow_mode: false,
+                source: Default::default(),
             },
             LimitDef {
                 name: "3-per-1m".into(),
                 algorithm: Algorithm::SlidingWindow,
                 quota: Quota::new(3, 60 * SECOND),
                 shadow_mode: true,
+                source: Default::default(),
             },
         ]
     );
@@ -918,16 +921,18 @@ fn sliding_windows_above_the_cap_are_refused_in_envoy_files_too() {
             "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {{unit: hour, requests_per_unit: {limit}}}\n    algorithm: sliding_window\n"
         )
     };
-    assert!(crate::limiter::Rules::compile(&ok(&text(MAX_LIMIT))).is_ok());
-    let err = crate::limiter::Rules::compile(&ok(&text(MAX_LIMIT + 1)))
-        .err()
-        .map(|e| e.to_string())
-        .expect("refused");
-    assert!(
-        err.contains(&format!("sliding_window limit is at most {MAX_LIMIT}"))
-            && err.contains("token_bucket or fixed_window"),
-        "{err}"
+    ok(&text(MAX_LIMIT));
+    // Refused where it is written, at load (and so by `ratelimiter validate`).
+    assert_err_at(
+        &text(MAX_LIMIT + 1),
+        4,
+        49,
+        &format!(
+            "descriptors[0].rate_limit.requests_per_unit: limit `{}-per-1h`: a sliding_window limit is at most {MAX_LIMIT}",
+            MAX_LIMIT + 1
+        ),
     );
+    assert_err(&text(MAX_LIMIT + 1), "token_bucket or fixed_window");
 }
 
 #[test]

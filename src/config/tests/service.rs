@@ -4,7 +4,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::{TempDir, assert_err, assert_err_at, errs, ok, one_err};
+use super::{TempDir, assert_err, assert_err_at, errs, ok, one_err, parse_str};
 use crate::algorithm::{Algorithm, Quota};
 use crate::config::{ClientKey, FailurePolicy, HeaderStyle, LimitDef, Settings, UnknownKey, load};
 
@@ -37,6 +37,7 @@ fn tb(name: &str, limit: u64, window: u64, burst: u64) -> LimitDef {
             burst,
         },
         shadow_mode: false,
+        source: Default::default(),
     }
 }
 
@@ -52,6 +53,7 @@ fn standard_tier() -> Vec<LimitDef> {
             algorithm: Algorithm::FixedWindow,
             quota: Quota::new(10_000, 86_400 * SECOND),
             shadow_mode: false,
+            source: Default::default(),
         },
     ]
 }
@@ -637,11 +639,15 @@ fn ext_authz_rules_and_over_limit_body() {
     }
 }
 
-/// What `Rules::compile` (run by config load and `ratelimiter validate`) says about `text`.
+/// What loading `text` and compiling it into rules (as start-up and `ratelimiter validate`
+/// do) says about it.
 fn compile_errors(text: &str) -> Option<String> {
-    crate::limiter::Rules::compile(&ok(text))
-        .err()
-        .map(|e| e.to_string())
+    match parse_str("t.yaml", text) {
+        Ok(config) => crate::limiter::Rules::compile(&config)
+            .err()
+            .map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    }
 }
 
 #[test]
