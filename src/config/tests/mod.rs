@@ -154,6 +154,21 @@ fn every_problem_is_reported_not_just_the_first() {
 }
 
 #[test]
+fn a_file_with_very_many_problems_lists_a_bounded_number() {
+    let keys: String = (0..150).map(|i| format!("  extra{i}: 1\n")).collect();
+    let errors = errs(&format!("settings:\n{keys}"));
+    assert!(errors.contains("unknown key 'extra0'"), "{errors}");
+    assert!(errors.contains("unknown key 'extra99'"), "{errors}");
+    assert!(!errors.contains("unknown key 'extra100'"), "{errors}");
+    assert!(errors.contains("too many problems"), "{errors}");
+}
+
+#[test]
+fn a_key_with_nothing_after_it_is_not_given() {
+    assert_eq!(ok("settings:\n  max_cost:\n  headers:\n"), ok("settings: {}\n"));
+}
+
+#[test]
 fn yaml_syntax_errors_have_a_location() {
     let e = one_err("domain: d\ndescriptors:\n  - key: a\n   value: b\n");
     assert_eq!(e.line, Some(4));
