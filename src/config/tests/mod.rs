@@ -165,7 +165,10 @@ fn a_file_with_very_many_problems_lists_a_bounded_number() {
 
 #[test]
 fn a_key_with_nothing_after_it_is_not_given() {
-    assert_eq!(ok("settings:\n  max_cost:\n  headers:\n"), ok("settings: {}\n"));
+    assert_eq!(
+        ok("settings:\n  max_cost:\n  headers:\n"),
+        ok("settings: {}\n")
+    );
 }
 
 #[test]

@@ -64,39 +64,31 @@ macro_rules! lua {
     };
 }
 
+/// One script's source: the shared functions, a clock, the algorithms, the key layout, then
+/// the script's own body.
+macro_rules! script_source {
+    ($clock:literal, $body:literal) => {
+        concat!(
+            lua!("common.lua"),
+            lua!($clock),
+            lua!("gcra.lua"),
+            lua!("sliding_window.lua"),
+            lua!("fixed_window.lua"),
+            lua!("keys.lua"),
+            lua!($body),
+        )
+    };
+}
+
 /// The production decide script's source.
-const DECIDE_LUA: &str = concat!(
-    lua!("common.lua"),
-    lua!("clock_redis.lua"),
-    lua!("gcra.lua"),
-    lua!("sliding_window.lua"),
-    lua!("fixed_window.lua"),
-    lua!("keys.lua"),
-    lua!("decide.lua"),
-);
+const DECIDE_LUA: &str = script_source!("clock_redis.lua", "decide.lua");
 
 /// The refund script's source (production clock: refunds clamp to Redis's `TIME`).
-const REFUND_LUA: &str = concat!(
-    lua!("common.lua"),
-    lua!("clock_redis.lua"),
-    lua!("gcra.lua"),
-    lua!("sliding_window.lua"),
-    lua!("fixed_window.lua"),
-    lua!("keys.lua"),
-    lua!("refund.lua"),
-);
+const REFUND_LUA: &str = script_source!("clock_redis.lua", "refund.lua");
 
 /// The test decide script's source: the clock is `ARGV[1]`, and a witness counts runs.
 #[cfg(test)]
-const DECIDE_TEST_CLOCK_LUA: &str = concat!(
-    lua!("common.lua"),
-    lua!("clock_test.lua"),
-    lua!("gcra.lua"),
-    lua!("sliding_window.lua"),
-    lua!("fixed_window.lua"),
-    lua!("keys.lua"),
-    lua!("decide.lua"),
-);
+const DECIDE_TEST_CLOCK_LUA: &str = script_source!("clock_test.lua", "decide.lua");
 
 static DECIDE: LazyLock<Script> = LazyLock::new(|| Script::new(DECIDE_LUA));
 static REFUND: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND_LUA));
