@@ -3,9 +3,13 @@
 //! A sliding window's log holds up to `limit` entries, and `sliding_window::MAX_LIMIT` caps
 //! that limit at config load. Here one key at the cap, with a full log whose entries leave the
 //! window one every 10 ms (so decisions both admit, rewriting the log, and reject), is hit
-//! from many tasks at once, through the real binary with the default `--redis-timeout-ms`, while
-//! another key (a token bucket) is asked in a loop: every answer for either key must be a
-//! normal decision, and every answer for the other key an admission.
+//! from many tasks at once, through the real binary, while another key (a token bucket) is
+//! asked in a loop: every answer for either key must be a normal decision, every answer for
+//! the other key an admission, and what a decision costs inside Redis (`usec_per_call` of
+//! `evalsha`, Redis's own figure, far steadier on a shared machine than a client's wall clock)
+//! stays under 2 ms — about 17 times the measured worst case at the cap, and 45 times less than
+//! a 30,000-entry log costs. The service's Redis timeout is generous (2 s), so that a busy
+//! machine cannot turn slowness into failed answers: the cost is judged by Redis's figure.
 //!
 //! `cost_per_decision` (ignored: a measurement, not a test) prints what one decision costs
 //! inside Redis (`INFO commandstats`, `usec_per_call` of `evalsha`) and in memory, for logs of
@@ -32,6 +36,8 @@ const MS: Micros = 1_000;
 const HEAVY_SPACING: Micros = 10 * MS;
 /// The heavy key's window: `MAX_LIMIT` entries `HEAVY_SPACING` apart fill it.
 const HEAVY_WINDOW: Micros = MAX_LIMIT * HEAVY_SPACING;
+/// The most one decision may cost inside Redis, on average over a run.
+const MAX_USEC_PER_DECISION: f64 = 2_000.0;
 /// How long the heavy key is hammered (less than its window: the filled log stays full).
 const HAMMER_FOR: Duration = Duration::from_secs(4);
 
@@ -118,8 +124,10 @@ fn hammer(
 async fn a_full_sliding_window_at_the_cap_leaves_other_keys_untouched() {
     let redis = RedisServer::start();
     let dir = config_dir("heavy-key", &[("service.yaml", &config())]);
-    // The default --redis-timeout-ms (50).
-    let svc = Service::start(&dir, &["--redis-url", &redis.url()]);
+    let svc = Service::start(
+        &dir,
+        &["--redis-url", &redis.url(), "--redis-timeout-ms", "2000"],
+    );
     let client = http_client(Duration::from_secs(10), 1);
     for key in ["heavy", "other"] {
         let reply = check(&client, &svc.url(""), key, 1).await.unwrap();
@@ -172,6 +180,13 @@ async fn a_full_sliding_window_at_the_cap_leaves_other_keys_untouched() {
         other_kinds.len(),
         other_bad.first(),
         svc.logs()
+    );
+    // What a decision cost inside Redis, over every decision of the run.
+    let per_call = evalsha_usec_per_call(&redis);
+    println!("one decision inside Redis: {per_call:.1} µs on average");
+    assert!(
+        per_call < MAX_USEC_PER_DECISION,
+        "a decision cost {per_call:.0} µs inside Redis (at most {MAX_USEC_PER_DECISION} expected)"
     );
     // The heavy key was really full, and really decided on (admissions as entries left), and
     // answered normally too.
