@@ -636,3 +636,97 @@ async fn post_paid_descriptor_records_stream_done_charges_into_debt() {
     assert_eq!(r.overall_code, over, "{r:?}");
     svc.stop().await;
 }
+
+/// envoyproxy/ratelimit's quota mode and response dynamic metadata, as upstream answers them.
+const QUOTA: &str = r#"
+domain: quota
+descriptors:
+  - key: tenant
+    quota_mode: true
+    rate_limit: { unit: hour, requests_per_unit: 1 }
+    metadata: { team: tenants, route: { tier: free } }
+  - key: region
+    quota_mode: true
+    rate_limit: { unit: hour, requests_per_unit: 5 }
+    metadata: { team: regions, route: { zone: eu } }
+"#;
+
+#[tokio::test]
+async fn quota_mode_and_dynamic_metadata_answer_as_upstream_does() {
+    let service = BASIC.replace(
+        "max_cost: 1000",
+        "max_cost: 1000\n  response_dynamic_metadata: true",
+    );
+    let dir = config_dir(
+        "envoy-doors-quota",
+        &[("service.yaml", &service), ("quota.yaml", QUOTA)],
+    );
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimitServiceClient::new(grpc_channel(svc.grpc_url()).await);
+    let ask = |descriptors| rls("quota", descriptors);
+    let both = || {
+        vec![
+            descriptor(&[("tenant", "t")]),
+            descriptor(&[("region", "r")]),
+        ]
+    };
+
+    let first = client
+        .should_rate_limit(ask(both()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.overall_code, Code::Ok as i32);
+    // The tenant is now over; the region is not: OK overall, the tenant's status OVER_LIMIT,
+    // and only the region's metadata handed back.
+    let second = client
+        .should_rate_limit(ask(both()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.overall_code, Code::Ok as i32, "{second:?}");
+    let codes: Vec<i32> = second.statuses.iter().map(|s| s.code).collect();
+    assert_eq!(codes, vec![Code::OverLimit as i32, Code::Ok as i32]);
+    let metadata =
+        serde_json::to_value(json_of(second.dynamic_metadata.as_ref().unwrap())).unwrap();
+    assert_eq!(
+        metadata,
+        serde_json::json!({
+            "domain": "quota",
+            "descriptors": [ { "entries": ["tenant=t"] }, { "entries": ["region=r"] } ],
+            "metadata": { "team": "regions", "route": { "zone": "eu" } },
+        })
+    );
+    // Every quota-mode descriptor over: OVER_LIMIT.
+    let alone = client
+        .should_rate_limit(ask(vec![descriptor(&[("tenant", "t")])]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(alone.overall_code, Code::OverLimit as i32);
+    let metadata = serde_json::to_value(json_of(alone.dynamic_metadata.as_ref().unwrap())).unwrap();
+    assert_eq!(
+        metadata.get("metadata"),
+        None,
+        "no descriptor passed: {metadata}"
+    );
+}
+
+/// A protobuf `Struct` as JSON, to compare whole shapes.
+fn json_of(s: &envoy_types::pb::google::protobuf::Struct) -> serde_json::Value {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    fn value(v: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+        match &v.kind {
+            Some(Kind::StringValue(s)) => serde_json::json!(s),
+            Some(Kind::NumberValue(n)) => serde_json::json!(n),
+            Some(Kind::BoolValue(b)) => serde_json::json!(b),
+            Some(Kind::StructValue(s)) => json_of(s),
+            Some(Kind::ListValue(l)) => l.values.iter().map(value).collect(),
+            Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+        }
+    }
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value(v)))
+        .collect()
+}

@@ -215,3 +215,67 @@ async fn both_filters_and_both_apis_share_one_counter() {
     assert!(!allow_request(service, "alice-key").await.allowed);
     assert_eq!(stack.upstream.hits(), 3);
 }
+
+/// With `settings.response_dynamic_metadata`, Envoy's rate-limit filter receives the answer's
+/// dynamic metadata (envoyproxy/ratelimit's shape) and its access log can print it.
+#[tokio::test]
+async fn dynamic_metadata_reaches_envoys_access_log() {
+    use common::envoy::{ADMIN_PORT, Envoy, LISTEN_PORT, RATELIMITER_GRPC_PORT, UPSTREAM_PORT};
+    use common::envoy::{Upstream, repo, rewrite_port};
+    use common::{Service, config_dir, temp_dir};
+
+    let read = |path: &str| std::fs::read_to_string(repo().join(path)).unwrap();
+    let service = read("envoy/config/service.yaml").replacen(
+        "settings:\n",
+        "settings:\n  response_dynamic_metadata: true\n",
+        1,
+    );
+    let edge = read("envoy/config/edge.yaml").replacen(
+        "    value: global\n",
+        "    value: global\n    metadata: { team: edge, cost: { unit: request } }\n",
+        1,
+    );
+    let dir = config_dir(
+        "envoy-metadata",
+        &[("service.yaml", &service), ("edge.yaml", &edge)],
+    );
+    let svc = Service::start(&dir, &[]);
+    let upstream = Upstream::start();
+    let log = temp_dir("envoy-metadata-log").join("access.log");
+    let access_log = format!(
+        "                stat_prefix: edge\n                access_log:\n                  - name: envoy.access_loggers.file\n                    typed_config:\n                      \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n                      path: {}\n                      log_format:\n                        text_format_source:\n                          inline_string: \"%DYNAMIC_METADATA(envoy.filters.http.ratelimit)%\\n\"\n",
+        log.display()
+    );
+    let text = read("envoy/ratelimit.yaml").replacen(
+        "                stat_prefix: edge\n",
+        &access_log,
+        1,
+    );
+    let text = rewrite_port(&text, LISTEN_PORT, 0);
+    let text = rewrite_port(&text, ADMIN_PORT, 0);
+    let text = rewrite_port(&text, RATELIMITER_GRPC_PORT, svc.grpc.port());
+    let text = rewrite_port(&text, UPSTREAM_PORT, upstream.port());
+    let envoy = Envoy::start_config("metadata.yaml", &text).await;
+
+    let r = get(&client_from(LOCAL), &envoy.url("/global/feed"), None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Envoy writes its access log on a timer: wait for the line.
+    let mut line = String::new();
+    for _ in 0..100 {
+        line = std::fs::read_to_string(&log).unwrap_or_default();
+        if !line.trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged: serde_json::Value = serde_json::from_str(line.trim())
+        .unwrap_or_else(|e| panic!("access log {line:?}: {e}\n{}", envoy.logs()));
+    assert_eq!(
+        logged,
+        serde_json::json!({
+            "domain": "edge",
+            "descriptors": [ { "entries": ["generic_key=global"] } ],
+            "metadata": { "team": "edge", "cost": { "unit": "request" } },
+        })
+    );
+}

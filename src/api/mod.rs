@@ -3,6 +3,7 @@
 //! What an answer holds (headers, body, the status of each kind of refusal) is decided once,
 //! in [`response`]; each door only writes it in its wire format.
 
+mod dynamic_metadata;
 pub mod ext_authz;
 pub mod grpc;
 pub mod http;

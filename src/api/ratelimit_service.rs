@@ -10,8 +10,10 @@
 //! needs nothing else for it: the limiter reads the flag from the rule.
 //!
 //! The answer has one status per descriptor (the tightest limit that matched it, what
-//! remains, and the time until reset), the overall code, the RateLimit headers for every limit
-//! that applied, and on OVER_LIMIT the configured `raw_body`.
+//! remains, and the time until reset; OVER_LIMIT for a quota-mode descriptor over its limit
+//! even when the request passes), the overall code, the RateLimit headers for every limit
+//! that applied, on OVER_LIMIT the configured `raw_body`, and with
+//! `settings.response_dynamic_metadata` upstream's dynamic metadata (`dynamic_metadata.rs`).
 //!
 //! Errors: an empty domain, no descriptors or an unusable override → INVALID_ARGUMENT; a store
 //! failure → UNAVAILABLE (never UNKNOWN, which Envoy treats as OK), per the failure policy.
@@ -33,6 +35,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimit
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use tonic::{Request, Response, Status};
 
+use super::dynamic_metadata::rate_limit_metadata;
 use super::grpc::status_of;
 use super::response;
 use super::{AppState, descriptor_entries};
@@ -112,6 +115,9 @@ impl RateLimitService for RateLimitDoor {
         };
         if !decision.allowed && !rules.settings.over_limit_body.is_empty() {
             response.raw_body = rules.settings.over_limit_body.as_bytes().to_vec();
+        }
+        if rules.settings.response_dynamic_metadata {
+            response.dynamic_metadata = Some(rate_limit_metadata(msg, &decision));
         }
         Ok(Response::new(response))
     }
@@ -200,7 +206,7 @@ fn statuses(decision: &Decision, descriptors: usize) -> Vec<DescriptorStatus> {
         .map(|i| {
             let mine = decision.limits.iter().filter(|l| l.descriptor == i);
             let tightest = if decision.over_limit[i] {
-                mine.filter(|l| l.rejects())
+                mine.filter(|l| l.is_over())
                     .max_by_key(|l| l.verdict.retry_after)
             } else {
                 mine.min_by_key(|l| l.verdict.remaining)

@@ -200,7 +200,10 @@ impl<'de> Deserializer<'de> for NodeReader<'_> {
         let result = match &self.node.value {
             Value::Null => visitor.visit_unit(),
             Value::Bool(b) => visitor.visit_bool(*b),
-            Value::Int(i) => visitor.visit_i128(*i),
+            Value::Int(i) => match i64::try_from(*i) {
+                Ok(i) => visitor.visit_i64(i),
+                Err(_) => visitor.visit_i128(*i),
+            },
             Value::Float(f) => visitor.visit_f64(*f),
             Value::Str(s) => visitor.visit_str(s),
             Value::Seq(_) => return self.deserialize_seq(visitor),

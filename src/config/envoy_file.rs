@@ -94,6 +94,8 @@ struct DescriptorEntry {
     burst: Option<At<u64>>,
     limits: Option<At<Vec<At<LimitEntry>>>>,
     post_paid: Option<At<bool>>,
+    quota_mode: Option<bool>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A descriptor's `rate_limit` as written.
@@ -228,6 +230,8 @@ fn check_descriptor(
         replaces: replaces.into_iter().map(|r| r.value).collect(),
         detailed_metric: e.detailed_metric.unwrap_or(false),
         post_paid: e.post_paid.as_ref().is_some_and(|p| p.value),
+        quota_mode: e.quota_mode.unwrap_or(false),
+        metadata: e.metadata.clone(),
         descriptors: Vec::new(),
     };
     if let Some(children) = &e.descriptors {

@@ -113,6 +113,16 @@ pub struct Settings {
     /// Envoy (`dynamic_metadata.<key> = {requests_per_unit, unit}`, the shape of the route's
     /// rate-limit `limit` override); empty: no metadata.
     pub ext_authz_budget_metadata_key: String,
+    /// Global shadow mode (envoyproxy/ratelimit's `SHADOW_MODE`): every decision is taken and
+    /// counted, and a refusal is answered as an admission.
+    pub shadow_mode: bool,
+    /// Global quota mode (envoyproxy/ratelimit's quota mode for every descriptor): see
+    /// [`DescriptorDef::quota_mode`].
+    pub quota_mode: bool,
+    /// Envoy's rate-limit answers carry dynamic metadata (envoyproxy/ratelimit's
+    /// `RESPONSE_DYNAMIC_METADATA`): the domain, the descriptors, and the `metadata` of the
+    /// descriptors that passed, merged.
+    pub response_dynamic_metadata: bool,
 }
 
 /// One descriptor the ext_authz door builds, entry by entry.
@@ -194,6 +204,9 @@ impl Default for Settings {
             over_limit_body: String::new(),
             ext_authz: default_ext_authz(),
             ext_authz_budget_metadata_key: DEFAULT_BUDGET_METADATA_KEY.to_owned(),
+            shadow_mode: false,
+            quota_mode: false,
+            response_dynamic_metadata: false,
         }
     }
 }
@@ -253,7 +266,7 @@ impl FromStr for FailurePolicy {
 const UNKNOWN_KEY_HINTS: &[(&str, &[&str], &str)] = &[
     ("domain", &["settings", "clients"], "a file with domain: is an envoyproxy/ratelimit file; \
         settings and clients go in a file of their own"),
-    ("post_paid", &["quota_mode", "value_to_metric", "share_threshold", "metadata"], UNSUPPORTED),
+    ("post_paid", &["value_to_metric", "share_threshold"], UNSUPPORTED),
     ("post_paid", &["replaces", "unit", "requests_per_unit", "unlimited", "name",
         "unit_multiplier"], "{key} goes inside rate_limit"),
     ("post_paid", &["limit", "window"], "{key} goes in an entry of limits:"),
@@ -326,6 +339,14 @@ pub struct DescriptorDef {
     /// Extension `post_paid: true`: a request with a cost (a stream-done charge of tokens
     /// used) is recorded whatever the verdict, into debt if need be.
     pub post_paid: bool,
+    /// envoyproxy/ratelimit's `quota_mode`: an exceeded limit of this descriptor does not
+    /// refuse the request on its own (its status still says OVER_LIMIT); the request is
+    /// refused only when every quota-mode descriptor it matched is over, or a limit not in
+    /// quota mode refuses it.
+    pub quota_mode: bool,
+    /// envoyproxy/ratelimit's `metadata`: handed back in Envoy's dynamic metadata when the
+    /// descriptor passes and `settings.response_dynamic_metadata` is on. A mapping.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub descriptors: Vec<DescriptorDef>,
 }
 

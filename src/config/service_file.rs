@@ -43,6 +43,9 @@ struct SettingsEntry {
     over_limit_body: Option<String>,
     ext_authz: Option<ExtAuthzSettings>,
     ext_authz_budget_metadata_key: Option<String>,
+    shadow_mode: Option<bool>,
+    quota_mode: Option<bool>,
+    response_dynamic_metadata: Option<bool>,
 }
 
 /// `ext_authz: { descriptors: [ [ { key: api_key, from: "header:x-api-key" }, … ], … ] }`
@@ -171,6 +174,9 @@ fn check_settings(problems: &mut Problems<'_>, e: SettingsEntry) -> Settings {
     if let Some(key) = e.ext_authz_budget_metadata_key {
         settings.ext_authz_budget_metadata_key = key;
     }
+    settings.shadow_mode = e.shadow_mode.unwrap_or(false);
+    settings.quota_mode = e.quota_mode.unwrap_or(false);
+    settings.response_dynamic_metadata = e.response_dynamic_metadata.unwrap_or(false);
     settings
 }
 
@@ -394,6 +400,10 @@ impl Visitor<'_> for TierNameVisitor {
 
     fn visit_str<E: de::Error>(self, name: &str) -> Result<TierName, E> {
         Ok(TierName(name.to_owned()))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<TierName, E> {
+        Err(E::custom(format!("tier name is not a string: {n}")))
     }
 
     fn visit_i128<E: de::Error>(self, n: i128) -> Result<TierName, E> {

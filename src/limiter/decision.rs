@@ -13,15 +13,26 @@ pub struct LimitStatus {
     pub algorithm: Algorithm,
     pub quota: Quota,
     pub shadow: bool,
+    /// envoyproxy/ratelimit's quota mode: over its limit, it refuses the request only when
+    /// every quota-mode descriptor of the request is over (see [`Decision::allowed`]).
+    pub quota_mode: bool,
+    /// The descriptor's configured `metadata` (for Envoy's dynamic metadata).
+    pub metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// The descriptor asked for per-limit metrics (envoyproxy/ratelimit's `detailed_metric`).
     pub detailed_metric: bool,
     pub verdict: Verdict,
 }
 
 impl LimitStatus {
-    /// Whether this limit stops the request (a shadow-mode limit never does).
-    pub fn rejects(&self) -> bool {
+    /// Whether this limit is over and says so (a shadow-mode limit never does): its
+    /// descriptor's status is OVER_LIMIT.
+    pub fn is_over(&self) -> bool {
         !self.verdict.allowed && !self.shadow
+    }
+
+    /// Whether this limit stops the request on its own (a quota-mode one never does).
+    pub fn rejects(&self) -> bool {
+        self.is_over() && !self.quota_mode
     }
 }
 
@@ -37,11 +48,17 @@ pub enum Degraded {
 /// The answer to a [`LimitRequest`](super::LimitRequest).
 #[derive(Clone, Debug)]
 pub struct Decision {
+    /// Admitted: no limit refuses it on its own, and when quota-mode descriptors matched,
+    /// at least one of them is within its limit (envoyproxy/ratelimit's rule). Global shadow
+    /// mode makes every refusal an admission (`shadowed`).
     pub allowed: bool,
     /// Every limit that applied, in descriptor order.
     pub limits: Vec<LimitStatus>,
-    /// Per request descriptor: whether it is over its limit.
+    /// Per request descriptor: whether it is over its limit (a quota-mode descriptor may be
+    /// over in an admitted request).
     pub over_limit: Vec<bool>,
+    /// Refused by the limits, admitted by global shadow mode.
+    pub shadowed: bool,
     /// When retrying the same request can succeed, if rejected.
     pub retry_after: RetryAfter,
     pub degraded: Option<Degraded>,
@@ -63,9 +80,10 @@ impl Decision {
                 })
                 .or_else(|| self.limits.first())
         } else {
+            let refusing = |l: &&LimitStatus| l.rejects() || l.quota_mode && l.is_over();
             self.limits
                 .iter()
-                .filter(|l| l.rejects())
+                .filter(refusing)
                 .max_by_key(|l| l.verdict.retry_after)
         }
     }
@@ -76,6 +94,7 @@ impl Decision {
             allowed: true,
             limits: Vec::new(),
             over_limit: vec![false; descriptors],
+            shadowed: false,
             retry_after: RetryAfter::Now,
             degraded: None,
         }

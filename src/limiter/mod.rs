@@ -22,7 +22,7 @@ pub use request::{API_KEY, Descriptor, Entry, LimitRequest, QuotaOverride};
 pub use rules::{LimitRule, Match, Rules, glob_match};
 
 use crate::algorithm::{Algorithm, Quota, RetryAfter};
-use crate::config::FailurePolicy;
+use crate::config::{FailurePolicy, Settings};
 use crate::store::{Backend, Check, CounterKey, MemoryStore, Plan, Store, StoreError};
 use sha2::{Digest, Sha256};
 
@@ -117,7 +117,7 @@ impl Limiter {
         if applied.is_empty() {
             return Ok(Decision::unlimited(req.descriptors.len()));
         }
-        let (plan, check_of) = plan(req, &applied);
+        let (plan, check_of) = plan(req, &applied, &rules.settings);
         let mut batch = [plan];
         let degraded = self.apply(rules, &mut batch).await?;
         let [plan] = batch;
@@ -126,7 +126,7 @@ impl Limiter {
                 degraded,
                 ..Decision::unlimited(req.descriptors.len())
             }),
-            _ => fold(req, &applied, &check_of, plan, degraded),
+            _ => fold(req, &applied, &check_of, plan, degraded, &rules.settings),
         }
     }
 
@@ -179,6 +179,8 @@ fn override_rule(o: &QuotaOverride, post_paid: bool) -> Arc<LimitRule> {
         replaces: Box::default(),
         detailed_metric: false,
         post_paid,
+        quota_mode: false,
+        metadata: None,
         id: override_id(algorithm, o),
     })
 }
@@ -253,7 +255,7 @@ fn resolve<'r>(rules: &'r Rules, req: &LimitRequest<'_>) -> Result<Applied<'r>, 
 
 /// One all-or-nothing plan for the applied limits, and for each applied limit the index of
 /// its check. Checks on the same counter are merged so the store sees each counter once.
-fn plan(req: &LimitRequest<'_>, applied: &Applied<'_>) -> (Plan, Vec<usize>) {
+fn plan(req: &LimitRequest<'_>, applied: &Applied<'_>, settings: &Settings) -> (Plan, Vec<usize>) {
     let mut plan = Plan {
         checks: Vec::with_capacity(applied.len()),
         admitted: false,
@@ -280,11 +282,14 @@ fn plan(req: &LimitRequest<'_>, applied: &Applied<'_>) -> (Plan, Vec<usize>) {
         // Usage reported after the fact: recorded whatever the verdict (a cost of 0 reports
         // nothing, so it stays a check-only request).
         let post_paid = (req.post_paid || rule.post_paid) && cost > 0;
+        // A quota-mode limit refuses only with its peers, which the fold judges: to the store
+        // it is like a shadow-mode one, decided but never refusing the plan.
+        let enforce = !(rule.shadow || rule.quota_mode || settings.quota_mode);
         match plan.checks.iter().position(|c| c.key == key) {
             Some(at) => {
                 let c = &mut plan.checks[at];
                 c.cost = c.cost.saturating_add(cost);
-                c.enforce |= !rule.shadow;
+                c.enforce |= enforce;
                 c.post_paid |= post_paid;
                 check_of.push(at);
             }
@@ -295,7 +300,7 @@ fn plan(req: &LimitRequest<'_>, applied: &Applied<'_>) -> (Plan, Vec<usize>) {
                     algorithm: rule.algorithm,
                     quota: rule.quota,
                     cost,
-                    enforce: !rule.shadow,
+                    enforce,
                     post_paid,
                     verdict: None,
                 });
@@ -305,17 +310,18 @@ fn plan(req: &LimitRequest<'_>, applied: &Applied<'_>) -> (Plan, Vec<usize>) {
     (plan, check_of)
 }
 
-/// Folds the decided plan back into per-descriptor statuses.
+/// Folds the decided plan back into per-descriptor statuses, then applies
+/// envoyproxy/ratelimit's quota-mode rule and global shadow mode.
 fn fold(
     req: &LimitRequest<'_>,
     applied: &Applied<'_>,
     check_of: &[usize],
     plan: Plan,
     degraded: Option<Degraded>,
+    settings: &Settings,
 ) -> Result<Decision, LimitError> {
     let mut over_limit = vec![false; req.descriptors.len()];
     let mut limits = Vec::with_capacity(applied.len());
-    let mut retry_after = RetryAfter::Now;
     for ((i, rule), &at) in applied.iter().zip(check_of) {
         let Some((verdict, quota)) = plan
             .checks
@@ -332,26 +338,59 @@ fn fold(
             algorithm: rule.algorithm,
             quota,
             shadow: rule.shadow,
+            quota_mode: rule.quota_mode || settings.quota_mode,
+            metadata: rule.metadata.clone(),
             detailed_metric: rule.detailed_metric,
             verdict,
         };
-        if status.rejects() {
-            over_limit[*i] = true;
-            retry_after = retry_after.max(verdict.retry_after);
-        }
+        over_limit[*i] |= status.is_over();
         limits.push(status);
     }
+    let refused_by_quota = every_quota_descriptor_over(&limits, &over_limit);
+    let allowed = plan.admitted && !refused_by_quota;
+    let shadowed = !allowed && settings.shadow_mode;
     Ok(Decision {
-        allowed: plan.admitted,
-        limits,
-        over_limit,
-        retry_after: if plan.admitted {
+        allowed: allowed || shadowed,
+        retry_after: if allowed || shadowed {
             RetryAfter::Now
         } else {
-            retry_after
+            retry_after(&limits, refused_by_quota)
         },
+        limits,
+        over_limit,
+        shadowed,
         degraded,
     })
+}
+
+/// envoyproxy/ratelimit's quota-mode rule: a request that matched quota-mode descriptors is
+/// refused when every one of them is over its limit.
+fn every_quota_descriptor_over(limits: &[LimitStatus], over_limit: &[bool]) -> bool {
+    let mut quota_descriptors = limits.iter().filter(|l| l.quota_mode).map(|l| l.descriptor);
+    let mut any = false;
+    let all_over = quota_descriptors.all(|i| {
+        any = true;
+        over_limit.get(i).copied().unwrap_or(false)
+    });
+    any && all_over
+}
+
+/// When retrying can succeed: once every limit that refuses on its own frees up, and, when
+/// the quota-mode rule refused, once the first quota-mode limit does.
+fn retry_after(limits: &[LimitStatus], refused_by_quota: bool) -> RetryAfter {
+    let own = limits
+        .iter()
+        .filter(|l| l.rejects())
+        .map(|l| l.verdict.retry_after)
+        .max()
+        .unwrap_or(RetryAfter::Now);
+    let quota = limits
+        .iter()
+        .filter(|l| refused_by_quota && l.quota_mode && l.is_over())
+        .map(|l| l.verdict.retry_after)
+        .min()
+        .unwrap_or(RetryAfter::Now);
+    own.max(quota)
 }
 
 /// The hash tag of a descriptor: SHA-256 over the domain and every entry, truncated to 128

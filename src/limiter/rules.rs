@@ -35,6 +35,10 @@ pub struct LimitRule {
     /// The descriptor records usage after the fact (`post_paid: true`): a request with a cost
     /// is charged whatever the verdict, into debt if need be.
     pub post_paid: bool,
+    /// envoyproxy/ratelimit's `quota_mode` (see [`crate::config::DescriptorDef::quota_mode`]).
+    pub quota_mode: bool,
+    /// The descriptor's `metadata`, handed back to Envoy when it passes.
+    pub metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Identifies the limit inside a counter key: a hash of what gives its state meaning
     /// (name, algorithm, window), so a reload that changes the count keeps the counters and
     /// one that changes the window or algorithm starts afresh.
@@ -241,18 +245,7 @@ fn add_descriptor(
         limits: if def.unlimited {
             Box::default()
         } else {
-            def.limits
-                .iter()
-                .map(|l| {
-                    rule(
-                        l,
-                        def.shadow_mode,
-                        &def.replaces,
-                        def.detailed_metric,
-                        def.post_paid,
-                    )
-                })
-                .collect()
+            def.limits.iter().map(|l| rule(l, def)).collect()
         },
         children: HashMap::new(),
     };
@@ -315,10 +308,7 @@ fn check_ranges(descriptors: &[DescriptorDef], errors: &mut Vec<ConfigError>) {
 
 fn compile_clients(table: &ClientTable) -> ClientIndex {
     let tier_node = |limits: &[LimitDef]| Node {
-        limits: limits
-            .iter()
-            .map(|l| rule(l, false, &[], false, false))
-            .collect(),
+        limits: limits.iter().map(|l| Arc::new(client_rule(l))).collect(),
         children: HashMap::new(),
     };
     let by_digest = table
@@ -335,13 +325,21 @@ fn compile_clients(table: &ClientTable) -> ClientIndex {
     ClientIndex { by_digest, unknown }
 }
 
-fn rule(
-    def: &LimitDef,
-    shadow: bool,
-    replaces: &[String],
-    detailed_metric: bool,
-    post_paid: bool,
-) -> Arc<LimitRule> {
+/// The rule one configured limit of descriptor `d` becomes.
+fn rule(def: &LimitDef, d: &DescriptorDef) -> Arc<LimitRule> {
+    let mut rule = client_rule(def);
+    rule.shadow |= d.shadow_mode;
+    rule.replaces = d.replaces.iter().map(|r| r.as_str().into()).collect();
+    rule.detailed_metric = d.detailed_metric;
+    rule.post_paid = d.post_paid;
+    rule.quota_mode = d.quota_mode;
+    rule.metadata = d.metadata.clone().map(Arc::new);
+    Arc::new(rule)
+}
+
+/// The rule a limit becomes on its own (a tier's or a key's limit, with nothing from a
+/// descriptor).
+fn client_rule(def: &LimitDef) -> LimitRule {
     let mut h = Sha256::new();
     h.update(def.name.as_bytes());
     h.update([0]);
@@ -350,16 +348,18 @@ fn rule(
     let digest = h.finalize();
     let mut id = [0u8; 8];
     id.copy_from_slice(&digest[..8]);
-    Arc::new(LimitRule {
+    LimitRule {
         name: def.name.as_str().into(),
         algorithm: def.algorithm,
         quota: def.quota,
-        shadow: shadow || def.shadow_mode,
-        replaces: replaces.iter().map(|r| r.as_str().into()).collect(),
-        detailed_metric,
-        post_paid,
+        shadow: def.shadow_mode,
+        replaces: Box::default(),
+        detailed_metric: false,
+        post_paid: false,
+        quota_mode: false,
+        metadata: None,
         id: u64::from_be_bytes(id),
-    })
+    }
 }
 
 #[cfg(test)]

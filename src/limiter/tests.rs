@@ -609,3 +609,87 @@ fn a_report_answers_with_the_counter_after_the_charge() {
         assert_eq!(v.reset_after, 60 * SEC);
     });
 }
+
+const QUOTA: &str = r#"
+domain: q
+descriptors:
+  - key: a
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: b
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 5 }
+  - key: c
+    rate_limit: { unit: minute, requests_per_unit: 5 }
+"#;
+
+fn quota_request<'a>(keys: &[&'a str]) -> LimitRequest<'a> {
+    LimitRequest {
+        domain: "q",
+        descriptors: keys.iter().map(|k| edge(&[(k, "v")])).collect(),
+        hits: 1,
+        client_required: false,
+        post_paid: false,
+    }
+}
+
+/// A limiter over `QUOTA` with the global settings changed by `set`.
+fn quota_limiter(set: impl FnOnce(&mut config::Settings)) -> Limiter {
+    let mut config = config::parse_str("q.yaml", QUOTA).unwrap();
+    set(&mut config.settings);
+    let (clock, _) = Clock::manual(T0);
+    let store = Backend::Memory(MemoryStore::new(clock, 10_000));
+    Limiter::new(Rules::compile(&config).unwrap(), store, None)
+}
+
+#[test]
+fn quota_mode_refuses_only_when_every_quota_descriptor_is_over() {
+    let l = quota_limiter(|_| {});
+    run(async {
+        assert!(l.decide(&quota_request(&["a"])).await.unwrap().allowed);
+        // `a` is over; `b` is a quota-mode descriptor within its limit: admitted, and the
+        // status of `a` says OVER_LIMIT.
+        let d = l.decide(&quota_request(&["a", "b"])).await.unwrap();
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.over_limit, vec![true, false]);
+        assert!(d.limits[0].is_over() && !d.limits[0].rejects());
+        // `a` alone: every quota-mode descriptor is over, so refused, with a retry time.
+        let d = l.decide(&quota_request(&["a"])).await.unwrap();
+        assert!(!d.allowed);
+        assert!(matches!(d.retry_after, RetryAfter::After(_)), "{d:?}");
+        assert_eq!(d.tightest().map(|t| &*t.name), Some("1-per-1m"));
+        // A descriptor not in quota mode does not save it (upstream's rule).
+        let d = l.decide(&quota_request(&["a", "c"])).await.unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.over_limit, vec![true, false]);
+    });
+}
+
+#[test]
+fn global_quota_mode_puts_every_descriptor_in_quota_mode() {
+    let l = quota_limiter(|s| s.quota_mode = true);
+    run(async {
+        for _ in 0..5 {
+            assert!(l.decide(&quota_request(&["c"])).await.unwrap().allowed);
+        }
+        assert!(!l.decide(&quota_request(&["c"])).await.unwrap().allowed);
+        let d = l.decide(&quota_request(&["c", "b"])).await.unwrap();
+        assert!(d.allowed, "{d:?}");
+        assert_eq!(d.over_limit, vec![true, false]);
+    });
+}
+
+#[test]
+fn global_shadow_mode_admits_what_the_limits_refuse_and_says_so() {
+    let l = quota_limiter(|s| s.shadow_mode = true);
+    run(async {
+        for _ in 0..5 {
+            let d = l.decide(&quota_request(&["c"])).await.unwrap();
+            assert!(d.allowed && !d.shadowed);
+        }
+        let d = l.decide(&quota_request(&["c"])).await.unwrap();
+        assert!(d.allowed && d.shadowed, "{d:?}");
+        assert_eq!(d.over_limit, vec![true]);
+        assert_eq!(d.retry_after, RetryAfter::Now);
+    });
+}

@@ -171,6 +171,8 @@ fn leaf(key: &str, value: Option<&str>, limits: Vec<LimitDef>) -> DescriptorDef 
         replaces: vec![],
         detailed_metric: false,
         post_paid: false,
+        quota_mode: false,
+        metadata: None,
         descriptors: vec![],
     }
 }
@@ -580,7 +582,7 @@ fn unknown_keys_are_errors_where_they_stand() {
         "shadow_mode goes on the descriptor",
     );
     // Upstream keys this service does not implement are named as such.
-    for key in ["quota_mode", "value_to_metric", "share_threshold"] {
+    for key in ["value_to_metric", "share_threshold"] {
         assert_err(
             &format!("domain: d\ndescriptors:\n  - key: k\n    value: v*\n    {key}: true\n"),
             &format!(
@@ -588,9 +590,30 @@ fn unknown_keys_are_errors_where_they_stand() {
             ),
         );
     }
+}
+
+#[test]
+fn quota_mode_and_metadata_are_read_as_upstream_writes_them() {
+    let config = ok(
+        "domain: d\ndescriptors:\n  - key: k\n    quota_mode: true\n    rate_limit: {unit: second, requests_per_unit: 1}\n    metadata:\n      team: a\n      cost: {weight: 2, tags: [x, 1]}\n",
+    );
+    let d = &config.domains[0].descriptors[0];
+    assert!(d.quota_mode);
+    let metadata = serde_json::Value::Object(d.metadata.clone().unwrap());
+    assert_eq!(
+        metadata,
+        serde_json::json!({"team": "a", "cost": {"weight": 2, "tags": ["x", 1]}})
+    );
+    let plain = ok("domain: d\ndescriptors:\n  - key: k\n");
+    assert!(!plain.domains[0].descriptors[0].quota_mode);
+    assert_eq!(plain.domains[0].descriptors[0].metadata, None);
     assert_err(
-        "domain: d\ndescriptors:\n  - key: k\n    metadata: {team: a}\n",
-        "unknown key 'metadata'",
+        "domain: d\ndescriptors:\n  - key: k\n    metadata: [a]\n",
+        "descriptors[0].metadata: expected a mapping, found a list",
+    );
+    assert_err(
+        "domain: d\ndescriptors:\n  - key: k\n    quota_mode: sometimes\n",
+        "descriptors[0].quota_mode: expected true or false",
     );
 }
 

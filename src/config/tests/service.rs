@@ -689,6 +689,17 @@ fn sliding_windows_above_the_cap_are_refused_naming_it_and_the_alternatives() {
 }
 
 #[test]
+fn global_shadow_quota_and_metadata_settings_default_off() {
+    let defaults = Settings::default();
+    assert!(!defaults.shadow_mode && !defaults.quota_mode && !defaults.response_dynamic_metadata);
+    let config = ok(
+        "settings:\n  shadow_mode: true\n  quota_mode: true\n  response_dynamic_metadata: true\n",
+    );
+    let s = &config.settings;
+    assert!(s.shadow_mode && s.quota_mode && s.response_dynamic_metadata);
+}
+
+#[test]
 fn ext_authz_budget_metadata_key_defaults_and_can_be_set_or_turned_off() {
     assert_eq!(
         Settings::default().ext_authz_budget_metadata_key,
