@@ -20,8 +20,11 @@
 //! unlimited (upstream silently reads a missing one as 0, which blocks everything; an explicit
 //! `requests_per_unit: 0` still means "block all", as in upstream's README example 3), a `*`
 //! in a descriptor *key* is rejected (upstream's wildcards are meant for values), and upstream
-//! keys this service does not implement (`quota_mode`, `value_to_metric`, `share_threshold`,
-//! `metadata`) are rejected by name rather than ignored.
+//! keys this service does not implement yet (`value_to_metric`, `share_threshold`) are rejected
+//! by name rather than ignored.
+//!
+//! Upstream's `quota_mode: true` and `metadata: {…}` (any mapping) are read as upstream reads
+//! them; the limiter and the Envoy door give them upstream's meaning.
 //!
 //! Windows: a limit's window is its unit times `unit_multiplier`, fixed-length, aligned to the
 //! epoch like upstream's fixed windows. Upstream's fixed lengths are kept for the long units:

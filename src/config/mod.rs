@@ -32,7 +32,8 @@
 //!   ```yaml
 //!   settings: { default_domain: ratelimiter, headers: ietf, on_store_failure: fail_closed, max_cost: 1000 }
 //!   # also: over_limit_body, ext_authz (descriptors), ext_authz_budget_metadata_key
-//!   # (default ratelimit_budget; "" turns the budget metadata off)
+//!   # (default ratelimit_budget; "" turns the budget metadata off), and upstream's global
+//!   # switches shadow_mode, quota_mode, response_dynamic_metadata (all false by default)
 //!   clients:
 //!     unknown_key: reject              # or the name of a tier
 //!     tiers:
