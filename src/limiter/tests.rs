@@ -662,6 +662,10 @@ fn quota_mode_refuses_only_when_every_quota_descriptor_is_over() {
         let d = l.decide(&quota_request(&["a", "c"])).await.unwrap();
         assert!(!d.allowed);
         assert_eq!(d.over_limit, vec![true, false]);
+        // …and, as upstream, that refusal still counted against `c` (5 per minute): this is
+        // its second request, which leaves 3.
+        let d = l.decide(&quota_request(&["c"])).await.unwrap();
+        assert_eq!(d.limits[0].verdict.remaining, 3, "{d:?}");
     });
 }
 
