@@ -483,3 +483,84 @@ async fn report_records_usage_past_the_limit_and_later_checks_wait_for_the_debt(
     let r = client().post(svc.url("/report")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+/// Upstream README's `/json` example domain: `one_per_day` and `two_per_minute`.
+const JSON_DOMAIN: &str = r#"
+domain: dummy
+descriptors:
+  - key: one_per_minute
+    rate_limit: { unit: minute, requests_per_unit: 1 }
+  - key: two_per_minute
+    rate_limit: { unit: minute, requests_per_unit: 2 }
+"#;
+
+/// envoyproxy/ratelimit's `POST /json`: the request and answer in protobuf's JSON mapping,
+/// 200 or 429, and its `GET /healthcheck`.
+#[tokio::test]
+async fn upstream_json_door_answers_as_upstream_does() {
+    let dir = config_dir(
+        "http-json",
+        &[("service.yaml", BASIC), ("dummy.yaml", JSON_DOMAIN)],
+    );
+    let svc = Service::start(&dir, &[]);
+    let post = |body: &str| {
+        client()
+            .post(svc.url("/json"))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+    };
+    let both = r#"{"domain": "dummy", "descriptors": [
+        {"entries": [{"key": "one_per_minute", "value": "something"}]},
+        {"entries": [{"key": "two_per_minute", "value": "something"}]}]}"#;
+    let r = post(both).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["overallCode"], "OK");
+    assert_eq!(
+        body["statuses"][0]["currentLimit"],
+        serde_json::json!({"name": "1-per-1m", "requestsPerUnit": 1, "unit": "MINUTE"})
+    );
+    assert_eq!(body["statuses"][1]["limitRemaining"], 1);
+    assert_eq!(
+        body["statuses"][0].get("limitRemaining"),
+        None,
+        "0 is left out"
+    );
+    assert!(
+        body["statuses"][0]["durationUntilReset"]
+            .as_str()
+            .unwrap()
+            .ends_with('s')
+    );
+
+    let r = post(both).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["overallCode"], "OVER_LIMIT");
+    assert_eq!(body["statuses"][0]["code"], "OVER_LIMIT");
+    assert_eq!(body["statuses"][1]["code"], "OK");
+
+    // Proto field names are accepted too; unknown fields and bad shapes are 400 with a reason.
+    let snake = r#"{"domain": "dummy", "hits_addend": 1, "descriptors": [{"entries": [{"key": "two_per_minute", "value": "other"}]}]}"#;
+    assert_eq!(post(snake).await.unwrap().status(), StatusCode::OK);
+    for bad in [
+        r#"{"domain": "dummy", "descriptors": [], "colour": 1}"#,
+        r#"{"domain": "dummy", "descriptors": []}"#,
+        r#"{"descriptors": [{"entries": [{"key": "a", "value": "b"}]}]}"#,
+        "not json",
+    ] {
+        let r = post(bad).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(!body["error"].as_str().unwrap().is_empty(), "{bad}: {body}");
+    }
+    let huge = format!(r#"{{"domain": "{}"}}"#, "x".repeat(100_000));
+    assert_eq!(
+        post(&huge).await.unwrap().status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    let r = client().get(svc.url("/healthcheck")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -1,5 +1,6 @@
 //! The HTTP front door (axum): `POST /check`, `POST /report`, `GET /metrics`, `GET /healthz`,
-//! `GET /readyz`.
+//! `GET /readyz`, and envoyproxy/ratelimit's `POST /json` (`json.rs`) and `GET /healthcheck`
+//! (the same answer as `/readyz`).
 //!
 //! `POST /check` takes the API key from `X-API-Key` and an optional cost from the
 //! `X-RateLimit-Cost` header or the `cost` query parameter, and answers 200 (allowed) or 429
@@ -12,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +24,8 @@ use crate::config::FailurePolicy;
 use crate::limiter::{Decision, LimitRequest};
 use crate::metrics::Door;
 
-/// Bodies are not read by `/check`; one announced as larger than this is refused with 413.
+/// Bodies are not read by `/check`; one announced as larger than this is refused with 413,
+/// as is a larger `/json` body.
 const MAX_BODY: u64 = 64 * 1024;
 
 /// The HTTP router over shared state.
@@ -34,6 +36,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // envoyproxy/ratelimit's paths: its HTTP door and its health check (ready or not).
+        .route(
+            "/json",
+            post(super::json::json).layer(DefaultBodyLimit::max(MAX_BODY as usize)),
+        )
+        .route("/healthcheck", get(readyz))
         .with_state(state)
 }
 

@@ -7,6 +7,7 @@ mod dynamic_metadata;
 pub mod ext_authz;
 pub mod grpc;
 pub mod http;
+mod json;
 pub mod ratelimit_service;
 pub mod response;
 

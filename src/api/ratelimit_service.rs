@@ -40,6 +40,7 @@ use super::grpc::status_of;
 use super::response;
 use super::{AppState, descriptor_entries};
 use crate::algorithm::{Micros, Quota};
+use crate::config::Settings;
 use crate::limiter::{Decision, Descriptor, LimitError, LimitRequest, QuotaOverride};
 use crate::metrics::Door;
 
@@ -64,63 +65,75 @@ impl RateLimitService for RateLimitDoor {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let msg = request.get_ref();
-        if msg.domain.is_empty() {
-            return Err(Status::invalid_argument("domain must not be empty"));
-        }
-        if msg.descriptors.is_empty() {
-            return Err(Status::invalid_argument(
-                "at least one descriptor is required",
-            ));
-        }
-        if msg.descriptors.len() > MAX_DESCRIPTORS {
-            return Err(Status::invalid_argument(format!(
-                "at most {MAX_DESCRIPTORS} descriptors per request"
-            )));
-        }
-        let mut descriptors = Vec::with_capacity(msg.descriptors.len());
-        for (i, d) in msg.descriptors.iter().enumerate() {
-            descriptors.push(descriptor(i, d)?);
-        }
-        let req = LimitRequest {
-            domain: &msg.domain,
-            descriptors,
-            // envoyproxy/ratelimit: 0 (unset) means one hit.
-            hits: u64::from(msg.hits_addend.max(1)),
-            client_required: false,
-            post_paid: false,
-        };
-        let rules = self.state.limiter.rules();
-        let decision = match self
-            .state
-            .decide(Door::RateLimitService, &rules, &req)
+        answer(&self.state, request.get_ref())
             .await
-        {
-            Ok(d) => d,
-            Err(LimitError::UnknownClient) => return Ok(Response::new(unknown_client(&req))),
-            Err(e) => return Err(status_of(e)),
-        };
-        let mut response = RateLimitResponse {
-            overall_code: if decision.allowed {
-                Code::Ok
-            } else {
-                Code::OverLimit
-            } as i32,
-            statuses: statuses(&decision, req.descriptors.len()),
-            response_headers_to_add: response::headers(&decision, rules.settings.headers)
-                .into_iter()
-                .map(|(key, value)| header(key, value))
-                .collect(),
-            ..Default::default()
-        };
-        if !decision.allowed && !rules.settings.over_limit_body.is_empty() {
-            response.raw_body = rules.settings.over_limit_body.as_bytes().to_vec();
-        }
-        if rules.settings.response_dynamic_metadata {
-            response.dynamic_metadata = Some(rate_limit_metadata(msg, &decision));
-        }
-        Ok(Response::new(response))
+            .map(Response::new)
     }
+}
+
+/// The answer to one `ShouldRateLimit` request (for gRPC here, and for upstream's `POST /json`).
+pub async fn answer(state: &AppState, msg: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+    if msg.domain.is_empty() {
+        return Err(Status::invalid_argument("domain must not be empty"));
+    }
+    if msg.descriptors.is_empty() {
+        return Err(Status::invalid_argument(
+            "at least one descriptor is required",
+        ));
+    }
+    if msg.descriptors.len() > MAX_DESCRIPTORS {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_DESCRIPTORS} descriptors per request"
+        )));
+    }
+    let mut descriptors = Vec::with_capacity(msg.descriptors.len());
+    for (i, d) in msg.descriptors.iter().enumerate() {
+        descriptors.push(descriptor(i, d)?);
+    }
+    let req = LimitRequest {
+        domain: &msg.domain,
+        descriptors,
+        // envoyproxy/ratelimit: 0 (unset) means one hit.
+        hits: u64::from(msg.hits_addend.max(1)),
+        client_required: false,
+        post_paid: false,
+    };
+    let rules = state.limiter.rules();
+    let decision = match state.decide(Door::RateLimitService, &rules, &req).await {
+        Ok(d) => d,
+        Err(LimitError::UnknownClient) => return Ok(unknown_client(&req)),
+        Err(e) => return Err(status_of(e)),
+    };
+    Ok(response_of(msg, &decision, &rules.settings))
+}
+
+/// The answer for a decision: the overall code, one status per descriptor, headers, body and
+/// dynamic metadata as the settings ask.
+fn response_of(
+    msg: &RateLimitRequest,
+    decision: &Decision,
+    settings: &Settings,
+) -> RateLimitResponse {
+    let mut response = RateLimitResponse {
+        overall_code: if decision.allowed {
+            Code::Ok
+        } else {
+            Code::OverLimit
+        } as i32,
+        statuses: statuses(decision, msg.descriptors.len()),
+        response_headers_to_add: response::headers(decision, settings.headers)
+            .into_iter()
+            .map(|(key, value)| header(key, value))
+            .collect(),
+        ..Default::default()
+    };
+    if !decision.allowed && !settings.over_limit_body.is_empty() {
+        response.raw_body = settings.over_limit_body.as_bytes().to_vec();
+    }
+    if settings.response_dynamic_metadata {
+        response.dynamic_metadata = Some(rate_limit_metadata(msg, decision));
+    }
+    response
 }
 
 fn descriptor(i: usize, d: &RateLimitDescriptor) -> Result<Descriptor<'_>, Status> {
