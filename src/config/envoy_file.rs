@@ -20,11 +20,12 @@
 //! unlimited (upstream silently reads a missing one as 0, which blocks everything; an explicit
 //! `requests_per_unit: 0` still means "block all", as in upstream's README example 3), a `*`
 //! in a descriptor *key* is rejected (upstream's wildcards are meant for values), and upstream
-//! keys this service does not implement yet (`value_to_metric`, `share_threshold`) are rejected
-//! by name rather than ignored.
+//! keys this service does not implement yet (`value_to_metric`) are rejected by name rather
+//! than ignored.
 //!
-//! Upstream's `quota_mode: true` and `metadata: {…}` (any mapping) are read as upstream reads
-//! them; the limiter and the Envoy door give them upstream's meaning.
+//! Upstream's `quota_mode: true`, `metadata: {…}` (any mapping) and `share_threshold: true`
+//! (on a wildcard value only, upstream's check) are read as upstream reads them; the limiter
+//! and the Envoy door give them upstream's meaning.
 //!
 //! Windows: a limit's window is its unit times `unit_multiplier`, fixed-length, aligned to the
 //! epoch like upstream's fixed windows. Upstream's fixed lengths are kept for the long units:
@@ -99,6 +100,7 @@ struct DescriptorEntry {
     post_paid: Option<At<bool>>,
     quota_mode: Option<bool>,
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    share_threshold: Option<At<bool>>,
 }
 
 /// A descriptor's `rate_limit` as written.
@@ -235,6 +237,7 @@ fn check_descriptor(
         post_paid: e.post_paid.as_ref().is_some_and(|p| p.value),
         quota_mode: e.quota_mode.unwrap_or(false),
         metadata: e.metadata.clone(),
+        share_threshold: check_share_threshold(problems, e),
         descriptors: Vec::new(),
     };
     if let Some(children) = &e.descriptors {
@@ -382,6 +385,28 @@ fn check_post_paid(problems: &mut Problems<'_>, e: &DescriptorEntry, unlimited: 
         let message = "post_paid applies to this descriptor's limits, and it has none";
         problems.about(post_paid, message);
     }
+}
+
+/// Upstream's `share_threshold` applies to a wildcard value only (upstream's message).
+fn check_share_threshold(problems: &mut Problems<'_>, e: &DescriptorEntry) -> bool {
+    let Some(share) = e.share_threshold.as_ref().filter(|s| s.value) else {
+        return false;
+    };
+    let value = e.value.as_deref().unwrap_or("");
+    if !value.contains('*') {
+        let key = e.key.as_ref().map_or("", |k| k.value.as_str());
+        let written = if value.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{key}_{value}")
+        };
+        let message = format!(
+            "share_threshold can only be used with wildcard values (containing '*'), but found \
+             key '{written}'"
+        );
+        problems.about(share, message);
+    }
+    true
 }
 
 /// A descriptor may not replace its own limits.

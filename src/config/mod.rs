@@ -267,7 +267,7 @@ impl FromStr for FailurePolicy {
 const UNKNOWN_KEY_HINTS: &[(&str, &[&str], &str)] = &[
     ("domain", &["settings", "clients"], "a file with domain: is an envoyproxy/ratelimit file; \
         settings and clients go in a file of their own"),
-    ("post_paid", &["value_to_metric", "share_threshold"], UNSUPPORTED),
+    ("post_paid", &["value_to_metric"], UNSUPPORTED),
     ("post_paid", &["replaces", "unit", "requests_per_unit", "unlimited", "name",
         "unit_multiplier"], "{key} goes inside rate_limit"),
     ("post_paid", &["limit", "window"], "{key} goes in an entry of limits:"),
@@ -348,6 +348,9 @@ pub struct DescriptorDef {
     /// envoyproxy/ratelimit's `metadata`: handed back in Envoy's dynamic metadata when the
     /// descriptor passes and `settings.response_dynamic_metadata` is on. A mapping.
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// envoyproxy/ratelimit's `share_threshold` (a wildcard `value` only): every value the
+    /// wildcard matches counts on one counter, instead of one counter per value.
+    pub share_threshold: bool,
     pub descriptors: Vec<DescriptorDef>,
 }
 

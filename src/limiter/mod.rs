@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 
 pub use decision::{Decision, Degraded, LimitStatus};
 pub use request::{API_KEY, Descriptor, Entry, LimitRequest, QuotaOverride};
-pub use rules::{LimitRule, Match, Rules, glob_match};
+pub use rules::{LimitRule, Match, Rules, SharedValues, glob_match};
 
 use crate::algorithm::{Algorithm, Quota, RetryAfter};
 use crate::config::{FailurePolicy, Settings};
@@ -181,6 +181,7 @@ fn override_rule(o: &QuotaOverride, post_paid: bool) -> Arc<LimitRule> {
         post_paid,
         quota_mode: false,
         metadata: None,
+        shared_values: None,
         id: override_id(algorithm, o),
     })
 }
@@ -266,9 +267,10 @@ fn plan(req: &LimitRequest<'_>, applied: &Applied<'_>, settings: &Settings) -> (
     let mut tag: Option<(usize, u128)> = None;
     for (i, rule) in applied {
         let d = &req.descriptors[*i];
-        let tag = match tag {
-            Some((at, t)) if at == *i => t,
-            _ => {
+        let tag = match (&rule.shared_values, tag) {
+            (Some(shared), _) => counter_tag(req.domain, &sharing(d, shared)),
+            (None, Some((at, t))) if at == *i => t,
+            (None, _) => {
                 let t = counter_tag(req.domain, d);
                 tag = Some((*i, t));
                 t
@@ -391,6 +393,25 @@ fn retry_after(limits: &[LimitStatus], refused_by_quota: bool) -> RetryAfter {
         .min()
         .unwrap_or(RetryAfter::Now);
     own.max(quota)
+}
+
+/// The descriptor as its counter is named under `share_threshold`: each shared entry's value
+/// replaced by the wildcard it matched, so every match counts on one counter.
+fn sharing<'d>(d: &Descriptor<'d>, shared: &'d SharedValues) -> Descriptor<'d> {
+    let entries = d
+        .entries
+        .iter()
+        .zip(shared.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(e, s)| match s.and_then(|s| s.as_deref()) {
+            Some(pattern) => Entry::new(e.key, pattern),
+            None => *e,
+        })
+        .collect();
+    Descriptor {
+        entries,
+        hits: d.hits,
+        limit_override: d.limit_override,
+    }
 }
 
 /// The hash tag of a descriptor: SHA-256 over the domain and every entry, truncated to 128

@@ -39,11 +39,18 @@ pub struct LimitRule {
     pub quota_mode: bool,
     /// The descriptor's `metadata`, handed back to Envoy when it passes.
     pub metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// envoyproxy/ratelimit's `share_threshold`: per entry of the descriptor, the wildcard
+    /// whose matches share one counter (the counter is named by the wildcard, not the value).
+    /// `None` when no entry shares (the usual case).
+    pub shared_values: Option<SharedValues>,
     /// Identifies the limit inside a counter key: a hash of what gives its state meaning
     /// (name, algorithm, window), so a reload that changes the count keeps the counters and
     /// one that changes the window or algorithm starts afresh.
     pub id: u64,
 }
+
+/// Per descriptor entry, the wildcard that stands for its value in the counter's name.
+pub type SharedValues = Arc<[Option<Box<str>>]>;
 
 /// A node of a descriptor tree.
 #[derive(Debug, Default)]
@@ -95,7 +102,8 @@ impl Rules {
         for domain in &config.domains {
             let mut root = Node::default();
             for def in &domain.descriptors {
-                add_descriptor(&mut root, def, &domain.domain, &domain.file, &mut errors);
+                let at = (domain.domain.as_str(), &[][..]);
+                add_descriptor(&mut root, def, at, &domain.file, &mut errors);
             }
             domains.insert(domain.domain.as_str().into(), root);
         }
@@ -229,10 +237,12 @@ pub fn glob_match(pattern: &str, value: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
+/// Adds descriptor `def` under `parent`. `shared` holds, for each level above it, the
+/// wildcard its counters share (`share_threshold`) if any.
 fn add_descriptor(
     parent: &mut Node,
     def: &DescriptorDef,
-    path: &str,
+    (path, shared): (&str, &[Option<Box<str>>]),
     file: &str,
     errors: &mut Vec<ConfigError>,
 ) {
@@ -240,17 +250,31 @@ fn add_descriptor(
         Some(v) => format!("{path}.{}_{v}", def.key),
         None => format!("{path}.{}", def.key),
     };
+    let mut shared = shared.to_vec();
+    shared.push(
+        def.value
+            .as_deref()
+            .filter(|_| def.share_threshold)
+            .map(Into::into),
+    );
+    let shares = shared
+        .iter()
+        .any(Option::is_some)
+        .then(|| shared.clone().into());
     let branch = parent.children.entry(def.key.as_str().into()).or_default();
     let mut node = Node {
         limits: if def.unlimited {
             Box::default()
         } else {
-            def.limits.iter().map(|l| rule(l, def)).collect()
+            def.limits
+                .iter()
+                .map(|l| rule(l, def, shares.clone()))
+                .collect()
         },
         children: HashMap::new(),
     };
     for child in &def.descriptors {
-        add_descriptor(&mut node, child, &path, file, errors);
+        add_descriptor(&mut node, child, (&path, &shared), file, errors);
     }
     let slot = match def.value.as_deref() {
         None => {
@@ -326,7 +350,7 @@ fn compile_clients(table: &ClientTable) -> ClientIndex {
 }
 
 /// The rule one configured limit of descriptor `d` becomes.
-fn rule(def: &LimitDef, d: &DescriptorDef) -> Arc<LimitRule> {
+fn rule(def: &LimitDef, d: &DescriptorDef, shared: Option<SharedValues>) -> Arc<LimitRule> {
     let mut rule = client_rule(def);
     rule.shadow |= d.shadow_mode;
     rule.replaces = d.replaces.iter().map(|r| r.as_str().into()).collect();
@@ -334,6 +358,7 @@ fn rule(def: &LimitDef, d: &DescriptorDef) -> Arc<LimitRule> {
     rule.post_paid = d.post_paid;
     rule.quota_mode = d.quota_mode;
     rule.metadata = d.metadata.clone().map(Arc::new);
+    rule.shared_values = shared;
     Arc::new(rule)
 }
 
@@ -358,6 +383,7 @@ fn client_rule(def: &LimitDef) -> LimitRule {
         post_paid: false,
         quota_mode: false,
         metadata: None,
+        shared_values: None,
         id: u64::from_be_bytes(id),
     }
 }

@@ -697,3 +697,83 @@ fn global_shadow_mode_admits_what_the_limits_refuse_and_says_so() {
         assert_eq!(d.retry_after, RetryAfter::Now);
     });
 }
+
+/// envoyproxy/ratelimit README, Example 11: `share_threshold` on a wildcard.
+const SHARED: &str = r#"
+domain: example11
+descriptors:
+  - key: files
+    value: files/*
+    share_threshold: true
+    rate_limit: { unit: hour, requests_per_unit: 10 }
+  - key: files_no_share
+    value: files_no_share/*
+    share_threshold: false
+    rate_limit: { unit: hour, requests_per_unit: 10 }
+  - key: route
+    value: api/*
+    share_threshold: true
+    descriptors:
+      - key: method
+        rate_limit: { unit: minute, requests_per_unit: 2 }
+"#;
+
+fn one(domain: &'static str, entries: &[(&'static str, &'static str)]) -> LimitRequest<'static> {
+    LimitRequest {
+        domain,
+        descriptors: vec![edge(entries)],
+        hits: 1,
+        client_required: false,
+        post_paid: false,
+    }
+}
+
+#[test]
+fn share_threshold_makes_every_match_of_a_wildcard_one_counter() {
+    let (l, _) = limiter("example11.yaml", SHARED);
+    run(async {
+        let allowed = |r: LimitRequest<'static>| {
+            let l = &l;
+            async move { l.decide(&r).await.unwrap().allowed }
+        };
+        for _ in 0..5 {
+            assert!(allowed(one("example11", &[("files", "files/a.pdf")])).await);
+            assert!(allowed(one("example11", &[("files", "files/b.csv")])).await);
+        }
+        assert!(
+            !allowed(one("example11", &[("files", "files/c.txt")])).await,
+            "the shared threshold of 10 is reached"
+        );
+        for _ in 0..10 {
+            assert!(
+                allowed(one(
+                    "example11",
+                    &[("files_no_share", "files_no_share/a.pdf")]
+                ))
+                .await
+            );
+        }
+        assert!(
+            !allowed(one(
+                "example11",
+                &[("files_no_share", "files_no_share/a.pdf")]
+            ))
+            .await
+        );
+        assert!(
+            allowed(one(
+                "example11",
+                &[("files_no_share", "files_no_share/b.csv")]
+            ))
+            .await,
+            "without sharing, each match has its own threshold"
+        );
+        // A shared level above a limit: every api/* route shares, each method apart.
+        let route =
+            |r: &'static str, m: &'static str| one("example11", &[("route", r), ("method", m)]);
+        assert!(allowed(route("api/v1", "GET")).await);
+        assert!(allowed(route("api/v2", "GET")).await);
+        assert!(!allowed(route("api/v3", "GET")).await);
+        assert!(allowed(route("api/v3", "POST")).await);
+    });
+}

@@ -173,6 +173,7 @@ fn leaf(key: &str, value: Option<&str>, limits: Vec<LimitDef>) -> DescriptorDef 
         post_paid: false,
         quota_mode: false,
         metadata: None,
+        share_threshold: false,
         descriptors: vec![],
     }
 }
@@ -582,14 +583,25 @@ fn unknown_keys_are_errors_where_they_stand() {
         "shadow_mode goes on the descriptor",
     );
     // Upstream keys this service does not implement are named as such.
-    for key in ["value_to_metric", "share_threshold"] {
-        assert_err(
-            &format!("domain: d\ndescriptors:\n  - key: k\n    value: v*\n    {key}: true\n"),
-            &format!(
-                "unknown key '{key}' (an envoyproxy/ratelimit key that this service does not support)"
-            ),
-        );
-    }
+    assert_err(
+        "domain: d\ndescriptors:\n  - key: k\n    value: v*\n    value_to_metric: true\n",
+        "unknown key 'value_to_metric' (an envoyproxy/ratelimit key that this service does not support)",
+    );
+}
+
+#[test]
+fn share_threshold_needs_a_wildcard_value_as_upstream_says() {
+    assert!(
+        first("domain: d\ndescriptors:\n  - key: k\n    value: v*\n    share_threshold: true\n")
+            .share_threshold
+    );
+    assert!(!first("domain: d\ndescriptors:\n  - key: k\n    value: v*\n").share_threshold);
+    assert_err_at(
+        "domain: d\ndescriptors:\n  - key: k\n    value: v\n    share_threshold: true\n",
+        5,
+        22,
+        "descriptors[0].share_threshold: share_threshold can only be used with wildcard values (containing '*'), but found key 'k_v'",
+    );
 }
 
 #[test]
