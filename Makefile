@@ -2,7 +2,7 @@
 # need on a fresh Debian machine (redis-server, openssl, Envoy) and skips what is there.
 CARGO ?= cargo
 
-.PHONY: run test test-integration lint bench setup fmt
+.PHONY: run test test-integration lint bench setup fmt image
 
 # Extra flags for the service, e.g. ARGS="--redis-url redis://127.0.0.1:6379".
 ARGS ?=
@@ -33,3 +33,8 @@ bench:
 
 setup:
 	bash scripts/setup.sh
+
+# The container image, built with Podman from a release binary built here (no base image is
+# pulled), and its entrypoint run from the exported filesystem. Needs podman and root.
+image:
+	bash scripts/image.sh
