@@ -68,8 +68,13 @@ impl Service {
     /// Runs `cmd` (the binary, or a wrapper that execs it, such as `chroot`) on free loopback
     /// ports with JSON logs, and waits for its "listening" line.
     pub fn spawn(mut cmd: Command) -> Service {
+        cmd.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
+        Self::spawn_as_is(cmd)
+    }
+
+    /// The same with the addresses `cmd` names itself (`--http-addr`, `--grpc-addr`).
+    pub fn spawn_as_is(mut cmd: Command) -> Service {
         let mut child = cmd
-            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
