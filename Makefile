@@ -16,7 +16,8 @@ test: setup
 # Only the tests against a real redis-server (single, Cluster, Sentinel, TLS) and a real Envoy.
 # (envoy_doors speaks Envoy's protocols to the service without an Envoy: not among them.)
 INTEGRATION_TESTS := $(filter-out envoy_doors,\
-	$(sort $(basename $(notdir $(wildcard tests/redis_*.rs tests/envoy_*.rs tests/istio_*.rs)))))
+	$(sort $(basename $(notdir $(wildcard tests/redis_*.rs tests/envoy_*.rs tests/istio_*.rs \
+	tests/rolling_update.rs)))))
 
 test-integration: setup
 	$(CARGO) test $(addprefix --test ,$(INTEGRATION_TESTS))
