@@ -147,6 +147,8 @@ async fn serve(cli: Cli) -> ExitCode {
         max_counters: cli.max_counters,
         replicas: cli.replicas,
     };
+    // Before the load: a change after this point is seen by the config watch.
+    let loaded = reload::fingerprint(&cli.config);
     // Bad config stops the process before any port is bound.
     let state = match app::build(&options) {
         Ok(s) => s,
@@ -156,6 +158,8 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Before the service says it listens: a signal from then on finds its handler.
+    let shutdown = server::shutdown_signal();
     let listeners = match bind(cli.http_addr, cli.grpc_addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -165,7 +169,7 @@ async fn serve(cli: Cli) -> ExitCode {
     };
     let watch = (cli.config_watch_interval_ms > 0)
         .then(|| Duration::from_millis(cli.config_watch_interval_ms));
-    if let Err(e) = reload::start(state.clone(), cli.config.clone(), watch) {
+    if let Err(e) = reload::start(state.clone(), cli.config.clone(), watch, loaded) {
         tracing::error!("metrics: {e}");
         return ExitCode::FAILURE;
     }
@@ -173,7 +177,7 @@ async fn serve(cli: Cli) -> ExitCode {
         shutdown_delay: Duration::from_secs(cli.shutdown_delay),
         drain_timeout: Duration::from_secs(cli.drain_timeout),
     };
-    match server::run(state, listeners, options, server::shutdown_signal()).await {
+    match server::run(state, listeners, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -2,9 +2,9 @@
 //! names changes on disk (a file edited or replaced, or a Kubernetes ConfigMap volume whose
 //! `..data` symlink is swapped to a new directory).
 //!
-//! The watch polls: every interval it hashes the name and contents of each file the path
-//! holds (following symlinks, hidden entries such as `..data` skipped, as the loader skips
-//! them) and reloads when the hash differs from the last one it acted on. Polling needs no
+//! The watch polls: every interval it hashes the name and contents of each file the loader
+//! reads there (`*.yaml`, `*.yml`, following symlinks; hidden entries such as `..data`
+//! skipped, as the loader skips them) and reloads when the hash differs from the last one it acted on. Polling needs no
 //! platform notification API and sees a symlink swap the same way as an edit. A load is
 //! applied only if the files hashed the same before and after it, so a load that raced a
 //! half-written update is retried on the next tick instead of being applied.
@@ -123,49 +123,51 @@ impl Reloader {
 }
 
 /// Starts the reloads a running service has: on `SIGHUP`, and, unless `watch_every` is
-/// `None`, the watch of the configuration path.
+/// `None`, the watch of the configuration path. `loaded` is the [`fingerprint`] taken before
+/// start-up loaded the configuration, so that no change after that load goes unseen.
 pub fn start(
     state: Arc<AppState>,
     path: PathBuf,
     watch_every: Option<Duration>,
+    loaded: Fingerprint,
 ) -> Result<(), prometheus::Error> {
     let reloader = Arc::new(Reloader::new(state, path)?);
-    // Taken now, before any change could be missed between start-up's load and the first tick.
-    let seen = fingerprint(&reloader.path);
-    tokio::spawn(on_sighup(reloader.clone()));
+    #[cfg(unix)]
+    {
+        // Installed here, not in the task: a SIGHUP right after start-up must find it, or
+        // its default action kills the process.
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(on_sighup(reloader.clone(), hup));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload on signal disabled")
+            }
+        }
+    }
     if let Some(every) = watch_every {
         tracing::info!(config = %reloader.path.display(), every = ?every, "watching the configuration");
-        tokio::spawn(watch(reloader, every, seen));
+        tokio::spawn(watch(reloader, every, loaded));
     }
     Ok(())
 }
 
 /// Reloads on every `SIGHUP`.
-async fn on_sighup(reloader: Arc<Reloader>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP; reload on signal disabled");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            let r = reloader.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || r.reload(Trigger::Signal)).await {
-                tracing::error!(error = %e, "reload task failed");
-            }
+#[cfg(unix)]
+async fn on_sighup(reloader: Arc<Reloader>, mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        let r = reloader.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || r.reload(Trigger::Signal)).await {
+            tracing::error!(error = %e, "reload task failed");
         }
     }
-    #[cfg(not(unix))]
-    let _ = reloader;
 }
 
 /// Polls the configuration path every `every` and reloads when its files change.
 async fn watch(reloader: Arc<Reloader>, every: Duration, mut seen: Fingerprint) {
-    let mut ticks = tokio::time::interval(every);
+    // The first look one interval after start-up, not at once.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
@@ -178,7 +180,7 @@ async fn watch(reloader: Arc<Reloader>, every: Duration, mut seen: Fingerprint) 
 }
 
 /// A hash of the path's contents: a file's bytes, or for a directory the name and bytes of
-/// every non-hidden file directly in it, in name order (symlinks followed). What cannot be
+/// every file the loader reads directly in it, in name order (symlinks followed). What cannot be
 /// read is hashed as its error, so a vanished file is a change too (and its load says why).
 pub fn fingerprint(path: &Path) -> Fingerprint {
     let mut hash = Sha256::new();
@@ -198,7 +200,7 @@ fn hash_dir(hash: &mut Sha256, dir: &Path) {
     let mut names: Vec<_> = entries
         .filter_map(Result::ok)
         .map(|e| e.file_name())
-        .filter(|n| !n.to_string_lossy().starts_with('.'))
+        .filter(|n| read_by_the_loader(&n.to_string_lossy()))
         .collect();
     names.sort();
     for name in names {
@@ -211,6 +213,13 @@ fn hash_dir(hash: &mut Sha256, dir: &Path) {
         hash.update(name.as_bytes());
         hash_file(hash, &file);
     }
+}
+
+/// Whether the loader reads a file of this name in a directory: `*.yaml` / `*.yml`, not
+/// hidden (so a log or an editor's swap file beside the config is no change).
+fn read_by_the_loader(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.starts_with('.') && (lower.ends_with(".yaml") || lower.ends_with(".yml"))
 }
 
 fn hash_file(hash: &mut Sha256, file: &Path) {
@@ -259,11 +268,12 @@ mod tests {
     }
 
     #[test]
-    fn hidden_entries_do_not_count_and_a_vanished_path_does() {
+    fn files_the_loader_skips_do_not_count_and_a_vanished_path_does() {
         let d = dir("hidden");
         fs::write(d.join("a.yaml"), "one").unwrap();
         let first = fingerprint(&d);
-        fs::write(d.join(".swp"), "editor noise").unwrap();
+        fs::write(d.join(".a.yaml.swp"), "editor noise").unwrap();
+        fs::write(d.join("server.log"), "a log beside the config").unwrap();
         assert_eq!(first, fingerprint(&d));
         fs::write(d.join("a.yaml"), "onf").unwrap();
         assert_ne!(first, fingerprint(&d), "same length, other bytes");

@@ -226,3 +226,24 @@ async fn an_edited_config_file_is_reloaded_too() {
     std::fs::write(&file, service_yaml(2)).unwrap();
     until_probe_admitted(&client, &svc).await;
 }
+
+/// A signal sent the moment the service says it listens is handled, never the default action
+/// (which kills the process for both SIGHUP and SIGTERM): the handlers are installed before
+/// "listening". Repeated, because a missing handler shows only when the signal wins a race.
+#[test]
+fn signals_sent_as_soon_as_it_listens_are_handled() {
+    let dir = temp_dir("reload-watch-signals");
+    std::fs::write(dir.join("service.yaml"), service_yaml(1)).unwrap();
+    for round in 0..15 {
+        let mut svc = Service::start(&dir, &[]);
+        svc.signal("HUP");
+        svc.signal("TERM");
+        let code = svc.wait_exit(Duration::from_secs(30));
+        assert_eq!(
+            code,
+            Some(0),
+            "round {round}: killed by a signal:\n{}",
+            svc.logs()
+        );
+    }
+}
