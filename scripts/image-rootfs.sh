@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Assembles the container image's root filesystem around a built `ratelimiter` binary:
 #   usage: scripts/image-rootfs.sh <ratelimiter binary> <empty or absent directory>
-# It holds the binary (/usr/local/bin/ratelimiter), the shared libraries it links (glibc's
+# It holds the binary (/usr/local/bin/ratelimiter, debug info stripped), the shared libraries it links (glibc's
 # loader, libc, libm, libgcc_s: what a distroless "cc" image holds), glibc's NSS modules for
 # /etc/hosts and DNS where this glibc still ships them apart, the CA certificates, the
 # shipped demo config in /etc/ratelimiter, and /etc/passwd and /etc/group naming the
@@ -16,6 +16,11 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 rm -rf "$root"
 mkdir -p "$root/usr/local/bin" "$root/etc/ratelimiter" "$root/etc/ssl/certs"
 install -m 0755 "$bin" "$root/usr/local/bin/ratelimiter"
+# The release profile keeps line tables for backtraces (most of the binary's size); the image
+# keeps the symbols only.
+if command -v strip >/dev/null 2>&1; then
+  strip --strip-debug "$root/usr/local/bin/ratelimiter"
+fi
 
 # Copies a file (following symlinks) to the same path under the root.
 copy() {
