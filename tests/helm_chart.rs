@@ -7,8 +7,8 @@
 //! never removes a ready pod first, the pods are locked down, a typo in the values fails,
 //! and the Istio toggles render the manifests shipped in `envoy/istio/`.
 //!
-//! Needs Helm, kubernetes-validate and Envoy-free tools only: `make setup` installs them into
-//! `.tools/` (or point `HELM_BIN` / `KUBERNETES_VALIDATE_BIN` at them).
+//! Needs Helm and kubernetes-validate: `make setup` installs them into `.tools/` (or point
+//! `HELM_BIN` / `KUBERNETES_VALIDATE_BIN` at them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
