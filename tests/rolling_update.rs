@@ -26,7 +26,7 @@ use common::{Service, config_dir};
 const QUOTA: usize = 1000;
 /// Seconds a replica keeps serving after SIGTERM (the chart's `--shutdown-delay`): several
 /// of Envoy's health-check intervals below.
-const SHUTDOWN_DELAY: &str = "2";
+const SHUTDOWN_DELAY: &str = "3";
 /// Generous bounds for a busy machine; none of them decides a pass by timing.
 const WITHIN: Duration = Duration::from_secs(30);
 
