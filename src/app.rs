@@ -1,5 +1,6 @@
 //! Wiring: from options to a running service. `main.rs` parses the command line and calls
-//! [`build`] and [`server::run`](crate::server::run); tests call the same functions.
+//! [`build`] and [`server::run`](crate::server::run); tests call the same functions. Reloads
+//! (SIGHUP, the config watch) are in [`reload`](crate::reload).
 
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
@@ -86,34 +87,4 @@ pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
     }
     let limiter = Arc::new(Limiter::new(rules, store, fallback));
     Ok(Arc::new(AppState::new(limiter, Arc::new(metrics))))
-}
-
-/// Reloads the configuration on SIGHUP. A configuration that does not load is logged with
-/// every problem and the old one stays in force.
-pub async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP; reload disabled");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            match load_rules(&path) {
-                Ok(rules) => {
-                    log_warnings(&rules, &path);
-                    state.limiter.reload(rules);
-                    tracing::info!(config = %path.display(), "configuration reloaded");
-                }
-                Err(e) => {
-                    tracing::error!(config = %path.display(), "reload refused, keeping the old configuration:\n{e}")
-                }
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (state, path);
 }

@@ -3,7 +3,8 @@
 //!
 //! The layers point one way: `api` (front doors) → `limiter` (the one decision engine) →
 //! `algorithm` (pure functions) and `store` (where counters live). `config` loads files;
-//! `server` runs the front doors; `app` wires it all from command-line options.
+//! `server` runs the front doors; `app` wires it all from command-line options; `reload`
+//! swaps a new configuration in on SIGHUP or when the files change.
 
 pub mod algorithm;
 pub mod api;
@@ -11,5 +12,6 @@ pub mod app;
 pub mod config;
 pub mod limiter;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod store;

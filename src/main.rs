@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ratelimiter::app::{self, AppOptions};
+use ratelimiter::reload;
 use ratelimiter::server::{self, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
 use tokio::net::TcpListener;
@@ -74,6 +75,15 @@ struct Cli {
     /// while Redis is down.
     #[arg(long, env = "RATELIMITER_REPLICAS", default_value_t = AppOptions::DEFAULT_REPLICAS)]
     replicas: NonZeroU64,
+    /// How often, in milliseconds, the files under `--config` are checked for changes (a
+    /// ConfigMap's `..data` symlink swap, an edit); a change is loaded like a SIGHUP. 0 turns
+    /// the watch off (SIGHUP still reloads).
+    #[arg(
+        long,
+        env = "RATELIMITER_CONFIG_WATCH_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    config_watch_interval_ms: u64,
     /// The in-memory store's capacity, in counters.
     #[arg(long, env = "RATELIMITER_MAX_COUNTERS", default_value_t = AppOptions::DEFAULT_MAX_COUNTERS)]
     max_counters: usize,
@@ -137,6 +147,8 @@ async fn serve(cli: Cli) -> ExitCode {
         max_counters: cli.max_counters,
         replicas: cli.replicas,
     };
+    // Before the load: a change after this point is seen by the config watch.
+    let loaded = reload::fingerprint(&cli.config);
     // Bad config stops the process before any port is bound.
     let state = match app::build(&options) {
         Ok(s) => s,
@@ -146,6 +158,8 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Before the service says it listens: a signal from then on finds its handler.
+    let shutdown = server::shutdown_signal();
     let listeners = match bind(cli.http_addr, cli.grpc_addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -153,12 +167,17 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tokio::spawn(app::reload_on_sighup(state.clone(), cli.config.clone()));
+    let watch = (cli.config_watch_interval_ms > 0)
+        .then(|| Duration::from_millis(cli.config_watch_interval_ms));
+    if let Err(e) = reload::start(state.clone(), cli.config.clone(), watch, loaded) {
+        tracing::error!("metrics: {e}");
+        return ExitCode::FAILURE;
+    }
     let options = ServeOptions {
         shutdown_delay: Duration::from_secs(cli.shutdown_delay),
         drain_timeout: Duration::from_secs(cli.drain_timeout),
     };
-    match server::run(state, listeners, options, server::shutdown_signal()).await {
+    match server::run(state, listeners, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -58,12 +58,24 @@ impl Service {
 
     /// The same with another `RATELIMITER_LOG` filter (e.g. `debug`).
     pub fn start_with_log_filter(config: &Path, extra: &[&str], filter: &str) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
-            .args(["--config", config.to_str().unwrap()])
-            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratelimiter"));
+        cmd.args(["--config", config.to_str().unwrap()])
             .args(extra)
-            .env("RATELIMITER_LOG", filter)
+            .env("RATELIMITER_LOG", filter);
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` (the binary, or a wrapper that execs it, such as `chroot`) on free loopback
+    /// ports with JSON logs, and waits for its "listening" line.
+    pub fn spawn(mut cmd: Command) -> Service {
+        cmd.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
+        Self::spawn_as_is(cmd)
+    }
+
+    /// The same with the addresses `cmd` names itself (`--http-addr`, `--grpc-addr`).
+    pub fn spawn_as_is(mut cmd: Command) -> Service {
+        let mut child = cmd
+            .args(["--log-format", "json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

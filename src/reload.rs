@@ -1,0 +1,285 @@
+//! Reloading the configuration without a restart: on `SIGHUP`, and when what `--config`
+//! names changes on disk (a file edited or replaced, or a Kubernetes ConfigMap volume whose
+//! `..data` symlink is swapped to a new directory).
+//!
+//! The watch polls: every interval it hashes the name and contents of each file the loader
+//! reads there (`*.yaml`, `*.yml`, following symlinks; hidden entries such as `..data`
+//! skipped, as the loader skips them) and reloads when the hash differs from the last one it acted on. Polling needs no
+//! platform notification API and sees a symlink swap the same way as an edit. A load is
+//! applied only if the files hashed the same before and after it, so a load that raced a
+//! half-written update is retried on the next tick instead of being applied.
+//!
+//! A configuration that does not load is refused: every problem is logged, the old rules
+//! stay in force, and `ratelimiter_config_reloads_total{result="refused"}` counts it. The
+//! same contents are not tried again until they change (or a `SIGHUP` asks).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use sha2::{Digest, Sha256};
+
+use crate::api::AppState;
+use crate::app::load_rules;
+
+/// What asked for a reload, as the `trigger` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Signal = 0,
+    Watch = 1,
+}
+
+impl Trigger {
+    const ALL: [Trigger; 2] = [Trigger::Signal, Trigger::Watch];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "sighup",
+            Trigger::Watch => "watch",
+        }
+    }
+}
+
+/// A hash of everything the configuration path holds.
+pub type Fingerprint = [u8; 32];
+
+/// Loads the configuration at `path` into a running service, and counts the outcome.
+pub struct Reloader {
+    state: Arc<AppState>,
+    path: PathBuf,
+    /// `[trigger][0 = applied, 1 = refused]`.
+    counts: [[IntCounter; 2]; 2],
+}
+
+impl Reloader {
+    /// A reloader for `path`; registers `ratelimiter_config_reloads_total` on the state's
+    /// metrics.
+    pub fn new(state: Arc<AppState>, path: PathBuf) -> Result<Self, prometheus::Error> {
+        let vec = IntCounterVec::new(
+            Opts::new(
+                "ratelimiter_config_reloads_total",
+                "Configuration reloads by trigger (sighup, watch) and result (applied, refused).",
+            ),
+            &["trigger", "result"],
+        )?;
+        state.metrics.register(Box::new(vec.clone()))?;
+        let counts = Trigger::ALL
+            .map(|t| ["applied", "refused"].map(|r| vec.with_label_values(&[t.as_str(), r])));
+        Ok(Reloader {
+            state,
+            path,
+            counts,
+        })
+    }
+
+    /// Loads the configuration and swaps it in; a configuration that does not load is
+    /// logged and counted, and the old one stays. Blocking file I/O: call it off the runtime's
+    /// worker threads for large configurations.
+    pub fn reload(&self, trigger: Trigger) -> bool {
+        self.apply(trigger, load_rules(&self.path))
+    }
+
+    fn apply(
+        &self,
+        trigger: Trigger,
+        loaded: Result<crate::limiter::Rules, crate::config::ConfigErrors>,
+    ) -> bool {
+        let shown = self.path.display();
+        match loaded {
+            Ok(rules) => {
+                for w in rules.warnings() {
+                    tracing::warn!(config = %shown, "{w}");
+                }
+                self.state.limiter.reload(rules);
+                self.counts[trigger as usize][0].inc();
+                tracing::info!(config = %shown, trigger = trigger.as_str(), "configuration reloaded");
+                true
+            }
+            Err(e) => {
+                self.counts[trigger as usize][1].inc();
+                tracing::error!(config = %shown, trigger = trigger.as_str(), "reload refused, keeping the old configuration:\n{e}");
+                false
+            }
+        }
+    }
+
+    /// One tick of the watch: reloads when the files no longer match `seen`, and returns
+    /// the fingerprint now acted on (`seen` again when the files changed during the load).
+    pub fn reload_if_changed(&self, seen: Fingerprint) -> Fingerprint {
+        let before = fingerprint(&self.path);
+        if before == seen {
+            return seen;
+        }
+        let loaded = load_rules(&self.path);
+        if fingerprint(&self.path) != before {
+            tracing::debug!(config = %self.path.display(), "changed while loading; next tick");
+            return seen;
+        }
+        self.apply(Trigger::Watch, loaded);
+        before
+    }
+}
+
+/// Starts the reloads a running service has: on `SIGHUP`, and, unless `watch_every` is
+/// `None`, the watch of the configuration path. `loaded` is the [`fingerprint`] taken before
+/// start-up loaded the configuration, so that no change after that load goes unseen.
+pub fn start(
+    state: Arc<AppState>,
+    path: PathBuf,
+    watch_every: Option<Duration>,
+    loaded: Fingerprint,
+) -> Result<(), prometheus::Error> {
+    let reloader = Arc::new(Reloader::new(state, path)?);
+    #[cfg(unix)]
+    {
+        // Installed here, not in the task: a SIGHUP right after start-up must find it, or
+        // its default action kills the process.
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(on_sighup(reloader.clone(), hup));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload on signal disabled")
+            }
+        }
+    }
+    if let Some(every) = watch_every {
+        tracing::info!(config = %reloader.path.display(), every = ?every, "watching the configuration");
+        tokio::spawn(watch(reloader, every, loaded));
+    }
+    Ok(())
+}
+
+/// Reloads on every `SIGHUP`.
+#[cfg(unix)]
+async fn on_sighup(reloader: Arc<Reloader>, mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        let r = reloader.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || r.reload(Trigger::Signal)).await {
+            tracing::error!(error = %e, "reload task failed");
+        }
+    }
+}
+
+/// Polls the configuration path every `every` and reloads when its files change.
+async fn watch(reloader: Arc<Reloader>, every: Duration, mut seen: Fingerprint) {
+    // The first look one interval after start-up, not at once.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let r = reloader.clone();
+        match tokio::task::spawn_blocking(move || r.reload_if_changed(seen)).await {
+            Ok(now) => seen = now,
+            Err(e) => tracing::error!(error = %e, "configuration watch tick failed"),
+        }
+    }
+}
+
+/// A hash of the path's contents: a file's bytes, or for a directory the name and bytes of
+/// every file the loader reads directly in it, in name order (symlinks followed). What cannot be
+/// read is hashed as its error, so a vanished file is a change too (and its load says why).
+pub fn fingerprint(path: &Path) -> Fingerprint {
+    let mut hash = Sha256::new();
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => hash_dir(&mut hash, path),
+        Ok(_) => hash_file(&mut hash, path),
+        Err(e) => hash_error(&mut hash, &e),
+    }
+    hash.finalize().into()
+}
+
+fn hash_dir(hash: &mut Sha256, dir: &Path) {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => return hash_error(hash, &e),
+    };
+    let mut names: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| read_by_the_loader(&n.to_string_lossy()))
+        .collect();
+    names.sort();
+    for name in names {
+        let file = dir.join(&name);
+        if fs::metadata(&file).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let name = name.to_string_lossy();
+        hash.update((name.len() as u64).to_le_bytes());
+        hash.update(name.as_bytes());
+        hash_file(hash, &file);
+    }
+}
+
+/// Whether the loader reads a file of this name in a directory: `*.yaml` / `*.yml`, not
+/// hidden (so a log or an editor's swap file beside the config is no change).
+fn read_by_the_loader(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.starts_with('.') && (lower.ends_with(".yaml") || lower.ends_with(".yml"))
+}
+
+fn hash_file(hash: &mut Sha256, file: &Path) {
+    match fs::read(file) {
+        Ok(bytes) => {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(&bytes);
+        }
+        Err(e) => hash_error(hash, &e),
+    }
+}
+
+fn hash_error(hash: &mut Sha256, e: &std::io::Error) {
+    hash.update(b"\xffunreadable:");
+    hash.update(e.kind().to_string().as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("reload-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Kubernetes' layout: `..<ts>/file`, `..data -> ..<ts>`, `file -> ..data/file`.
+    #[test]
+    fn a_configmap_style_symlink_swap_changes_the_fingerprint() {
+        let d = dir("swap");
+        fs::create_dir(d.join("..v1")).unwrap();
+        fs::write(d.join("..v1/a.yaml"), "one").unwrap();
+        symlink("..v1", d.join("..data")).unwrap();
+        symlink("..data/a.yaml", d.join("a.yaml")).unwrap();
+        let first = fingerprint(&d);
+        assert_eq!(first, fingerprint(&d), "stable while nothing changes");
+        fs::create_dir(d.join("..v2")).unwrap();
+        fs::write(d.join("..v2/a.yaml"), "two").unwrap();
+        symlink("..v2", d.join("..data_tmp")).unwrap();
+        fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        assert_ne!(first, fingerprint(&d));
+    }
+
+    #[test]
+    fn files_the_loader_skips_do_not_count_and_a_vanished_path_does() {
+        let d = dir("hidden");
+        fs::write(d.join("a.yaml"), "one").unwrap();
+        let first = fingerprint(&d);
+        fs::write(d.join(".a.yaml.swp"), "editor noise").unwrap();
+        fs::write(d.join("server.log"), "a log beside the config").unwrap();
+        assert_eq!(first, fingerprint(&d));
+        fs::write(d.join("a.yaml"), "onf").unwrap();
+        assert_ne!(first, fingerprint(&d), "same length, other bytes");
+        assert_ne!(
+            fingerprint(&d.join("missing")),
+            fingerprint(&d.join("a.yaml"))
+        );
+    }
+}
