@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::api::AppState;
-use crate::config::{self, ConfigErrors};
+use crate::config::{self, ConfigErrors, ForcedSettings};
 use crate::limiter::{Limiter, LocalFallback, Rules};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Clock, MemoryStore, RedisOptions, RedisStore};
@@ -22,6 +22,8 @@ pub struct AppOptions {
     pub max_counters: usize,
     /// How many replicas share each quota while the `local` failure policy is in force.
     pub replicas: NonZeroU64,
+    /// Settings forced on over every loaded configuration (`--shadow-mode`, …).
+    pub forced: ForcedSettings,
 }
 
 impl AppOptions {
@@ -36,6 +38,7 @@ impl AppOptions {
             redis: None,
             max_counters: Self::DEFAULT_MAX_COUNTERS,
             replicas: Self::DEFAULT_REPLICAS,
+            forced: ForcedSettings::default(),
         }
     }
 }
@@ -85,6 +88,7 @@ pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
             metrics.register(c)?;
         }
     }
-    let limiter = Arc::new(Limiter::new(rules, store, fallback));
+    let limiter =
+        Arc::new(Limiter::new(rules, store, fallback).with_forced_settings(options.forced));
     Ok(Arc::new(AppState::new(limiter, Arc::new(metrics))))
 }

@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod upstream_env;

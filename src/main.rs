@@ -1,5 +1,6 @@
 //! The `ratelimiter` binary: parses the command line, then hands over to the library.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::path::PathBuf;
@@ -8,9 +9,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ratelimiter::app::{self, AppOptions};
+use ratelimiter::config::ForcedSettings;
 use ratelimiter::reload;
 use ratelimiter::server::{self, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
+use ratelimiter::upstream_env;
 use tokio::net::TcpListener;
 
 /// Exit code for a configuration that does not load (EX_CONFIG would be 78; EX_USAGE-style
@@ -21,7 +24,10 @@ const EXIT_CONFIG: u8 = 64;
 #[command(
     name = "ratelimiter",
     version,
-    about = "Rate limiting for Envoy, Istio, HTTP and gRPC"
+    about = "Rate limiting for Envoy, Istio, HTTP and gRPC",
+    // envoyproxy/ratelimit's environment arrives as flags in front of the command line's
+    // own (`upstream_env`): the later one wins.
+    args_override_self = true
 )]
 struct Cli {
     /// A config file, or a directory of YAML files.
@@ -84,6 +90,17 @@ struct Cli {
         default_value_t = 1000
     )]
     config_watch_interval_ms: u64,
+    /// Global shadow mode, whatever the config files say: every refusal is answered as an
+    /// admission (envoyproxy/ratelimit's SHADOW_MODE).
+    #[arg(long, env = "RATELIMITER_SHADOW_MODE")]
+    shadow_mode: bool,
+    /// Global quota mode, whatever the config files say (envoyproxy/ratelimit's QUOTA_MODE).
+    #[arg(long, env = "RATELIMITER_QUOTA_MODE")]
+    quota_mode: bool,
+    /// Envoy's rate-limit answers carry dynamic metadata, whatever the config files say
+    /// (envoyproxy/ratelimit's RESPONSE_DYNAMIC_METADATA).
+    #[arg(long, env = "RATELIMITER_RESPONSE_DYNAMIC_METADATA")]
+    response_dynamic_metadata: bool,
     /// The in-memory store's capacity, in counters.
     #[arg(long, env = "RATELIMITER_MAX_COUNTERS", default_value_t = AppOptions::DEFAULT_MAX_COUNTERS)]
     max_counters: usize,
@@ -104,8 +121,25 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let upstream = upstream_env::translate(|name| std::env::var(name).ok());
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    let at = argv.len().min(1);
+    argv.splice(at..at, upstream.args.iter().map(OsString::from));
+    let cli = Cli::parse_from(argv);
+    init_logging(cli.log_format, upstream.log_filter.as_deref());
+    for (name, instead) in &upstream.ignored {
+        tracing::warn!(
+            variable = name,
+            "an envoyproxy/ratelimit setting that changes nothing here: {instead}"
+        );
+    }
+    if !upstream.errors.is_empty() {
+        for e in &upstream.errors {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+        }
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if let Some(Command::Validate { path }) = &cli.command {
         return match app::load_rules(path) {
             Ok(rules) => {
@@ -146,6 +180,11 @@ async fn serve(cli: Cli) -> ExitCode {
         }),
         max_counters: cli.max_counters,
         replicas: cli.replicas,
+        forced: ForcedSettings {
+            shadow_mode: cli.shadow_mode,
+            quota_mode: cli.quota_mode,
+            response_dynamic_metadata: cli.response_dynamic_metadata,
+        },
     };
     // Before the load: a change after this point is seen by the config watch.
     let loaded = reload::fingerprint(&cli.config);
@@ -196,10 +235,13 @@ async fn bind(http: SocketAddr, grpc: SocketAddr) -> Result<Listeners, String> {
     Ok(Listeners { http: h, grpc: g })
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs in `format`, filtered by `RATELIMITER_LOG`, else `fallback` (upstream's LOG_LEVEL),
+/// else `info`.
+fn init_logging(format: LogFormat, fallback: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("RATELIMITER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("RATELIMITER_LOG")
+        .or_else(|_| fallback.map_or(Err(()), |f| EnvFilter::try_new(f).map_err(|_| ())))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),

@@ -126,6 +126,25 @@ pub struct Settings {
     pub response_dynamic_metadata: bool,
 }
 
+/// Settings forced on from the command line, over whatever the files say, at start-up and at
+/// every reload (envoyproxy/ratelimit's `SHADOW_MODE`, `QUOTA_MODE` and
+/// `RESPONSE_DYNAMIC_METADATA` are environment variables, not config keys).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForcedSettings {
+    pub shadow_mode: bool,
+    pub quota_mode: bool,
+    pub response_dynamic_metadata: bool,
+}
+
+impl ForcedSettings {
+    /// Turns on in `settings` what is forced on.
+    pub fn apply(&self, settings: &mut Settings) {
+        settings.shadow_mode |= self.shadow_mode;
+        settings.quota_mode |= self.quota_mode;
+        settings.response_dynamic_metadata |= self.response_dynamic_metadata;
+    }
+}
+
 /// One descriptor the ext_authz door builds, entry by entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtAuthzDescriptor {

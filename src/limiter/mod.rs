@@ -22,7 +22,7 @@ pub use request::{API_KEY, Descriptor, Entry, LimitRequest, QuotaOverride};
 pub use rules::{LimitRule, Match, Rules, SharedValues, glob_match};
 
 use crate::algorithm::{Algorithm, Quota, RetryAfter};
-use crate::config::{FailurePolicy, Settings};
+use crate::config::{FailurePolicy, ForcedSettings, Settings};
 use crate::store::{Backend, Check, CounterKey, MemoryStore, Plan, Store, StoreError};
 use sha2::{Digest, Sha256};
 
@@ -67,6 +67,8 @@ pub struct Limiter {
     rules: ArcSwap<Rules>,
     store: Backend,
     fallback: Option<LocalFallback>,
+    /// Settings the command line forces on over every loaded configuration.
+    forced: ForcedSettings,
 }
 
 impl Limiter {
@@ -75,7 +77,17 @@ impl Limiter {
             rules: ArcSwap::from_pointee(rules),
             store,
             fallback,
+            forced: ForcedSettings::default(),
         }
+    }
+
+    /// The same limiter with `forced` settings on, now and after every reload.
+    pub fn with_forced_settings(mut self, forced: ForcedSettings) -> Self {
+        let mut rules = Rules::clone(&self.rules.load());
+        forced.apply(&mut rules.settings);
+        self.rules = ArcSwap::from_pointee(rules);
+        self.forced = forced;
+        self
     }
 
     /// The rules in force now.
@@ -84,7 +96,8 @@ impl Limiter {
     }
 
     /// Swaps in a new, fully compiled configuration. Requests in flight finish on the old one.
-    pub fn reload(&self, rules: Rules) {
+    pub fn reload(&self, mut rules: Rules) {
+        self.forced.apply(&mut rules.settings);
         self.rules.store(Arc::new(rules));
         self.store.forget_derived();
     }

@@ -53,14 +53,14 @@ pub struct LimitRule {
 pub type SharedValues = Arc<[Option<Box<str>>]>;
 
 /// A node of a descriptor tree.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Node {
     pub limits: Box<[Arc<LimitRule>]>,
     children: HashMap<Box<str>, Branch>,
 }
 
 /// The children of a node under one key.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Branch {
     exact: HashMap<Box<str>, Node>,
     wildcards: Vec<(Box<str>, Node)>,
@@ -69,7 +69,7 @@ struct Branch {
 }
 
 /// The client table: API keys by digest.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct ClientIndex {
     by_digest: HashMap<[u8; 32], Node>,
     /// Where unknown keys go; `None` rejects them.
@@ -88,7 +88,7 @@ pub enum Match<'r> {
 }
 
 /// The whole compiled configuration. Immutable: a reload compiles a new one and swaps it in.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Rules {
     pub settings: Settings,
     domains: HashMap<Box<str>, Node>,

@@ -1,0 +1,348 @@
+//! envoyproxy/ratelimit's environment variables, so that a Deployment written for it can swap
+//! the image and keep its environment.
+//!
+//! [`translate`] turns the variables this service honours into command-line flags that go in
+//! front of the real ones: a flag given on the command line, or its own `RATELIMITER_*`
+//! variable, wins over the upstream variable. Every other upstream variable that is set is
+//! listed by name with what to use instead, so that nothing is silently ignored; `main.rs`
+//! logs them at start-up.
+//!
+//! Honoured: `RUNTIME_ROOT` + `RUNTIME_SUBDIRECTORY` + `RUNTIME_APPDIRECTORY` (the config
+//! directory; `RUNTIME_WATCH_ROOT` and `RUNTIME_IGNOREDOTFILES=true` are what the config watch
+//! does anyway), `REDIS_URL` with `REDIS_SOCKET_TYPE`, `REDIS_TYPE`, `REDIS_AUTH`,
+//! `REDIS_SENTINEL_AUTH` and `REDIS_TLS` (one `--redis-url`), `REDIS_POOL_SIZE`,
+//! `CACHE_KEY_PREFIX`, `GRPC_HOST`/`GRPC_PORT`, `HOST`/`PORT`, `LOG_LEVEL`, `LOG_FORMAT`,
+//! `SHADOW_MODE`, `QUOTA_MODE`, `RESPONSE_DYNAMIC_METADATA`.
+
+/// What the environment says, as flags, and what it sets that is not honoured.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Translation {
+    /// Flags (and values) to put in front of the command line's own.
+    pub args: Vec<String>,
+    /// The log filter `LOG_LEVEL` asks for, unless `RATELIMITER_LOG` is set.
+    pub log_filter: Option<String>,
+    /// Upstream variables that are set and not honoured: the name, and what to do instead.
+    pub ignored: Vec<(&'static str, &'static str)>,
+    /// Variables honoured but unreadable: the message says which and why.
+    pub errors: Vec<String>,
+}
+
+/// Reads the environment through `var` (a variable's value, if set).
+pub fn translate(var: impl Fn(&str) -> Option<String>) -> Translation {
+    let mut t = Translation::default();
+    let ours = |name: &str| var(name).is_some();
+    let flag = |t: &mut Translation, own: &str, flag: &str, value: Option<String>| {
+        if let Some(value) = value.filter(|_| !ours(own)) {
+            t.args.push(flag.to_owned());
+            t.args.push(value);
+        }
+    };
+    flag(&mut t, "RATELIMITER_CONFIG", "--config", config_dir(&var));
+    flag(
+        &mut t,
+        "RATELIMITER_GRPC_ADDR",
+        "--grpc-addr",
+        address(&var, "GRPC_HOST", "GRPC_PORT", "8081"),
+    );
+    flag(
+        &mut t,
+        "RATELIMITER_HTTP_ADDR",
+        "--http-addr",
+        address(&var, "HOST", "PORT", "8080"),
+    );
+    flag(
+        &mut t,
+        "RATELIMITER_REDIS_POOL_SIZE",
+        "--redis-pool-size",
+        var("REDIS_POOL_SIZE"),
+    );
+    flag(
+        &mut t,
+        "RATELIMITER_REDIS_PREFIX",
+        "--redis-prefix",
+        var("CACHE_KEY_PREFIX"),
+    );
+    let format = var("LOG_FORMAT").map(|f| f.to_ascii_lowercase());
+    flag(&mut t, "RATELIMITER_LOG_FORMAT", "--log-format", format);
+    match redis_url(&var) {
+        Ok(url) => flag(&mut t, "RATELIMITER_REDIS_URL", "--redis-url", url),
+        Err(e) => t.errors.push(e),
+    }
+    for (name, own, switch) in MODES {
+        match var(name).map(|v| parse_bool(&v)) {
+            Some(Some(true)) if !ours(own) => t.args.push(switch.to_owned()),
+            Some(None) => t.errors.push(format!("{name} must be true or false")),
+            _ => {}
+        }
+    }
+    if !ours("RATELIMITER_LOG") {
+        t.log_filter = var("LOG_LEVEL").map(|l| l.to_ascii_lowercase());
+    }
+    t.ignored = NOT_HONOURED
+        .iter()
+        .filter(|(name, _)| var(name).is_some())
+        .copied()
+        .collect();
+    t
+}
+
+/// Upstream's global switches: (variable, our own variable, our flag).
+const MODES: [(&str, &str, &str); 3] = [
+    ("SHADOW_MODE", "RATELIMITER_SHADOW_MODE", "--shadow-mode"),
+    ("QUOTA_MODE", "RATELIMITER_QUOTA_MODE", "--quota-mode"),
+    (
+        "RESPONSE_DYNAMIC_METADATA",
+        "RATELIMITER_RESPONSE_DYNAMIC_METADATA",
+        "--response-dynamic-metadata",
+    ),
+];
+
+/// `RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY`, upstream's config directory,
+/// when the root or the subdirectory is set.
+fn config_dir(var: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    let root = var("RUNTIME_ROOT");
+    let sub = var("RUNTIME_SUBDIRECTORY");
+    if root.is_none() && sub.is_none() {
+        return None;
+    }
+    let root = root.unwrap_or_else(|| "/srv/runtime_data/current".to_owned());
+    let app = var("RUNTIME_APPDIRECTORY").unwrap_or_else(|| "config".to_owned());
+    let parts = [root, sub.unwrap_or_default(), app];
+    let parts: Vec<&str> = parts
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.is_empty())
+        .collect();
+    Some(parts.join("/").replace("//", "/"))
+}
+
+/// `host:port` from upstream's pair, when either is set.
+fn address(
+    var: &impl Fn(&str) -> Option<String>,
+    host: &str,
+    port: &str,
+    default_port: &str,
+) -> Option<String> {
+    let (h, p) = (var(host), var(port));
+    if h.is_none() && p.is_none() {
+        return None;
+    }
+    let h = h.unwrap_or_else(|| "0.0.0.0".to_owned());
+    let p = p.unwrap_or_else(|| default_port.to_owned());
+    Some(if h.contains(':') {
+        format!("[{h}]:{p}")
+    } else {
+        format!("{h}:{p}")
+    })
+}
+
+/// One `--redis-url` from upstream's `REDIS_*` variables, when `REDIS_URL` is set.
+fn redis_url(var: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, String> {
+    let Some(url) = var("REDIS_URL") else {
+        return Ok(None);
+    };
+    let tls = match var("REDIS_TLS").map(|v| parse_bool(&v)) {
+        None | Some(Some(false)) => false,
+        Some(Some(true)) => true,
+        Some(None) => return Err("REDIS_TLS must be true or false".to_owned()),
+    };
+    let auth = var("REDIS_AUTH").map(|a| userinfo(&a)).unwrap_or_default();
+    let kind = var("REDIS_TYPE").unwrap_or_else(|| "single".to_owned());
+    let socket = var("REDIS_SOCKET_TYPE").unwrap_or_else(|| "unix".to_owned());
+    match kind.to_ascii_lowercase().as_str() {
+        "single" if socket.eq_ignore_ascii_case("unix") => Err(
+            "REDIS_SOCKET_TYPE=unix (upstream's default) is not offered: set \
+             REDIS_SOCKET_TYPE=tcp and REDIS_URL=host:port"
+                .to_owned(),
+        ),
+        "single" => Ok(Some(format!("{}://{auth}{url}", scheme(tls, "")))),
+        "cluster" => Ok(Some(format!("{}://{auth}{url}", scheme(tls, "+cluster")))),
+        "sentinel" => sentinel_url(&url, tls, &auth).map(Some),
+        other => Err(format!(
+            "REDIS_TYPE '{other}' is not one of single, sentinel, cluster"
+        )),
+    }
+}
+
+/// Upstream's sentinel form, `master,host:port,host:port`, as ours.
+fn sentinel_url(url: &str, tls: bool, auth: &str) -> Result<String, String> {
+    let (master, sentinels) = url
+        .split_once(',')
+        .ok_or("REDIS_URL for REDIS_TYPE=sentinel must be master,host:port[,host:port…]")?;
+    Ok(format!(
+        "{}://{auth}{sentinels}/{master}",
+        scheme(tls, "+sentinel")
+    ))
+}
+
+fn scheme(tls: bool, kind: &str) -> String {
+    format!("{}{kind}", if tls { "rediss" } else { "redis" })
+}
+
+/// `password` or `user:password` as a URL's userinfo (`user:password@`), percent-encoded.
+fn userinfo(auth: &str) -> String {
+    let (user, password) = auth.split_once(':').unwrap_or(("", auth));
+    format!("{}:{}@", encode(user), encode(password))
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Go's `strconv.ParseBool`, which upstream's settings use.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Upstream variables that change nothing here, and what to do instead.
+#[rustfmt::skip]
+const NOT_HONOURED: &[(&str, &str)] = &[
+    ("REDIS_TIMEOUT", "a dial timeout upstream; --redis-timeout-ms bounds a whole decision (default 50 ms)"),
+    ("REDIS_PERSECOND", "one store here: per-second limits share --redis-url"),
+    ("REDIS_PERSECOND_URL", "one store here: per-second limits share --redis-url"),
+    ("REDIS_PIPELINE_WINDOW", "concurrent decisions always share a pipeline, with no added wait"),
+    ("REDIS_PIPELINE_LIMIT", "concurrent decisions always share a pipeline (up to 64)"),
+    ("REDIS_TLS_CLIENT_CERT", "not offered: Redis client certificates"),
+    ("REDIS_TLS_CACERT", "use --redis-ca-file"),
+    ("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "not offered: the server's name is always verified"),
+    ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "/readyz pings Redis"),
+    ("LOCAL_CACHE_SIZE_IN_BYTES", "the over-limit cache is always on and exact"),
+    ("NEAR_LIMIT_RATIO", "not offered: per-limit verdicts are in /metrics"),
+    ("EXPIRATION_JITTER_MAX_SECONDS", "keys expire exactly when their state is empty"),
+    ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "a refused request is never counted here"),
+    ("BACKEND_TYPE", "Redis with --redis-url, else the in-memory store; memcache is not offered"),
+    ("MEMCACHE_HOST_PORT", "memcache is not offered"),
+    ("LIMIT_RESPONSE_HEADERS_ENABLED", "settings.headers (ietf, x-ratelimit, both, none) in the config"),
+    ("LIMIT_LIMIT_HEADER", "header names follow settings.headers"),
+    ("LIMIT_REMAINING_HEADER", "header names follow settings.headers"),
+    ("LIMIT_RESET_HEADER", "header names follow settings.headers"),
+    ("MERGE_DOMAIN_CONFIG", "not offered: a domain lives in one file"),
+    ("CONFIG_TYPE", "files only: xDS config loading is not offered"),
+    ("FORCE_START_WITHOUT_INITIAL_CONFIG", "a config is required to start"),
+    ("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "always: the service starts only with a valid config"),
+    ("USE_STATSD", "metrics are Prometheus at GET /metrics"),
+    ("USE_DOG_STATSD", "metrics are Prometheus at GET /metrics"),
+    ("USE_PROMETHEUS", "metrics are Prometheus at GET /metrics on the HTTP port"),
+    ("PROMETHEUS_ADDR", "metrics are served on the HTTP port (GET /metrics)"),
+    ("STATSD_HOST", "metrics are Prometheus at GET /metrics"),
+    ("EXTRA_TAGS", "not offered"),
+    ("DISABLE_STATS", "not offered"),
+    ("DEBUG_HOST", "no debug port"),
+    ("DEBUG_PORT", "no debug port"),
+    ("GRPC_UDS", "not offered yet: gRPC listens on TCP (--grpc-addr)"),
+    ("GRPC_MAX_CONNECTION_AGE", "not offered yet"),
+    ("GRPC_SERVER_USE_TLS", "not offered yet: TLS on the listeners"),
+    ("TRACING_ENABLED", "not offered yet"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Translation {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        translate(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    }
+
+    fn arg<'t>(t: &'t Translation, flag: &str) -> Option<&'t str> {
+        let at = t.args.iter().position(|a| a == flag)?;
+        t.args.get(at + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn an_upstream_deployment_environment_becomes_flags() {
+        let t = with(&[
+            ("RUNTIME_ROOT", "/data"),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "redis:6379"),
+            ("REDIS_AUTH", "user:p@ss"),
+            ("GRPC_PORT", "8081"),
+            ("PORT", "8080"),
+            ("LOG_LEVEL", "DEBUG"),
+            ("SHADOW_MODE", "true"),
+            ("USE_STATSD", "false"),
+        ]);
+        assert_eq!(arg(&t, "--config"), Some("/data/ratelimit/config"));
+        assert_eq!(
+            arg(&t, "--redis-url"),
+            Some("redis://user:p%40ss@redis:6379")
+        );
+        assert_eq!(arg(&t, "--grpc-addr"), Some("0.0.0.0:8081"));
+        assert_eq!(arg(&t, "--http-addr"), Some("0.0.0.0:8080"));
+        assert!(t.args.iter().any(|a| a == "--shadow-mode"));
+        assert_eq!(t.log_filter.as_deref(), Some("debug"));
+        assert_eq!(
+            t.ignored.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            ["USE_STATSD"]
+        );
+        assert!(t.errors.is_empty());
+    }
+
+    #[test]
+    fn redis_types_map_to_our_url_schemes() {
+        let url = |vars: &[(&str, &str)]| arg(&with(vars), "--redis-url").map(str::to_owned);
+        let unix = with(&[("REDIS_URL", "/run/redis.sock")]);
+        assert!(
+            unix.errors[0].contains("REDIS_SOCKET_TYPE=unix"),
+            "{:?}",
+            unix.errors
+        );
+        assert_eq!(
+            url(&[
+                ("REDIS_URL", "a:1,b:2"),
+                ("REDIS_TYPE", "CLUSTER"),
+                ("REDIS_SOCKET_TYPE", "tcp"),
+                ("REDIS_TLS", "true")
+            ])
+            .as_deref(),
+            Some("rediss+cluster://a:1,b:2")
+        );
+        assert_eq!(
+            url(&[
+                ("REDIS_URL", "mymaster,s1:26379,s2:26379"),
+                ("REDIS_TYPE", "sentinel"),
+                ("REDIS_AUTH", "pw")
+            ])
+            .as_deref(),
+            Some("redis+sentinel://:pw@s1:26379,s2:26379/mymaster")
+        );
+        let t = with(&[("REDIS_URL", "x"), ("REDIS_TYPE", "ring")]);
+        assert!(t.errors[0].contains("REDIS_TYPE 'ring'"), "{:?}", t.errors);
+    }
+
+    #[test]
+    fn our_own_variables_win() {
+        let t = with(&[
+            ("GRPC_PORT", "9000"),
+            ("RATELIMITER_GRPC_ADDR", "127.0.0.1:1"),
+            ("SHADOW_MODE", "1"),
+            ("RATELIMITER_SHADOW_MODE", "false"),
+        ]);
+        assert_eq!(arg(&t, "--grpc-addr"), None);
+        assert!(!t.args.iter().any(|a| a == "--shadow-mode"));
+        assert_eq!(
+            with(&[("SHADOW_MODE", "maybe")]).errors,
+            ["SHADOW_MODE must be true or false"]
+        );
+    }
+
+    #[test]
+    fn nothing_set_means_nothing_added() {
+        assert_eq!(with(&[]), Translation::default());
+    }
+}
