@@ -15,8 +15,9 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::config::FailurePolicy;
 use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter, Rules};
-use crate::metrics::{Door, Metrics, Outcome};
+use crate::metrics::{Door, LimitOutcome, Metrics, Outcome, PolicyUsed};
 
 /// What every front door shares.
 pub struct AppState {
@@ -51,44 +52,65 @@ impl AppState {
         rules: &Rules,
         req: &LimitRequest<'_>,
     ) -> Result<Decision, LimitError> {
+        let in_flight = self.metrics.in_flight();
         let started = Instant::now();
         let result = self.limiter.decide_with(rules, req).await;
-        let outcome = match &result {
-            Ok(d) if d.allowed => Outcome::Allowed,
-            Ok(_) => Outcome::Rejected,
-            Err(_) => Outcome::Error,
-        };
+        drop(in_flight);
         self.metrics
-            .record(door, outcome, started.elapsed().as_secs_f64());
+            .record(door, outcome(&result), started.elapsed().as_secs_f64());
         match &result {
-            Ok(d) => {
-                for l in d.limits.iter().filter(|l| l.detailed_metric) {
-                    self.metrics
-                        .detailed(req.domain, &l.name, l.verdict.allowed);
-                }
-                match d.degraded {
-                    Some(Degraded::FailOpen) => self.metrics.degraded("fail_open"),
-                    Some(Degraded::LocalFallback) => self.metrics.degraded("local"),
-                    None => {}
-                }
-                if !d.allowed && tracing::enabled!(tracing::Level::DEBUG) {
-                    let limit = d.tightest().map(|l| &*l.name).unwrap_or("");
-                    tracing::debug!(
-                        door = door.as_str(),
-                        domain = req.domain,
-                        client = %short_hash(req),
-                        limit,
-                        "rejected"
-                    );
-                }
-            }
+            Ok(d) => self.record_decision(door, req, d),
             Err(LimitError::Store(e)) => {
                 self.metrics.store_error(e.kind());
+                if e.is_transient() && rules.settings.on_store_failure == FailurePolicy::FailClosed
+                {
+                    self.metrics.failure_policy(PolicyUsed::FailClosed);
+                }
                 tracing::warn!(door = door.as_str(), error = %e, "store failed");
             }
             Err(_) => {}
         }
         result
+    }
+
+    /// Per-limit counters, the failure policy's use, and a debug line per rejection.
+    fn record_decision(&self, door: Door, req: &LimitRequest<'_>, d: &Decision) {
+        for l in &d.limits {
+            let outcome = match (l.verdict.allowed, l.shadow) {
+                (true, _) => LimitOutcome::Allowed,
+                (false, false) => LimitOutcome::Rejected,
+                (false, true) => LimitOutcome::Shadow,
+            };
+            self.metrics.limit(door, req.domain, &l.name, outcome);
+        }
+        match d.degraded {
+            Some(Degraded::FailOpen) => self.metrics.failure_policy(PolicyUsed::FailOpen),
+            Some(Degraded::LocalFallback) => self.metrics.failure_policy(PolicyUsed::Local),
+            None => {}
+        }
+        if !d.allowed && tracing::enabled!(tracing::Level::DEBUG) {
+            let limit = d.tightest().map(|l| &*l.name).unwrap_or("");
+            tracing::debug!(
+                door = door.as_str(),
+                domain = req.domain,
+                client = %short_hash(req),
+                limit,
+                "rejected"
+            );
+        }
+    }
+}
+
+/// The outcome label of a decision.
+fn outcome(result: &Result<Decision, LimitError>) -> Outcome {
+    match result {
+        Ok(d) if d.degraded.is_some() => Outcome::Degraded,
+        Ok(d) if d.allowed && d.limits.iter().any(|l| l.shadow && !l.verdict.allowed) => {
+            Outcome::Shadow
+        }
+        Ok(d) if d.allowed => Outcome::Allowed,
+        Ok(_) => Outcome::Rejected,
+        Err(_) => Outcome::Error,
     }
 }
 
