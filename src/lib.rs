@@ -13,3 +13,4 @@ pub mod limiter;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod telemetry;

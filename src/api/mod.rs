@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::FailurePolicy;
 use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter, Rules};
 use crate::metrics::{Door, LimitOutcome, Metrics, Outcome, PolicyUsed};
+use crate::telemetry::TraceContext;
 
 /// What every front door shares.
 pub struct AppState {
@@ -51,6 +52,7 @@ impl AppState {
         door: Door,
         rules: &Rules,
         req: &LimitRequest<'_>,
+        trace: TraceContext<'_>,
     ) -> Result<Decision, LimitError> {
         let in_flight = self.metrics.in_flight();
         let started = Instant::now();
@@ -59,14 +61,20 @@ impl AppState {
         self.metrics
             .record(door, outcome(&result), started.elapsed().as_secs_f64());
         match &result {
-            Ok(d) => self.record_decision(door, req, d),
+            Ok(d) => self.record_decision(door, req, d, trace),
             Err(LimitError::Store(e)) => {
                 self.metrics.store_error(e.kind());
                 if e.is_transient() && rules.settings.on_store_failure == FailurePolicy::FailClosed
                 {
                     self.metrics.failure_policy(PolicyUsed::FailClosed);
                 }
-                tracing::warn!(door = door.as_str(), error = %e, "store failed");
+                tracing::warn!(
+                    door = door.as_str(),
+                    request_id = trace.request_id(),
+                    trace_id = trace.trace_id(),
+                    error = %e,
+                    "store failed"
+                );
             }
             Err(_) => {}
         }
@@ -74,7 +82,13 @@ impl AppState {
     }
 
     /// Per-limit counters, the failure policy's use, and a debug line per rejection.
-    fn record_decision(&self, door: Door, req: &LimitRequest<'_>, d: &Decision) {
+    fn record_decision(
+        &self,
+        door: Door,
+        req: &LimitRequest<'_>,
+        d: &Decision,
+        trace: TraceContext<'_>,
+    ) {
         for l in &d.limits {
             let outcome = match (l.verdict.allowed, l.shadow) {
                 (true, _) => LimitOutcome::Allowed,
@@ -95,6 +109,8 @@ impl AppState {
                 domain = req.domain,
                 client = %short_hash(req),
                 limit,
+                request_id = trace.request_id(),
+                trace_id = trace.trace_id(),
                 "rejected"
             );
         }
@@ -112,6 +128,11 @@ fn outcome(result: &Result<Decision, LimitError>) -> Outcome {
         Ok(_) => Outcome::Rejected,
         Err(_) => Outcome::Error,
     }
+}
+
+/// The request id and trace id of a gRPC call, from its metadata.
+pub fn trace_of(metadata: &tonic::metadata::MetadataMap) -> TraceContext<'_> {
+    TraceContext::from_headers(|name| metadata.get(name).and_then(|v| v.to_str().ok()))
 }
 
 /// A short, one-way fingerprint of a request's first descriptor for logs: enough to tell

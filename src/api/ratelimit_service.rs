@@ -90,7 +90,12 @@ impl RateLimitService for RateLimitDoor {
         let rules = self.state.limiter.rules();
         let decision = match self
             .state
-            .decide(Door::RateLimitService, &rules, &req)
+            .decide(
+                Door::RateLimitService,
+                &rules,
+                &req,
+                super::trace_of(request.metadata()),
+            )
             .await
         {
             Ok(d) => d,
