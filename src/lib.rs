@@ -5,6 +5,9 @@
 //! `algorithm` (pure functions) and `store` (where counters live). `config` loads files;
 //! `server` runs the front doors; `app` wires it all from command-line options.
 
+// Decisions are deeply nested futures (door → instrumented decision → store → Redis).
+#![recursion_limit = "256"]
+
 pub mod algorithm;
 pub mod api;
 pub mod app;

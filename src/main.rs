@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ratelimiter::app::{self, AppOptions};
 use ratelimiter::server::{self, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
+use ratelimiter::telemetry::{self, TracingOptions};
 use tokio::net::TcpListener;
 
 /// Exit code for a configuration that does not load (EX_CONFIG would be 78; EX_USAGE-style
@@ -77,6 +78,21 @@ struct Cli {
     /// The in-memory store's capacity, in counters.
     #[arg(long, env = "RATELIMITER_MAX_COUNTERS", default_value_t = AppOptions::DEFAULT_MAX_COUNTERS)]
     max_counters: usize,
+    /// OpenTelemetry traces: the OTLP/HTTP endpoint's base URL (e.g. http://jaeger:4318;
+    /// spans go to <URL>/v1/traces). Absent: no traces.
+    #[arg(long, env = "RATELIMITER_TRACING_OTLP_ENDPOINT")]
+    tracing_otlp_endpoint: Option<String>,
+    /// The share of new traces sampled (0 to 1); a caller's `traceparent` sampled flag is
+    /// followed.
+    #[arg(long, env = "RATELIMITER_TRACING_SAMPLING_RATE", default_value_t = 1.0)]
+    tracing_sampling_rate: f64,
+    /// The `service.name` of the spans.
+    #[arg(
+        long,
+        env = "RATELIMITER_TRACING_SERVICE_NAME",
+        default_value = "ratelimiter"
+    )]
+    tracing_service_name: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -95,7 +111,21 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let validating = matches!(cli.command, Some(Command::Validate { .. }));
+    let tracing = TracingOptions {
+        // `validate` decides nothing: no traces.
+        otlp_endpoint: cli.tracing_otlp_endpoint.clone().filter(|_| !validating),
+        sampling_rate: cli.tracing_sampling_rate,
+        service_name: cli.tracing_service_name.clone(),
+    };
+    // Dropped last, after the runtime: flushes the spans still to be exported.
+    let _traces = match telemetry::init(matches!(cli.log_format, LogFormat::Json), &tracing) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Some(Command::Validate { path }) = &cli.command {
         return match app::load_rules(path) {
             Ok(rules) => {
@@ -175,15 +205,4 @@ async fn bind(http: SocketAddr, grpc: SocketAddr) -> Result<Listeners, String> {
         .await
         .map_err(|e| format!("cannot listen on {grpc} (--grpc-addr): {e}"))?;
     Ok(Listeners { http: h, grpc: g })
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("RATELIMITER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }

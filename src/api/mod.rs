@@ -18,7 +18,9 @@ use sha2::{Digest, Sha256};
 use crate::config::FailurePolicy;
 use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter, Rules};
 use crate::metrics::{Door, LimitOutcome, Metrics, Outcome, PolicyUsed};
-use crate::telemetry::TraceContext;
+use crate::telemetry::{SPAN_TARGET, TraceContext, remote_parent};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// What every front door shares.
 pub struct AppState {
@@ -56,10 +58,17 @@ impl AppState {
     ) -> Result<Decision, LimitError> {
         let in_flight = self.metrics.in_flight();
         let started = Instant::now();
-        let result = self.limiter.decide_with(rules, req).await;
+        let span = decision_span(door, trace);
+        let result = self
+            .limiter
+            .decide_with(rules, req)
+            .instrument(span.clone())
+            .await;
         drop(in_flight);
+        let outcome = outcome(&result);
         self.metrics
-            .record(door, outcome(&result), started.elapsed().as_secs_f64());
+            .record(door, outcome, started.elapsed().as_secs_f64());
+        span.record("outcome", outcome.as_str());
         match &result {
             Ok(d) => self.record_decision(door, req, d, trace),
             Err(LimitError::Store(e)) => {
@@ -115,6 +124,24 @@ impl AppState {
             );
         }
     }
+}
+
+/// The span of one decision (exported only when tracing is on), a child of the caller's
+/// span when the request carried a `traceparent`.
+fn decision_span(door: Door, trace: TraceContext<'_>) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "ratelimiter.decide",
+        otel.kind = "server",
+        door = door.as_str(),
+        outcome = tracing::field::Empty,
+    );
+    if !span.is_disabled()
+        && let Some(parent) = trace.traceparent.as_ref().and_then(remote_parent)
+    {
+        let _ = span.set_parent(parent);
+    }
+    span
 }
 
 /// The outcome label of a decision.

@@ -75,7 +75,7 @@ impl Outcome {
         Outcome::Error,
     ];
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Allowed => "allowed",
             Outcome::Rejected => "rejected",

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis;
+use tracing::Instrument;
 
 pub use batch::Batcher;
 pub use breaker::Breaker;
@@ -171,7 +172,14 @@ impl RedisStore {
             self.breaker.admit()?;
         }
         let sent = Instant::now();
-        let result = tokio::time::timeout(self.options.timeout, self.decide(plan)).await;
+        let span = tracing::info_span!(
+            target: crate::telemetry::SPAN_TARGET,
+            "redis.decide",
+            otel.kind = "client",
+            db.system = "redis",
+        );
+        let call = self.decide(plan).instrument(span);
+        let result = tokio::time::timeout(self.options.timeout, call).await;
         let result = match result {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.options.timeout)),
