@@ -59,11 +59,13 @@ impl AppState {
         let in_flight = self.metrics.in_flight();
         let started = Instant::now();
         let span = decision_span(door, trace);
-        let result = self
-            .limiter
-            .decide_with(rules, req)
-            .instrument(span.clone())
-            .await;
+        let decided = self.limiter.decide_with(rules, req);
+        // Without tracing the span is disabled: no wrapper around the decision then.
+        let result = if span.is_disabled() {
+            decided.await
+        } else {
+            decided.instrument(span.clone()).await
+        };
         drop(in_flight);
         let outcome = outcome(&result);
         self.metrics

@@ -59,6 +59,21 @@ impl Drop for TracesGuard {
 /// Installs the global subscriber: logs (JSON when `json`) and, if configured, traces. Must
 /// run outside the Tokio runtime (the exporter's HTTP client blocks on a thread of its own).
 pub fn init(json: bool, tracing: &TracingOptions) -> Result<TracesGuard, TelemetryError> {
+    let provider = tracing
+        .otlp_endpoint
+        .as_deref()
+        .map(|endpoint| tracer_provider(endpoint, tracing))
+        .transpose()?;
+    subscriber(json, provider.as_ref())?.init();
+    Ok(TracesGuard(provider))
+}
+
+/// The logs layer, and the traces layer, which wants the spans of [`SPAN_TARGET`] only when
+/// there is a `provider`: without one, no layer wants them and they are never created.
+fn subscriber(
+    json: bool,
+    provider: Option<&SdkTracerProvider>,
+) -> Result<impl tracing::Subscriber + Send + Sync, TelemetryError> {
     let filter = EnvFilter::try_from_env("RATELIMITER_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info"))
         .add_directive(
@@ -74,21 +89,14 @@ pub fn init(json: bool, tracing: &TracingOptions) -> Result<TracesGuard, Telemet
     } else {
         tracing_subscriber::fmt::layer().with_filter(filter).boxed()
     };
-    let provider = tracing
-        .otlp_endpoint
-        .as_deref()
-        .map(|endpoint| tracer_provider(endpoint, tracing))
-        .transpose()?;
-    let traces = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("ratelimiter"))
-            .with_filter(Targets::new().with_target(SPAN_TARGET, tracing::Level::INFO))
-    });
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .init();
-    Ok(TracesGuard(provider))
+    let spans = match provider {
+        Some(_) => Targets::new().with_target(SPAN_TARGET, tracing::Level::INFO),
+        None => Targets::new(),
+    };
+    let traces = provider
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("ratelimiter")))
+        .with_filter(spans);
+    Ok(tracing_subscriber::registry().with(logs).with(traces))
 }
 
 fn tracer_provider(
@@ -128,4 +136,27 @@ pub fn remote_parent(t: &Traceparent<'_>) -> Option<opentelemetry::Context> {
         TraceState::default(),
     );
     Some(opentelemetry::Context::new().with_remote_span_context(span))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn decision_span_enabled(provider: Option<&SdkTracerProvider>) -> bool {
+        let subscriber = subscriber(true, provider).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            !tracing::info_span!(target: SPAN_TARGET, "ratelimiter.decide").is_disabled()
+        })
+    }
+
+    #[test]
+    fn spans_exist_only_when_traces_are_exported() {
+        assert!(
+            !decision_span_enabled(None),
+            "a span without an OTLP endpoint"
+        );
+        let provider = SdkTracerProvider::builder().build();
+        assert!(decision_span_enabled(Some(&provider)));
+    }
 }
