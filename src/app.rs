@@ -9,7 +9,10 @@ use std::sync::Arc;
 use crate::api::AppState;
 use crate::config::{self, ConfigErrors, ForcedSettings};
 use crate::limiter::{Limiter, LocalFallback, Rules};
+use prometheus::Opts;
+
 use crate::metrics::Metrics;
+use crate::reload;
 use crate::store::{Backend, Clock, MemoryStore, RedisOptions, RedisStore};
 
 /// What the service needs to start, besides its listeners.
@@ -88,7 +91,103 @@ pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
             metrics.register(c)?;
         }
     }
+    metrics.config_loaded(&reload::digest(&options.config), reload::unix_now(), None);
     let limiter =
         Arc::new(Limiter::new(rules, store, fallback).with_forced_settings(options.forced));
-    Ok(Arc::new(AppState::new(limiter, Arc::new(metrics))))
+    register_store_gauges(&metrics, &limiter, options.max_counters)?;
+    let state = Arc::new(AppState::new(limiter, Arc::new(metrics)));
+    let weak = Arc::downgrade(&state);
+    state.metrics.register_gauge(
+        Opts::new(
+            "ratelimiter_ready",
+            "1 while the replica says ready (/readyz, gRPC health), 0 while starting or \
+             shutting down.",
+        ),
+        Box::new(move || f64::from(weak.upgrade().is_some_and(|s| s.is_ready()))),
+    )?;
+    Ok(state)
+}
+
+/// Gauges read from the store at scrape time: the memory stores' counters and capacity, the
+/// Redis breaker's state and the batch queue's depth.
+fn register_store_gauges(
+    metrics: &Metrics,
+    limiter: &Arc<Limiter>,
+    max_counters: usize,
+) -> Result<(), prometheus::Error> {
+    let memory = |store: &str| {
+        let counters = Opts::new(
+            "ratelimiter_memory_store_counters",
+            "Counters held by an in-process store (primary: the memory store; fallback: the \
+             local failure policy's), expired ones not yet swept included.",
+        );
+        let capacity = Opts::new(
+            "ratelimiter_memory_store_capacity_counters",
+            "The most counters an in-process store holds (--max-counters).",
+        );
+        (
+            counters.const_label("store", store),
+            capacity.const_label("store", store),
+        )
+    };
+    let (counters, capacity) = match limiter.store() {
+        Backend::Memory(_) => memory("primary"),
+        Backend::Redis(_) => memory("fallback"),
+    };
+    let l = limiter.clone();
+    metrics.register_gauge(
+        counters,
+        Box::new(move || match l.store() {
+            Backend::Memory(m) => m.len() as f64,
+            Backend::Redis(_) => l.fallback_store().map_or(0.0, |m| m.len() as f64),
+        }),
+    )?;
+    metrics.register_gauge(capacity, Box::new(move || max_counters as f64))?;
+    if matches!(limiter.store(), Backend::Redis(_)) {
+        register_redis_gauges(metrics, limiter)?;
+    }
+    Ok(())
+}
+
+fn register_redis_gauges(
+    metrics: &Metrics,
+    limiter: &Arc<Limiter>,
+) -> Result<(), prometheus::Error> {
+    let redis = |l: &Limiter| match l.store() {
+        Backend::Redis(r) => Some((r.breaker_open(), r.queue())),
+        Backend::Memory(_) => None,
+    };
+    let l = limiter.clone();
+    metrics.register_gauge(
+        Opts::new(
+            "ratelimiter_redis_breaker_open",
+            "1 while calls to Redis fail fast (the circuit breaker is open or probing), else 0.",
+        ),
+        Box::new(move || f64::from(redis(&l).is_some_and(|(open, _)| open))),
+    )?;
+    let l = limiter.clone();
+    metrics.register_gauge(
+        Opts::new(
+            "ratelimiter_redis_queue_depth",
+            "Decisions waiting for a Redis batch worker.",
+        ),
+        Box::new(move || {
+            redis(&l)
+                .and_then(|(_, q)| q)
+                .map_or(0.0, |(d, _)| d as f64)
+        }),
+    )?;
+    let l = limiter.clone();
+    metrics.register_gauge(
+        Opts::new(
+            "ratelimiter_redis_queue_capacity",
+            "The most decisions that may wait for a Redis batch worker; past it, the failure \
+             policy answers.",
+        ),
+        Box::new(move || {
+            redis(&l)
+                .and_then(|(_, q)| q)
+                .map_or(0.0, |(_, m)| m as f64)
+        }),
+    )
 }

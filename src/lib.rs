@@ -6,6 +6,9 @@
 //! `server` runs the front doors; `app` wires it all from command-line options; `reload`
 //! swaps a new configuration in on SIGHUP or when the files change.
 
+// Decisions are deeply nested futures (door → instrumented decision → store → Redis).
+#![recursion_limit = "256"]
+
 pub mod algorithm;
 pub mod api;
 pub mod app;
@@ -15,4 +18,5 @@ pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod upstream_env;

@@ -13,6 +13,7 @@ use ratelimiter::config::ForcedSettings;
 use ratelimiter::reload;
 use ratelimiter::server::{self, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
+use ratelimiter::telemetry::{self, TracingOptions};
 use ratelimiter::upstream_env;
 use tokio::net::TcpListener;
 
@@ -104,6 +105,21 @@ struct Cli {
     /// The in-memory store's capacity, in counters.
     #[arg(long, env = "RATELIMITER_MAX_COUNTERS", default_value_t = AppOptions::DEFAULT_MAX_COUNTERS)]
     max_counters: usize,
+    /// OpenTelemetry traces: the OTLP/HTTP endpoint's base URL (e.g. http://jaeger:4318;
+    /// spans go to <URL>/v1/traces). Absent: no traces.
+    #[arg(long, env = "RATELIMITER_TRACING_OTLP_ENDPOINT")]
+    tracing_otlp_endpoint: Option<String>,
+    /// The share of new traces sampled (0 to 1); a caller's `traceparent` sampled flag is
+    /// followed.
+    #[arg(long, env = "RATELIMITER_TRACING_SAMPLING_RATE", default_value_t = 1.0)]
+    tracing_sampling_rate: f64,
+    /// The `service.name` of the spans.
+    #[arg(
+        long,
+        env = "RATELIMITER_TRACING_SERVICE_NAME",
+        default_value = "ratelimiter"
+    )]
+    tracing_service_name: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -126,19 +142,24 @@ fn main() -> ExitCode {
     let at = argv.len().min(1);
     argv.splice(at..at, upstream.args.iter().map(OsString::from));
     let cli = Cli::parse_from(argv);
-    init_logging(cli.log_format, upstream.log_filter.as_deref());
-    for (name, instead) in &upstream.ignored {
-        tracing::warn!(
-            variable = name,
-            "an envoyproxy/ratelimit setting that changes nothing here: {instead}"
-        );
-    }
-    if !upstream.errors.is_empty() {
-        for e in &upstream.errors {
-            tracing::error!("{e}");
+    let validating = matches!(cli.command, Some(Command::Validate { .. }));
+    let tracing = TracingOptions {
+        // `validate` decides nothing: no traces.
+        otlp_endpoint: cli.tracing_otlp_endpoint.clone().filter(|_| !validating),
+        sampling_rate: cli.tracing_sampling_rate,
+        service_name: cli.tracing_service_name.clone(),
+    };
+    let json = matches!(cli.log_format, LogFormat::Json);
+    // Dropped last, after the runtime: flushes the spans still to be exported.
+    let _traces = match telemetry::init(json, upstream.log_filter.as_deref(), &tracing) {
+        Ok(guard) => guard,
+        Err(e) => {
             eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
         }
-        return ExitCode::from(EXIT_CONFIG);
+    };
+    if let Err(code) = report_upstream_env(&upstream) {
+        return code;
     }
     if let Some(Command::Validate { path }) = &cli.command {
         return match app::load_rules(path) {
@@ -208,10 +229,7 @@ async fn serve(cli: Cli) -> ExitCode {
     };
     let watch = (cli.config_watch_interval_ms > 0)
         .then(|| Duration::from_millis(cli.config_watch_interval_ms));
-    if let Err(e) = reload::start(state.clone(), cli.config.clone(), watch, loaded) {
-        tracing::error!("metrics: {e}");
-        return ExitCode::FAILURE;
-    }
+    reload::start(state.clone(), cli.config.clone(), watch, loaded);
     let options = ServeOptions {
         shutdown_delay: Duration::from_secs(cli.shutdown_delay),
         drain_timeout: Duration::from_secs(cli.drain_timeout),
@@ -235,16 +253,21 @@ async fn bind(http: SocketAddr, grpc: SocketAddr) -> Result<Listeners, String> {
     Ok(Listeners { http: h, grpc: g })
 }
 
-/// Logs in `format`, filtered by `RATELIMITER_LOG`, else `fallback` (upstream's LOG_LEVEL),
-/// else `info`.
-fn init_logging(format: LogFormat, fallback: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RATELIMITER_LOG")
-        .or_else(|_| fallback.map_or(Err(()), |f| EnvFilter::try_new(f).map_err(|_| ())))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// Logs the envoyproxy/ratelimit variables that change nothing here, by name; refuses to start
+/// on one that is set but unusable.
+fn report_upstream_env(upstream: &upstream_env::Translation) -> Result<(), ExitCode> {
+    for (name, instead) in &upstream.ignored {
+        tracing::warn!(
+            variable = name,
+            "an envoyproxy/ratelimit setting that changes nothing here: {instead}"
+        );
     }
+    if upstream.errors.is_empty() {
+        return Ok(());
+    }
+    for e in &upstream.errors {
+        tracing::error!("{e}");
+        eprintln!("{e}");
+    }
+    Err(ExitCode::from(EXIT_CONFIG))
 }

@@ -10,7 +10,7 @@
 //! half-written update is retried on the next tick instead of being applied.
 //!
 //! A configuration that does not load is refused: every problem is logged, the old rules
-//! stay in force, and `ratelimiter_config_reloads_total{result="refused"}` counts it. The
+//! stay in force, and `ratelimiter_config_reloads_total{result="failure"}` counts it. The
 //! same contents are not tried again until they change (or a `SIGHUP` asks).
 
 use std::fs;
@@ -18,60 +18,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntCounterVec, Opts};
 use sha2::{Digest, Sha256};
 
 use crate::api::AppState;
 use crate::app::load_rules;
 
-/// What asked for a reload, as the `trigger` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Trigger {
-    Signal = 0,
-    Watch = 1,
-}
-
-impl Trigger {
-    const ALL: [Trigger; 2] = [Trigger::Signal, Trigger::Watch];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Signal => "sighup",
-            Trigger::Watch => "watch",
-        }
-    }
-}
+pub use crate::metrics::ReloadTrigger as Trigger;
 
 /// A hash of everything the configuration path holds.
 pub type Fingerprint = [u8; 32];
 
-/// Loads the configuration at `path` into a running service, and counts the outcome.
+/// Loads the configuration at `path` into a running service, and counts the outcome in
+/// `ratelimiter_config_reloads_total{trigger,result}`.
 pub struct Reloader {
     state: Arc<AppState>,
     path: PathBuf,
-    /// `[trigger][0 = applied, 1 = refused]`.
-    counts: [[IntCounter; 2]; 2],
 }
 
 impl Reloader {
-    /// A reloader for `path`; registers `ratelimiter_config_reloads_total` on the state's
-    /// metrics.
-    pub fn new(state: Arc<AppState>, path: PathBuf) -> Result<Self, prometheus::Error> {
-        let vec = IntCounterVec::new(
-            Opts::new(
-                "ratelimiter_config_reloads_total",
-                "Configuration reloads by trigger (sighup, watch) and result (applied, refused).",
-            ),
-            &["trigger", "result"],
-        )?;
-        state.metrics.register(Box::new(vec.clone()))?;
-        let counts = Trigger::ALL
-            .map(|t| ["applied", "refused"].map(|r| vec.with_label_values(&[t.as_str(), r])));
-        Ok(Reloader {
-            state,
-            path,
-            counts,
-        })
+    pub fn new(state: Arc<AppState>, path: PathBuf) -> Self {
+        Reloader { state, path }
     }
 
     /// Loads the configuration and swaps it in; a configuration that does not load is
@@ -93,12 +59,15 @@ impl Reloader {
                     tracing::warn!(config = %shown, "{w}");
                 }
                 self.state.limiter.reload(rules);
-                self.counts[trigger as usize][0].inc();
+                let digest = digest(&self.path);
+                self.state
+                    .metrics
+                    .config_loaded(&digest, unix_now(), Some(trigger));
                 tracing::info!(config = %shown, trigger = trigger.as_str(), "configuration reloaded");
                 true
             }
             Err(e) => {
-                self.counts[trigger as usize][1].inc();
+                self.state.metrics.reload_failed(trigger);
                 tracing::error!(config = %shown, trigger = trigger.as_str(), "reload refused, keeping the old configuration:\n{e}");
                 false
             }
@@ -130,8 +99,8 @@ pub fn start(
     path: PathBuf,
     watch_every: Option<Duration>,
     loaded: Fingerprint,
-) -> Result<(), prometheus::Error> {
-    let reloader = Arc::new(Reloader::new(state, path)?);
+) {
+    let reloader = Arc::new(Reloader::new(state, path));
     #[cfg(unix)]
     {
         // Installed here, not in the task: a SIGHUP right after start-up must find it, or
@@ -150,7 +119,6 @@ pub fn start(
         tracing::info!(config = %reloader.path.display(), every = ?every, "watching the configuration");
         tokio::spawn(watch(reloader, every, loaded));
     }
-    Ok(())
 }
 
 /// Reloads on every `SIGHUP`.
@@ -179,6 +147,19 @@ async fn watch(reloader: Arc<Reloader>, every: Duration, mut seen: Fingerprint) 
     }
 }
 
+/// The configuration's digest as `ratelimiter_config_info` shows it: the first 16 hex digits
+/// of its [`fingerprint`].
+pub fn digest(path: &Path) -> String {
+    hex::encode(&fingerprint(path)[..8])
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// A hash of the path's contents: a file's bytes, or for a directory the name and bytes of
 /// every file the loader reads directly in it, in name order (symlinks followed). What cannot be
 /// read is hashed as its error, so a vanished file is a change too (and its load says why).
@@ -200,7 +181,7 @@ fn hash_dir(hash: &mut Sha256, dir: &Path) {
     let mut names: Vec<_> = entries
         .filter_map(Result::ok)
         .map(|e| e.file_name())
-        .filter(|n| read_by_the_loader(&n.to_string_lossy()))
+        .filter(|n| crate::config::is_config_file_name(&n.to_string_lossy()))
         .collect();
     names.sort();
     for name in names {
@@ -213,13 +194,6 @@ fn hash_dir(hash: &mut Sha256, dir: &Path) {
         hash.update(name.as_bytes());
         hash_file(hash, &file);
     }
-}
-
-/// Whether the loader reads a file of this name in a directory: `*.yaml` / `*.yml`, not
-/// hidden (so a log or an editor's swap file beside the config is no change).
-fn read_by_the_loader(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !name.starts_with('.') && (lower.ends_with(".yaml") || lower.ends_with(".yml"))
 }
 
 fn hash_file(hash: &mut Sha256, file: &Path) {

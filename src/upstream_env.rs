@@ -12,7 +12,8 @@
 //! does anyway), `REDIS_URL` with `REDIS_SOCKET_TYPE`, `REDIS_TYPE`, `REDIS_AUTH`,
 //! `REDIS_SENTINEL_AUTH` and `REDIS_TLS` (one `--redis-url`), `REDIS_POOL_SIZE`,
 //! `CACHE_KEY_PREFIX`, `GRPC_HOST`/`GRPC_PORT`, `HOST`/`PORT`, `LOG_LEVEL`, `LOG_FORMAT`,
-//! `SHADOW_MODE`, `QUOTA_MODE`, `RESPONSE_DYNAMIC_METADATA`.
+//! `SHADOW_MODE`, `QUOTA_MODE`, `RESPONSE_DYNAMIC_METADATA`, and `TRACING_ENABLED` with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`, `TRACING_SAMPLING_RATE` and `TRACING_SERVICE_NAME`.
 
 /// What the environment says, as flags, and what it sets that is not honoured.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -74,6 +75,30 @@ pub fn translate(var: impl Fn(&str) -> Option<String>) -> Translation {
             Some(None) => t.errors.push(format!("{name} must be true or false")),
             _ => {}
         }
+    }
+    if var("TRACING_ENABLED").and_then(|v| parse_bool(&v)) == Some(true) {
+        let endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .unwrap_or_else(|| "http://localhost:4318".to_owned());
+        flag(
+            &mut t,
+            "RATELIMITER_TRACING_OTLP_ENDPOINT",
+            "--tracing-otlp-endpoint",
+            Some(endpoint),
+        );
+        let rate = var("TRACING_SAMPLING_RATE");
+        flag(
+            &mut t,
+            "RATELIMITER_TRACING_SAMPLING_RATE",
+            "--tracing-sampling-rate",
+            rate,
+        );
+        let name = var("TRACING_SERVICE_NAME");
+        flag(
+            &mut t,
+            "RATELIMITER_TRACING_SERVICE_NAME",
+            "--tracing-service-name",
+            name,
+        );
     }
     if !ours("RATELIMITER_LOG") {
         t.log_filter = var("LOG_LEVEL").map(|l| l.to_ascii_lowercase());
@@ -243,7 +268,7 @@ const NOT_HONOURED: &[(&str, &str)] = &[
     ("GRPC_UDS", "not offered yet: gRPC listens on TCP (--grpc-addr)"),
     ("GRPC_MAX_CONNECTION_AGE", "not offered yet"),
     ("GRPC_SERVER_USE_TLS", "not offered yet: TLS on the listeners"),
-    ("TRACING_ENABLED", "not offered yet"),
+    ("TRACING_EXPORTER_PROTOCOL", "traces are exported over OTLP/HTTP only"),
 ];
 
 #[cfg(test)]
@@ -291,6 +316,24 @@ mod tests {
             ["USE_STATSD"]
         );
         assert!(t.errors.is_empty());
+    }
+
+    #[test]
+    fn tracing_variables_become_the_tracing_flags() {
+        let t = with(&[
+            ("TRACING_ENABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
+            ("TRACING_SAMPLING_RATE", "0.1"),
+        ]);
+        assert_eq!(arg(&t, "--tracing-otlp-endpoint"), Some("http://otel:4318"));
+        assert_eq!(arg(&t, "--tracing-sampling-rate"), Some("0.1"));
+        assert_eq!(
+            arg(
+                &with(&[("TRACING_SAMPLING_RATE", "0.1")]),
+                "--tracing-sampling-rate"
+            ),
+            None
+        );
     }
 
     #[test]

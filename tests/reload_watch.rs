@@ -158,7 +158,7 @@ async fn a_configmap_symlink_swap_under_load_is_in_force_without_a_failed_reques
             ("z-broken.yaml", broken),
         ],
     );
-    let refused = r#"ratelimiter_config_reloads_total{result="refused",trigger="watch"}"#;
+    let refused = r#"ratelimiter_config_reloads_total{result="failure",trigger="watch"}"#;
     let start = Instant::now();
     while counter(&metrics(&client, &svc.url("/metrics")).await, refused) == 0 {
         assert!(
@@ -192,7 +192,7 @@ async fn a_configmap_symlink_swap_under_load_is_in_force_without_a_failed_reques
     assert_eq!(
         counter(
             &m,
-            r#"ratelimiter_config_reloads_total{result="applied",trigger="watch"}"#
+            r#"ratelimiter_config_reloads_total{result="success",trigger="watch"}"#
         ),
         1
     );

@@ -41,6 +41,7 @@ use super::{AppState, validate_api_key};
 use crate::config::ValueSource;
 use crate::limiter::{API_KEY, Decision, Descriptor, Entry, LimitError, LimitRequest};
 use crate::metrics::Door;
+use crate::telemetry::TraceContext;
 
 pub struct ExtAuthzDoor {
     state: Arc<AppState>,
@@ -145,7 +146,11 @@ impl Authorization for ExtAuthzDoor {
             client_required: false,
             post_paid: false,
         };
-        let response = match self.state.decide(Door::ExtAuthz, &rules, &req).await {
+        // The request's own headers first (what Envoy saw), then the call's metadata.
+        let headers = attrs.headers;
+        let trace = TraceContext::from_headers(|n| headers?.get(n).map(String::as_str))
+            .or(super::trace_of(request.metadata()));
+        let response = match self.state.decide(Door::ExtAuthz, &rules, &req, trace).await {
             Ok(d) if d.allowed => {
                 let mut ok = allow(Some(&d), settings.headers);
                 ok.dynamic_metadata = budget_metadata(&d, &settings.ext_authz_budget_metadata_key);

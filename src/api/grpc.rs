@@ -66,7 +66,12 @@ impl RateLimiter for AllowRequestService {
         }
         let decision = self
             .state
-            .decide(Door::Grpc, &rules, &req)
+            .decide(
+                Door::Grpc,
+                &rules,
+                &req,
+                super::trace_of(request.metadata()),
+            )
             .await
             .map_err(status_of)?;
         let tightest = decision.tightest();

@@ -23,6 +23,7 @@ use super::{AppState, validate_api_key};
 use crate::config::FailurePolicy;
 use crate::limiter::{Decision, LimitRequest};
 use crate::metrics::Door;
+use crate::telemetry::TraceContext;
 
 /// Bodies are not read by `/check`; one announced as larger than this is refused with 413,
 /// as is a larger `/json` body.
@@ -81,12 +82,13 @@ async fn decide(
     }
     let key = api_key(headers)?;
     let cost = cost(uri, headers)?;
+    let trace = TraceContext::from_headers(|n| headers.get(n).and_then(|v| v.to_str().ok()));
 
     let rules = state.limiter.rules();
     let mut req = LimitRequest::for_api_key(&rules.settings.default_domain, key, cost);
     req.post_paid = answer == Answer::Report;
     let decision = state
-        .decide(Door::Http, &rules, &req)
+        .decide(Door::Http, &rules, &req, trace)
         .await
         .map_err(Refusal::from)?;
     Ok(render(&decision, answer, rules.settings.headers))

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use super::AppState;
 use super::ratelimit_service::answer;
+use crate::telemetry::TraceContext;
 
 /// The request body, as protobuf's JSON mapping writes a `RateLimitRequest`.
 #[derive(Deserialize)]
@@ -68,7 +69,11 @@ struct JsonLimit {
 }
 
 /// `POST /json`.
-pub async fn json(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+pub async fn json(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let msg = match serde_json::from_slice::<JsonRequest>(&body) {
         Ok(req) => match request(req) {
             Ok(msg) => msg,
@@ -76,7 +81,8 @@ pub async fn json(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -
         },
         Err(e) => return bad_request(&format!("not a RateLimitRequest in JSON: {e}")),
     };
-    match answer(&state, &msg).await {
+    let trace = TraceContext::from_headers(|n| headers.get(n).and_then(|v| v.to_str().ok()));
+    match answer(&state, &msg, trace).await {
         Ok(resp) => {
             let status = if resp.overall_code == Code::OverLimit as i32 {
                 StatusCode::TOO_MANY_REQUESTS

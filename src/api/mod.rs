@@ -17,8 +17,12 @@ use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
+use crate::config::FailurePolicy;
 use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter, Rules};
-use crate::metrics::{Door, Metrics, Outcome};
+use crate::metrics::{Door, LimitOutcome, Metrics, Outcome, PolicyUsed};
+use crate::telemetry::{SPAN_TARGET, TraceContext, remote_parent};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// What every front door shares.
 pub struct AppState {
@@ -52,46 +56,117 @@ impl AppState {
         door: Door,
         rules: &Rules,
         req: &LimitRequest<'_>,
+        trace: TraceContext<'_>,
     ) -> Result<Decision, LimitError> {
+        let in_flight = self.metrics.in_flight();
         let started = Instant::now();
-        let result = self.limiter.decide_with(rules, req).await;
-        let outcome = match &result {
-            Ok(d) if d.allowed => Outcome::Allowed,
-            Ok(_) => Outcome::Rejected,
-            Err(_) => Outcome::Error,
+        let span = decision_span(door, trace);
+        let decided = self.limiter.decide_with(rules, req);
+        // Without tracing the span is disabled: no wrapper around the decision then.
+        let result = if span.is_disabled() {
+            decided.await
+        } else {
+            decided.instrument(span.clone()).await
         };
+        drop(in_flight);
+        let outcome = outcome(&result);
         self.metrics
             .record(door, outcome, started.elapsed().as_secs_f64());
+        span.record("outcome", outcome.as_str());
         match &result {
-            Ok(d) => {
-                for l in d.limits.iter().filter(|l| l.detailed_metric) {
-                    self.metrics
-                        .detailed(req.domain, &l.name, l.verdict.allowed);
-                }
-                match d.degraded {
-                    Some(Degraded::FailOpen) => self.metrics.degraded("fail_open"),
-                    Some(Degraded::LocalFallback) => self.metrics.degraded("local"),
-                    None => {}
-                }
-                if !d.allowed && tracing::enabled!(tracing::Level::DEBUG) {
-                    let limit = d.tightest().map(|l| &*l.name).unwrap_or("");
-                    tracing::debug!(
-                        door = door.as_str(),
-                        domain = req.domain,
-                        client = %short_hash(req),
-                        limit,
-                        "rejected"
-                    );
-                }
-            }
+            Ok(d) => self.record_decision(door, req, d, trace),
             Err(LimitError::Store(e)) => {
                 self.metrics.store_error(e.kind());
-                tracing::warn!(door = door.as_str(), error = %e, "store failed");
+                if e.is_transient() && rules.settings.on_store_failure == FailurePolicy::FailClosed
+                {
+                    self.metrics.failure_policy(PolicyUsed::FailClosed);
+                }
+                tracing::warn!(
+                    door = door.as_str(),
+                    request_id = trace.request_id(),
+                    trace_id = trace.trace_id(),
+                    error = %e,
+                    "store failed"
+                );
             }
             Err(_) => {}
         }
         result
     }
+
+    /// Per-limit counters, the failure policy's use, and a debug line per rejection.
+    fn record_decision(
+        &self,
+        door: Door,
+        req: &LimitRequest<'_>,
+        d: &Decision,
+        trace: TraceContext<'_>,
+    ) {
+        for l in &d.limits {
+            let outcome = match (l.verdict.allowed, l.shadow) {
+                (true, _) => LimitOutcome::Allowed,
+                (false, false) => LimitOutcome::Rejected,
+                (false, true) => LimitOutcome::Shadow,
+            };
+            self.metrics.limit(door, req.domain, &l.name, outcome);
+        }
+        match d.degraded {
+            Some(Degraded::FailOpen) => self.metrics.failure_policy(PolicyUsed::FailOpen),
+            Some(Degraded::LocalFallback) => self.metrics.failure_policy(PolicyUsed::Local),
+            None => {}
+        }
+        if !d.allowed && tracing::enabled!(tracing::Level::DEBUG) {
+            let limit = d.tightest().map(|l| &*l.name).unwrap_or("");
+            tracing::debug!(
+                door = door.as_str(),
+                domain = req.domain,
+                client = %short_hash(req),
+                limit,
+                request_id = trace.request_id(),
+                trace_id = trace.trace_id(),
+                "rejected"
+            );
+        }
+    }
+}
+
+/// The span of one decision (exported only when tracing is on), a child of the caller's
+/// span when the request carried a `traceparent`.
+fn decision_span(door: Door, trace: TraceContext<'_>) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "ratelimiter.decide",
+        otel.kind = "server",
+        door = door.as_str(),
+        outcome = tracing::field::Empty,
+    );
+    if !span.is_disabled()
+        && let Some(parent) = trace.traceparent.as_ref().and_then(remote_parent)
+    {
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// The outcome label of a decision.
+fn outcome(result: &Result<Decision, LimitError>) -> Outcome {
+    match result {
+        Ok(d) if d.degraded.is_some() => Outcome::Degraded,
+        Ok(d)
+            if d.shadowed
+                || d.allowed && d.limits.iter().any(|l| l.shadow && !l.verdict.allowed) =>
+        {
+            Outcome::Shadow
+        }
+        Ok(d) if d.allowed => Outcome::Allowed,
+        Ok(_) => Outcome::Rejected,
+        Err(_) => Outcome::Error,
+    }
+}
+
+/// The request id and trace id of a gRPC call, from its metadata.
+pub fn trace_of(metadata: &tonic::metadata::MetadataMap) -> TraceContext<'_> {
+    TraceContext::from_headers(|name| metadata.get(name).and_then(|v| v.to_str().ok()))
 }
 
 /// A short, one-way fingerprint of a request's first descriptor for logs: enough to tell

@@ -43,6 +43,7 @@ use crate::algorithm::{Micros, Quota};
 use crate::config::Settings;
 use crate::limiter::{Decision, Descriptor, LimitError, LimitRequest, QuotaOverride};
 use crate::metrics::Door;
+use crate::telemetry::TraceContext;
 
 /// Descriptors one request may carry, so a message cannot make the limiter do unbounded work.
 pub const MAX_DESCRIPTORS: usize = 64;
@@ -65,14 +66,19 @@ impl RateLimitService for RateLimitDoor {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        answer(&self.state, request.get_ref())
+        let trace = super::trace_of(request.metadata());
+        answer(&self.state, request.get_ref(), trace)
             .await
             .map(Response::new)
     }
 }
 
 /// The answer to one `ShouldRateLimit` request (for gRPC here, and for upstream's `POST /json`).
-pub async fn answer(state: &AppState, msg: &RateLimitRequest) -> Result<RateLimitResponse, Status> {
+pub async fn answer(
+    state: &AppState,
+    msg: &RateLimitRequest,
+    trace: TraceContext<'_>,
+) -> Result<RateLimitResponse, Status> {
     if msg.domain.is_empty() {
         return Err(Status::invalid_argument("domain must not be empty"));
     }
@@ -99,7 +105,10 @@ pub async fn answer(state: &AppState, msg: &RateLimitRequest) -> Result<RateLimi
         post_paid: false,
     };
     let rules = state.limiter.rules();
-    let decision = match state.decide(Door::RateLimitService, &rules, &req).await {
+    let decision = match state
+        .decide(Door::RateLimitService, &rules, &req, trace)
+        .await
+    {
         Ok(d) => d,
         Err(LimitError::UnknownClient) => return Ok(unknown_client(&req)),
         Err(e) => return Err(status_of(e)),

@@ -451,10 +451,7 @@ fn config_files(dir: &Path, shown: &str) -> Result<Vec<PathBuf>, ConfigErrors> {
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| fail(format!("cannot read directory: {e}")))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let lower = name.to_ascii_lowercase();
-        if name.starts_with('.') || !(lower.ends_with(".yaml") || lower.ends_with(".yml")) {
+        if !is_config_file_name(&entry.file_name().to_string_lossy()) {
             continue;
         }
         // Follows symlinks (a Kubernetes ConfigMap mount is symlinks); a broken one is
@@ -472,6 +469,14 @@ fn config_files(dir: &Path, shown: &str) -> Result<Vec<PathBuf>, ConfigErrors> {
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
+}
+
+/// Whether a file of this name in a config directory is read: `*.yaml` / `*.yml`, not hidden
+/// (so a Kubernetes ConfigMap's `..data` entries, an editor's swap file or a log beside the
+/// config are not).
+pub fn is_config_file_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.starts_with('.') && (lower.ends_with(".yaml") || lower.ends_with(".yml"))
 }
 
 /// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8.

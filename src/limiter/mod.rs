@@ -106,6 +106,11 @@ impl Limiter {
         &self.store
     }
 
+    /// The in-process store the `local` failure policy decides with, if there is one.
+    pub fn fallback_store(&self) -> Option<&MemoryStore> {
+        self.fallback.as_ref().map(|f| &f.store)
+    }
+
     /// Decides one request against the rules in force now. A door that read anything from
     /// the rules to build the request (the default domain, header style) must use
     /// [`decide_with`](Self::decide_with) and that same snapshot instead.

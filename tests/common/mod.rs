@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod envoy;
+pub mod jaeger;
+pub mod prometheus;
 pub mod redis;
 pub mod redis_server;
 

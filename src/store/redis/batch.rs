@@ -55,6 +55,7 @@ impl Batcher {
         timeout: Duration,
         workers: usize,
         queue: usize,
+        batch_size: prometheus::Histogram,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let worker = Worker {
@@ -64,6 +65,7 @@ impl Batcher {
             prefix: prefix.into(),
             timeout,
             connected: Arc::new(AtomicUsize::new(0)),
+            batch_size,
         };
         let workers = workers.max(1);
         for _ in 0..workers {
@@ -79,6 +81,12 @@ impl Batcher {
     /// Whether every worker holds an open connection with the decide script loaded on it.
     pub fn all_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire) >= self.workers
+    }
+
+    /// Plans waiting for a worker, and the most that may wait.
+    pub fn queue(&self) -> (usize, usize) {
+        let most = self.queue.max_capacity();
+        (most - self.queue.capacity(), most)
     }
 
     /// Decides one plan's checks in the next batch.
@@ -139,6 +147,8 @@ struct Worker {
     prefix: Arc<str>,
     timeout: Duration,
     connected: Arc<AtomicUsize>,
+    /// Plans per pipeline sent.
+    batch_size: prometheus::Histogram,
 }
 
 impl Worker {
@@ -258,7 +268,15 @@ impl Worker {
             let Some(held) = slot.held.as_mut() else {
                 return Err(StoreError::Unavailable("no Redis connection".into()));
             };
-            match run(&self.connections, held, &self.prefix, jobs).await {
+            match run(
+                &self.connections,
+                held,
+                &self.prefix,
+                jobs,
+                &self.batch_size,
+            )
+            .await
+            {
                 Err(RunError::Lost(e)) if !resent => {
                     tracing::debug!(error = %e, "Redis connection lost; resending on a new one");
                     slot.clear();
@@ -306,11 +324,13 @@ async fn run(
     held: &mut Held,
     prefix: &str,
     jobs: &mut [Option<Job>],
+    batch_size: &prometheus::Histogram,
 ) -> Result<(), RunError> {
     let mut pending: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].is_some()).collect();
     if pending.is_empty() {
         return Ok(());
     }
+    batch_size.observe(pending.len() as f64);
     // At most one reload per batch: NOSCRIPT right after loading the script is an error.
     for attempt in 0..2 {
         let mut pipe = redis::pipe();

@@ -139,6 +139,8 @@ pub struct Connections {
     pool: Pool,
     /// Calls sent to Redis (a pipeline counts once): the round trips.
     round_trips: prometheus::IntCounter,
+    /// How long decision calls (pipelines, script runs) take, reply included.
+    call_duration: prometheus::Histogram,
     /// Sentinel only: when the sentinels last named another primary.
     switched: Option<Arc<Mutex<Option<Instant>>>>,
 }
@@ -346,6 +348,7 @@ impl Connections {
         size: usize,
         timeout: Duration,
         round_trips: prometheus::IntCounter,
+        call_duration: prometheus::Histogram,
     ) -> Result<Self, StoreError> {
         let config = pool_config(size, timeout);
         let mut switched = None;
@@ -367,6 +370,7 @@ impl Connections {
         Ok(Connections {
             pool,
             round_trips,
+            call_duration,
             switched,
         })
     }
@@ -404,6 +408,7 @@ impl Connections {
         pipe: &redis::Pipeline,
     ) -> Result<Vec<Value>, redis::RedisError> {
         self.round_trips.inc();
+        let _timer = self.call_duration.start_timer();
         pipe.query_async(&mut held.conn).await
     }
 
@@ -455,6 +460,7 @@ impl Connections {
     ) -> Result<T, StoreError> {
         self.round_trips.inc();
         let mut conn = self.pool.get().await?;
+        let _timer = self.call_duration.start_timer();
         inv.invoke_async(&mut conn).await.map_err(redis_error)
     }
 

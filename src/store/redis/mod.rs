@@ -24,16 +24,19 @@ mod connection;
 mod cross_slot;
 mod over_limit;
 pub mod script;
+mod stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis;
+use tracing::Instrument;
 
 pub use batch::Batcher;
 pub use breaker::Breaker;
 pub use connection::{Connections, RedisUrl};
 pub use over_limit::OverLimitCache;
+pub use stats::RedisStats;
 
 use super::{Capacity, Plan, Store, StoreError};
 
@@ -72,63 +75,8 @@ impl RedisOptions {
     }
 }
 
-/// What the Redis store counts, for `/metrics`.
-#[derive(Clone)]
-pub struct RedisStats {
-    /// Calls sent to Redis (a pipeline of many decisions counts once).
-    pub round_trips: prometheus::IntCounter,
-    /// Decisions sent to Redis.
-    pub decisions: prometheus::IntCounter,
-    /// Rejections answered by the over-limit cache, without Redis.
-    pub cached_rejections: prometheus::IntCounter,
-    /// Cross-slot reservations given back (see `cross_slot`).
-    pub refunds: prometheus::IntCounter,
-    /// Cross-slot reservations whose refund failed after every attempt.
-    pub refund_failures: prometheus::IntCounter,
-}
-
-impl RedisStats {
-    fn new() -> Result<Self, prometheus::Error> {
-        Ok(RedisStats {
-            round_trips: prometheus::IntCounter::new(
-                "ratelimiter_redis_round_trips_total",
-                "Calls sent to Redis; a pipeline of many decisions counts once.",
-            )?,
-            decisions: prometheus::IntCounter::new(
-                "ratelimiter_redis_decisions_total",
-                "Decisions (plans) sent to Redis.",
-            )?,
-            cached_rejections: prometheus::IntCounter::new(
-                "ratelimiter_redis_cached_rejections_total",
-                "Rejections answered by the over-limit cache without asking Redis.",
-            )?,
-            refunds: prometheus::IntCounter::new(
-                "ratelimiter_redis_refunds_total",
-                "Cross-slot reservations given back after a later slot rejected, failed or \
-                 timed out.",
-            )?,
-            refund_failures: prometheus::IntCounter::new(
-                "ratelimiter_redis_refund_failures_total",
-                "Cross-slot reservations whose refund failed after every attempt; they stay \
-                 charged until their counters expire.",
-            )?,
-        })
-    }
-
-    /// The collectors, to register with the service's registry.
-    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
-        vec![
-            Box::new(self.round_trips.clone()),
-            Box::new(self.decisions.clone()),
-            Box::new(self.cached_rejections.clone()),
-            Box::new(self.refunds.clone()),
-            Box::new(self.refund_failures.clone()),
-        ]
-    }
-}
-
 pub struct RedisStore {
-    pub stats: RedisStats,
+    pub stats: Arc<RedisStats>,
     connections: Arc<Connections>,
     /// Pipelines concurrent decisions; absent on a Cluster, where a pipeline would span nodes.
     batcher: Option<Batcher>,
@@ -151,6 +99,7 @@ impl RedisStore {
             options.pool_size + HEALTH_CONNECTIONS,
             options.timeout,
             stats.round_trips.clone(),
+            stats.call_duration.clone(),
         )?);
         let breaker = Arc::new(Breaker::new(5, Duration::from_millis(200)));
         let batcher = (!connections.is_cluster()).then(|| {
@@ -161,10 +110,11 @@ impl RedisStore {
                 options.timeout,
                 options.pool_size,
                 options.pool_size * batch::MAX_BATCH,
+                stats.batch_size.clone(),
             )
         });
         Ok(RedisStore {
-            stats,
+            stats: Arc::new(stats),
             connections,
             batcher,
             options,
@@ -195,7 +145,16 @@ impl RedisStore {
         }
     }
 
+    /// Decides one plan, counting what failed by kind.
     async fn apply_plan(&self, plan: &mut Plan) -> Result<(), StoreError> {
+        let result = self.try_plan(plan).await;
+        if let Err(e) = &result {
+            self.stats.error(e, self.breaker.is_open());
+        }
+        result
+    }
+
+    async fn try_plan(&self, plan: &mut Plan) -> Result<(), StoreError> {
         if plan.checks.is_empty() {
             plan.admitted = true;
             return Ok(());
@@ -213,7 +172,14 @@ impl RedisStore {
             self.breaker.admit()?;
         }
         let sent = Instant::now();
-        let result = tokio::time::timeout(self.options.timeout, self.decide(plan)).await;
+        let span = tracing::info_span!(
+            target: crate::telemetry::SPAN_TARGET,
+            "redis.decide",
+            otel.kind = "client",
+            db.system = "redis",
+        );
+        let call = self.decide(plan).instrument(span);
+        let result = tokio::time::timeout(self.options.timeout, call).await;
         let result = match result {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.options.timeout)),
@@ -231,6 +197,17 @@ impl RedisStore {
             }
         }
         result
+    }
+
+    /// Whether calls to Redis fail fast now (the circuit breaker is open or probing).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Decisions waiting for a batch worker, and the most that may wait; `None` on a
+    /// Cluster (no batching).
+    pub fn queue(&self) -> Option<(usize, usize)> {
+        self.batcher.as_ref().map(Batcher::queue)
     }
 
     /// One script call, or on a cluster one per slot in a fixed order.
