@@ -10,6 +10,8 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod limiter;
+pub mod listener;
 pub mod metrics;
+pub mod request_limit;
 pub mod server;
 pub mod store;

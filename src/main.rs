@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ratelimiter::app::{self, AppOptions};
-use ratelimiter::server::{self, Listeners, ServeOptions};
+use ratelimiter::listener::{self, ConnectionLimits};
+use ratelimiter::server::{self, GrpcConnections, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
 use tokio::net::TcpListener;
 
@@ -77,6 +78,49 @@ struct Cli {
     /// The in-memory store's capacity, in counters.
     #[arg(long, env = "RATELIMITER_MAX_COUNTERS", default_value_t = AppOptions::DEFAULT_MAX_COUNTERS)]
     max_counters: usize,
+    /// Connections each listener (HTTP, gRPC) holds open at once; more are closed as soon as
+    /// they are accepted. Default: 10,000, or less to fit the open-file limit (`ulimit -n`);
+    /// a value given is lowered, with a warning, when it does not fit.
+    #[arg(long, env = "RATELIMITER_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: Option<u64>,
+    /// Requests each listener serves at once; past it 503 / RESOURCE_EXHAUSTED (health probes
+    /// are never refused).
+    #[arg(long, env = "RATELIMITER_MAX_CONCURRENT_REQUESTS",
+          default_value_t = ServeOptions::DEFAULT_MAX_CONCURRENT_REQUESTS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_concurrent_requests: u64,
+    /// Seconds a new connection gets to start its first request (24 bytes), and an HTTP/1
+    /// request to send its whole head; past it the connection is closed.
+    #[arg(long, env = "RATELIMITER_HEADER_READ_TIMEOUT",
+          default_value_t = ConnectionLimits::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout: u64,
+    /// Seconds a connection may go without reading or writing a byte before it is closed.
+    #[arg(long, env = "RATELIMITER_IDLE_TIMEOUT",
+          default_value_t = ConnectionLimits::DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds without frames from a gRPC client after which an HTTP/2 PING is sent.
+    #[arg(long, env = "RATELIMITER_GRPC_KEEPALIVE_INTERVAL",
+          default_value_t = GrpcConnections::DEFAULT_KEEPALIVE_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    grpc_keepalive_interval: u64,
+    /// Seconds a gRPC client gets to answer that PING before its connection is closed.
+    #[arg(long, env = "RATELIMITER_GRPC_KEEPALIVE_TIMEOUT",
+          default_value_t = GrpcConnections::DEFAULT_KEEPALIVE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    grpc_keepalive_timeout: u64,
+    /// Seconds after which a gRPC connection is sent GOAWAY, so clients reconnect and spread
+    /// over replicas.
+    #[arg(long, env = "RATELIMITER_GRPC_MAX_CONNECTION_AGE",
+          default_value_t = GrpcConnections::DEFAULT_MAX_CONNECTION_AGE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    grpc_max_connection_age: u64,
+    /// Seconds a gRPC connection past its age gets to finish its requests before it is closed.
+    #[arg(long, env = "RATELIMITER_GRPC_MAX_CONNECTION_AGE_GRACE",
+          default_value_t = GrpcConnections::DEFAULT_MAX_CONNECTION_AGE_GRACE.as_secs())]
+    grpc_max_connection_age_grace: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -154,16 +198,61 @@ async fn serve(cli: Cli) -> ExitCode {
         }
     };
     tokio::spawn(app::reload_on_sighup(state.clone(), cli.config.clone()));
-    let options = ServeOptions {
-        shutdown_delay: Duration::from_secs(cli.shutdown_delay),
-        drain_timeout: Duration::from_secs(cli.drain_timeout),
-    };
+    let options = serve_options(&cli);
     match server::run(state, listeners, options, server::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Descriptors kept free for everything but the two listeners' connections: Redis
+/// connections, config files, the runtime's own.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How the servers run, from the command line; the connection cap fitted to the open-file
+/// limit.
+fn serve_options(cli: &Cli) -> ServeOptions {
+    let asked = ConnectionLimits {
+        max_connections: cli
+            .max_connections
+            .map_or(ConnectionLimits::DEFAULT_MAX_CONNECTIONS, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+        header_read_timeout: Duration::from_secs(cli.header_read_timeout),
+        idle_timeout: Duration::from_secs(cli.idle_timeout),
+        close_after: None,
+    };
+    let reserve = RESERVED_DESCRIPTORS + cli.redis_url.as_ref().map_or(0, |_| cli.redis_pool_size);
+    let fd_limit = listener::open_file_limit();
+    let (connections, lowered) = asked.fitted_to(fd_limit, reserve);
+    if lowered && cli.max_connections.is_none() {
+        tracing::info!(
+            max_connections = connections.max_connections,
+            open_file_limit = fd_limit,
+            "connections per listener fitted to the open-file limit"
+        );
+    } else if lowered {
+        tracing::warn!(
+            asked = asked.max_connections,
+            max_connections = connections.max_connections,
+            open_file_limit = fd_limit,
+            "--max-connections lowered to fit two listeners in the open-file limit (raise `ulimit -n` to allow more)"
+        );
+    }
+    ServeOptions {
+        shutdown_delay: Duration::from_secs(cli.shutdown_delay),
+        drain_timeout: Duration::from_secs(cli.drain_timeout),
+        connections,
+        max_concurrent_requests: usize::try_from(cli.max_concurrent_requests).unwrap_or(usize::MAX),
+        grpc: GrpcConnections {
+            keepalive_interval: Duration::from_secs(cli.grpc_keepalive_interval),
+            keepalive_timeout: Duration::from_secs(cli.grpc_keepalive_timeout),
+            max_connection_age: Duration::from_secs(cli.grpc_max_connection_age),
+            max_connection_age_grace: Duration::from_secs(cli.grpc_max_connection_age_grace),
+        },
     }
 }
 

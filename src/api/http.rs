@@ -212,3 +212,14 @@ impl IntoResponse for Refusal {
         resp
     }
 }
+
+/// The answer past the listener's cap on concurrent requests (`request_limit.rs`): 503 with
+/// `Retry-After: 1`, like a store that cannot decide, and a body that says why.
+pub fn overloaded() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("content-type", "application/json"), ("retry-after", "1")],
+        r#"{"error":"too many requests in progress; retry shortly"}"#,
+    )
+        .into_response()
+}

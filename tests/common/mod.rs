@@ -58,7 +58,23 @@ impl Service {
 
     /// The same with another `RATELIMITER_LOG` filter (e.g. `debug`).
     pub fn start_with_log_filter(config: &Path, extra: &[&str], filter: &str) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
+        Self::start_command(
+            Command::new(env!("CARGO_BIN_EXE_ratelimiter")),
+            config,
+            extra,
+            filter,
+        )
+    }
+
+    /// The same through a prepared `command` (e.g. a shell that lowers `ulimit -n` first and
+    /// `exec`s the binary, or one with environment variables set).
+    pub fn start_command(
+        mut command: Command,
+        config: &Path,
+        extra: &[&str],
+        filter: &str,
+    ) -> Service {
+        let mut child = command
             .args(["--config", config.to_str().unwrap()])
             .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
             .args(["--log-format", "json"])
