@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::api::AppState;
 use crate::config::{self, ConfigErrors};
-use crate::limiter::{Limiter, LocalFallback, Rules};
+use crate::limiter::{Limiter, LocalFallback, Rules, TagKey, TagSecret};
 use crate::metrics::Metrics;
 use crate::store::{Backend, Clock, MemoryStore, RedisOptions, RedisStore};
 
@@ -21,6 +21,8 @@ pub struct AppOptions {
     pub max_counters: usize,
     /// How many replicas share each quota while the `local` failure policy is in force.
     pub replicas: NonZeroU64,
+    /// The secret counter tags and log fingerprints are keyed with (`limiter::TagKey`).
+    pub tag_secret: Option<TagSecret>,
 }
 
 impl AppOptions {
@@ -35,6 +37,7 @@ impl AppOptions {
             redis: None,
             max_counters: Self::DEFAULT_MAX_COUNTERS,
             replicas: Self::DEFAULT_REPLICAS,
+            tag_secret: None,
         }
     }
 }
@@ -84,8 +87,27 @@ pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
             metrics.register(c)?;
         }
     }
-    let limiter = Arc::new(Limiter::new(rules, store, fallback));
+    let tags = tag_key(options.tag_secret.as_ref(), &store)?;
+    let limiter = Arc::new(Limiter::new(rules, store, fallback).with_tag_key(tags));
     Ok(Arc::new(AppState::new(limiter, Arc::new(metrics))))
+}
+
+/// How counters are named: keyed by the secret if one is given; otherwise a random key for
+/// the memory store (its counters die with the process anyway) and, with a warning, the
+/// unkeyed SHA-256 for Redis (replicas must agree, and earlier versions' counters stay).
+fn tag_key(secret: Option<&TagSecret>, store: &Backend) -> Result<TagKey, BuildError> {
+    match (secret, store) {
+        (Some(secret), _) => Ok(TagKey::keyed(secret)),
+        (None, Backend::Memory(_)) => TagKey::random().ok_or_else(|| {
+            BuildError::Store("cannot draw a random counter-tag key from the system".into())
+        }),
+        (None, Backend::Redis(_)) => {
+            tracing::warn!(
+                "no counter-tag secret (--tag-secret-file or RATELIMITER_TAG_SECRET): Redis key names are the unkeyed SHA-256 of each descriptor, from which a weak API key can be guessed offline; give every replica the same secret"
+            );
+            Ok(TagKey::Unkeyed)
+        }
+    }
 }
 
 /// Reloads the configuration on SIGHUP. A configuration that does not load is logged with

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ratelimiter::app::{self, AppOptions};
+use ratelimiter::limiter::TagSecret;
 use ratelimiter::listener::{self, ConnectionLimits};
 use ratelimiter::server::{self, GrpcConnections, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
@@ -121,8 +122,34 @@ struct Cli {
     #[arg(long, env = "RATELIMITER_GRPC_MAX_CONNECTION_AGE_GRACE",
           default_value_t = GrpcConnections::DEFAULT_MAX_CONNECTION_AGE_GRACE.as_secs())]
     grpc_max_connection_age_grace: u64,
+    /// A file holding the secret (at least 16 bytes) that counter tags and log fingerprints
+    /// are keyed with (HMAC-SHA256); the same on every replica sharing a Redis. The
+    /// environment variable RATELIMITER_TAG_SECRET may hold the secret itself instead.
+    #[arg(long, env = "RATELIMITER_TAG_SECRET_FILE")]
+    tag_secret_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The environment variable that may hold the counter-tag secret itself (never a flag, so it
+/// is not visible in `ps`).
+const TAG_SECRET_ENV: &str = "RATELIMITER_TAG_SECRET";
+
+/// The counter-tag secret from `--tag-secret-file` or [`TAG_SECRET_ENV`] (not both).
+fn tag_secret(cli: &Cli) -> Result<Option<TagSecret>, String> {
+    let from_env = std::env::var_os(TAG_SECRET_ENV).filter(|v| !v.is_empty());
+    match (&cli.tag_secret_file, from_env) {
+        (Some(_), Some(_)) => Err(format!(
+            "give the counter-tag secret either in --tag-secret-file or in {TAG_SECRET_ENV}, not both"
+        )),
+        (Some(path), None) => TagSecret::from_file(path)
+            .map(Some)
+            .map_err(|e| format!("--tag-secret-file: {e}")),
+        (None, Some(value)) => TagSecret::new(value.into_encoded_bytes())
+            .map(Some)
+            .map_err(|e| format!("{TAG_SECRET_ENV}: {e}")),
+        (None, None) => Ok(None),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +196,14 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> ExitCode {
+    let tag_secret = match tag_secret(&cli) {
+        Ok(secret) => secret,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let options = AppOptions {
         config: cli.config.clone(),
         redis: cli.redis_url.as_ref().map(|url| RedisOptions {
@@ -180,6 +215,7 @@ async fn serve(cli: Cli) -> ExitCode {
         }),
         max_counters: cli.max_counters,
         replicas: cli.replicas,
+        tag_secret,
     };
     // Bad config stops the process before any port is bound.
     let state = match app::build(&options) {

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-
 use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter, Rules};
 use crate::metrics::{Door, Metrics, Outcome};
 
@@ -76,7 +74,7 @@ impl AppState {
                     tracing::debug!(
                         door = door.as_str(),
                         domain = req.domain,
-                        client = %short_hash(req),
+                        client = %fingerprint(&self.limiter, req),
                         limit,
                         "rejected"
                     );
@@ -93,18 +91,9 @@ impl AppState {
 }
 
 /// A short, one-way fingerprint of a request's first descriptor for logs: enough to tell
-/// clients apart, never the key itself.
-fn short_hash(req: &LimitRequest<'_>) -> String {
-    let mut h = Sha256::new();
-    if let Some(d) = req.descriptors.first() {
-        for e in &d.entries {
-            h.update(e.key.as_bytes());
-            h.update([0]);
-            h.update(e.value.as_bytes());
-            h.update([0]);
-        }
-    }
-    hex::encode(&h.finalize()[..4])
+/// clients apart, never the key itself (keyed like the counter tags, `limiter::TagKey`).
+fn fingerprint(limiter: &Limiter, req: &LimitRequest<'_>) -> String {
+    hex::encode(limiter.tag_key().fingerprint(req.descriptors.first()))
 }
 
 /// Bounds on what one descriptor may carry, so a message cannot make the limiter do unbounded
