@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::api::AppState;
+use crate::api::admin::redacted_config;
 use crate::config::{self, ConfigErrors};
 use crate::limiter::{Limiter, LocalFallback, Rules, TagKey, TagSecret};
 use crate::metrics::Metrics;
@@ -89,7 +90,28 @@ pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
     }
     let tags = tag_key(options.tag_secret.as_ref(), &store)?;
     let limiter = Arc::new(Limiter::new(rules, store, fallback).with_tag_key(tags));
-    Ok(Arc::new(AppState::new(limiter, Arc::new(metrics))))
+    let state = AppState::new(limiter, Arc::new(metrics));
+    state.set_loaded_config(redacted_config(&options.config));
+    Ok(Arc::new(state))
+}
+
+/// Loads the configuration at `path` and puts it in force; a configuration that does not
+/// load is refused with every problem and the old one stays. SIGHUP and the admin API's
+/// reload both come here.
+pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigErrors> {
+    match load_rules(path) {
+        Ok(rules) => {
+            log_warnings(&rules, path);
+            state.limiter.reload(rules);
+            state.set_loaded_config(redacted_config(path));
+            tracing::info!(config = %path.display(), "configuration reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(config = %path.display(), "reload refused, keeping the old configuration:\n{e}");
+            Err(e)
+        }
+    }
 }
 
 /// How counters are named: keyed by the secret if one is given; otherwise a random key for
@@ -124,16 +146,8 @@ pub async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf) {
             }
         };
         while hup.recv().await.is_some() {
-            match load_rules(&path) {
-                Ok(rules) => {
-                    log_warnings(&rules, &path);
-                    state.limiter.reload(rules);
-                    tracing::info!(config = %path.display(), "configuration reloaded");
-                }
-                Err(e) => {
-                    tracing::error!(config = %path.display(), "reload refused, keeping the old configuration:\n{e}")
-                }
-            }
+            // A refusal is logged by `reload`.
+            let _ = reload(&state, &path);
         }
     }
     #[cfg(not(unix))]

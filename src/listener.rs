@@ -208,6 +208,11 @@ impl Guarded {
         }
     }
 
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
+
     fn handshaking(&self) -> bool {
         self.received < HANDSHAKE_BYTES
     }

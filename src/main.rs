@@ -4,12 +4,14 @@ use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ratelimiter::api::admin::{self, Admin};
 use ratelimiter::app::{self, AppOptions};
 use ratelimiter::limiter::TagSecret;
-use ratelimiter::listener::{self, ConnectionLimits};
+use ratelimiter::listener::{self, ConnectionLimits, Incoming};
 use ratelimiter::server::{self, GrpcConnections, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
 use tokio::net::TcpListener;
@@ -127,6 +129,14 @@ struct Cli {
     /// environment variable RATELIMITER_TAG_SECRET may hold the secret itself instead.
     #[arg(long, env = "RATELIMITER_TAG_SECRET_FILE")]
     tag_secret_file: Option<PathBuf>,
+    /// Where the admin API listens (default 127.0.0.1:8081; when the default is taken, the
+    /// service runs without it and says so). A non-loopback address needs --admin-token-file.
+    #[arg(long, env = "RATELIMITER_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// A file holding the admin API's bearer token (at least 16 characters); with it, every
+    /// admin call must send `Authorization: Bearer <token>`.
+    #[arg(long, env = "RATELIMITER_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -198,13 +208,51 @@ fn main() -> ExitCode {
 async fn serve(cli: Cli) -> ExitCode {
     let tag_secret = match tag_secret(&cli) {
         Ok(secret) => secret,
+        Err(e) => return config_failure(e),
+    };
+    // Bad config stops the process before any port is bound.
+    let state = match app::build(&app_options(&cli, tag_secret)) {
+        Ok(s) => s,
+        Err(e) => return config_failure(e),
+    };
+    // The admin listener first: exposing it without a token stops start-up like a bad config.
+    let admin = match admin_listener(&cli).await {
+        Ok(admin) => admin,
+        Err(e) => return config_failure(e),
+    };
+    let listeners = match bind(cli.http_addr, cli.grpc_addr).await {
+        Ok(l) => l,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::FAILURE;
         }
     };
-    let options = AppOptions {
+    if let Some((listener, token)) = admin {
+        let admin = Admin::new(state.clone(), cli.config.clone(), token.as_deref());
+        let incoming = Incoming::new(listener, ADMIN_CONNECTIONS, "admin");
+        tokio::spawn(admin::serve(incoming, Arc::new(admin)));
+    }
+    tokio::spawn(app::reload_on_sighup(state.clone(), cli.config.clone()));
+    let options = serve_options(&cli);
+    match server::run(state, listeners, options, server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs and prints a start-up error in the configuration; the exit code for it.
+fn config_failure(e: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{e}");
+    eprintln!("{e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// What the service is built from, from the command line.
+fn app_options(cli: &Cli, tag_secret: Option<TagSecret>) -> AppOptions {
+    AppOptions {
         config: cli.config.clone(),
         redis: cli.redis_url.as_ref().map(|url| RedisOptions {
             url: url.clone(),
@@ -216,31 +264,47 @@ async fn serve(cli: Cli) -> ExitCode {
         max_counters: cli.max_counters,
         replicas: cli.replicas,
         tag_secret,
-    };
-    // Bad config stops the process before any port is bound.
-    let state = match app::build(&options) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
+    }
+}
+
+/// The admin API's address when `--admin-addr` is not given.
+const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8081);
+
+/// The admin listener's connections: few, and short-lived.
+const ADMIN_CONNECTIONS: ConnectionLimits = ConnectionLimits {
+    max_connections: 64,
+    header_read_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    close_after: None,
+};
+
+/// The admin listener, bound, and its token. Refuses a non-loopback address without a token;
+/// `None` when the default address is taken (logged).
+async fn admin_listener(cli: &Cli) -> Result<Option<(TcpListener, Option<String>)>, String> {
+    let token = match &cli.admin_token_file {
+        Some(path) => {
+            Some(Admin::read_token(path).map_err(|e| format!("--admin-token-file: {e}"))?)
         }
+        None => None,
     };
-    let listeners = match bind(cli.http_addr, cli.grpc_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
+    let addr = cli.admin_addr.unwrap_or(DEFAULT_ADMIN_ADDR);
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing to serve the admin API on {addr} without --admin-token-file (only a loopback address may go without a token)"
+        ));
+    }
+    match TcpListener::bind(addr).await {
+        Ok(listener) => {
+            let shown = listener.local_addr().map_or(addr, |a| a);
+            tracing::info!(admin = %shown, token = token.is_some(), "admin API listening");
+            Ok(Some((listener, token)))
         }
-    };
-    tokio::spawn(app::reload_on_sighup(state.clone(), cli.config.clone()));
-    let options = serve_options(&cli);
-    match server::run(state, listeners, options, server::shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
+        Err(e) if cli.admin_addr.is_none() => {
+            tracing::warn!(admin = %addr, error = %e, "the admin API's default address is taken; running without the admin API (give --admin-addr)");
+            Ok(None)
         }
+        Err(e) => Err(format!("cannot listen on {addr} (--admin-addr): {e}")),
     }
 }
 

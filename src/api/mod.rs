@@ -3,6 +3,7 @@
 //! What an answer holds (headers, body, the status of each kind of refusal) is decided once,
 //! in [`response`]; each door only writes it in its wire format.
 
+pub mod admin;
 pub mod ext_authz;
 pub mod grpc;
 pub mod http;
@@ -13,6 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter, Rules};
 use crate::metrics::{Door, Metrics, Outcome};
 
@@ -22,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// False until the servers run, and again from the moment shutdown begins.
     pub ready: AtomicBool,
+    /// The configuration in force, redacted (`admin::redacted_config`), for the admin API.
+    loaded_config: ArcSwap<serde_json::Value>,
 }
 
 impl AppState {
@@ -30,7 +35,18 @@ impl AppState {
             limiter,
             metrics,
             ready: AtomicBool::new(false),
+            loaded_config: ArcSwap::from_pointee(serde_json::Value::Null),
         }
+    }
+
+    /// The configuration in force, redacted; `null` until one is recorded.
+    pub fn loaded_config(&self) -> Arc<serde_json::Value> {
+        self.loaded_config.load_full()
+    }
+
+    /// Records the (redacted) configuration now in force.
+    pub fn set_loaded_config(&self, config: serde_json::Value) {
+        self.loaded_config.store(Arc::new(config));
     }
 
     pub fn is_ready(&self) -> bool {
