@@ -14,6 +14,7 @@ use ratelimiter::limiter::TagSecret;
 use ratelimiter::listener::{self, ConnectionLimits, Incoming};
 use ratelimiter::server::{self, GrpcConnections, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
+use ratelimiter::store::redis::with_credentials;
 use tokio::net::TcpListener;
 
 /// Exit code for a configuration that does not load (EX_CONFIG would be 78; EX_USAGE-style
@@ -74,6 +75,13 @@ struct Cli {
     /// instead of the system's.
     #[arg(long, env = "RATELIMITER_REDIS_CA_FILE", requires = "redis_url")]
     redis_ca_file: Option<PathBuf>,
+    /// The Redis ACL user, when `--redis-url` names none.
+    #[arg(long, env = "RATELIMITER_REDIS_USERNAME", requires = "redis_url")]
+    redis_username: Option<String>,
+    /// A file holding the Redis password, so that it is not on the command line (`ps`); the
+    /// environment variable RATELIMITER_REDIS_PASSWORD may hold it instead.
+    #[arg(long, env = "RATELIMITER_REDIS_PASSWORD_FILE", requires = "redis_url")]
+    redis_password_file: Option<PathBuf>,
     /// Replicas sharing each quota: with `on_store_failure: local`, each enforces quota ÷ N
     /// while Redis is down.
     #[arg(long, env = "RATELIMITER_REPLICAS", default_value_t = AppOptions::DEFAULT_REPLICAS)]
@@ -210,8 +218,12 @@ async fn serve(cli: Cli) -> ExitCode {
         Ok(secret) => secret,
         Err(e) => return config_failure(e),
     };
+    let redis_url = match redis_url(&cli) {
+        Ok(url) => url,
+        Err(e) => return config_failure(e),
+    };
     // Bad config stops the process before any port is bound.
-    let state = match app::build(&app_options(&cli, tag_secret)) {
+    let state = match app::build(&app_options(&cli, redis_url, tag_secret)) {
         Ok(s) => s,
         Err(e) => return config_failure(e),
     };
@@ -243,6 +255,35 @@ async fn serve(cli: Cli) -> ExitCode {
     }
 }
 
+/// The environment variable that may hold the Redis password.
+const REDIS_PASSWORD_ENV: &str = "RATELIMITER_REDIS_PASSWORD";
+
+/// `--redis-url` with the user and password given apart from it (`--redis-username`,
+/// `--redis-password-file` or [`REDIS_PASSWORD_ENV`]).
+fn redis_url(cli: &Cli) -> Result<Option<String>, String> {
+    let Some(url) = &cli.redis_url else {
+        return Ok(None);
+    };
+    let from_env = std::env::var(REDIS_PASSWORD_ENV)
+        .ok()
+        .filter(|p| !p.is_empty());
+    let password = match (&cli.redis_password_file, from_env) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "give the Redis password either in --redis-password-file or in {REDIS_PASSWORD_ENV}, not both"
+            ));
+        }
+        (Some(path), None) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--redis-password-file {}: {e}", path.display()))?
+                .trim_end()
+                .to_owned(),
+        ),
+        (None, from_env) => from_env,
+    };
+    with_credentials(url, cli.redis_username.as_deref(), password.as_deref()).map(Some)
+}
+
 /// Logs and prints a start-up error in the configuration; the exit code for it.
 fn config_failure(e: impl std::fmt::Display) -> ExitCode {
     tracing::error!("{e}");
@@ -251,11 +292,11 @@ fn config_failure(e: impl std::fmt::Display) -> ExitCode {
 }
 
 /// What the service is built from, from the command line.
-fn app_options(cli: &Cli, tag_secret: Option<TagSecret>) -> AppOptions {
+fn app_options(cli: &Cli, redis_url: Option<String>, tag_secret: Option<TagSecret>) -> AppOptions {
     AppOptions {
         config: cli.config.clone(),
-        redis: cli.redis_url.as_ref().map(|url| RedisOptions {
-            url: url.clone(),
+        redis: redis_url.map(|url| RedisOptions {
+            url,
             timeout: Duration::from_millis(cli.redis_timeout_ms),
             pool_size: usize::try_from(cli.redis_pool_size).unwrap_or(usize::MAX),
             prefix: cli.redis_prefix.clone(),

@@ -32,7 +32,7 @@ use deadpool_redis::redis;
 
 pub use batch::Batcher;
 pub use breaker::Breaker;
-pub use connection::{Connections, RedisUrl};
+pub use connection::{Connections, RedisUrl, with_credentials};
 pub use over_limit::OverLimitCache;
 
 use super::{Capacity, Plan, Store, StoreError};
