@@ -111,6 +111,9 @@ pub struct Settings {
     /// Envoy (`dynamic_metadata.<key> = {requests_per_unit, unit}`, the shape of the route's
     /// rate-limit `limit` override); empty: no metadata.
     pub ext_authz_budget_metadata_key: String,
+    /// The keys (first entry) of the descriptors an `AllowRequest` caller may add to its
+    /// own; empty (the default): none.
+    pub allow_request_descriptors: Vec<String>,
 }
 
 /// One descriptor the ext_authz door builds, entry by entry.
@@ -190,6 +193,7 @@ impl Default for Settings {
             over_limit_body: String::new(),
             ext_authz: default_ext_authz(),
             ext_authz_budget_metadata_key: DEFAULT_BUDGET_METADATA_KEY.to_owned(),
+            allow_request_descriptors: Vec::new(),
         }
     }
 }

@@ -18,7 +18,7 @@ use super::{
 };
 
 const TOP_KEYS: [&str; 2] = ["settings", "clients"];
-const SETTINGS_KEYS: [&str; 7] = [
+const SETTINGS_KEYS: [&str; 8] = [
     "default_domain",
     "headers",
     "on_store_failure",
@@ -26,6 +26,7 @@ const SETTINGS_KEYS: [&str; 7] = [
     "over_limit_body",
     "ext_authz",
     "ext_authz_budget_metadata_key",
+    "allow_request_descriptors",
 ];
 const CLIENTS_KEYS: [&str; 3] = ["unknown_key", "tiers", "keys"];
 const KEY_KEYS: [&str; 5] = ["key", "sha256", "tier", "limits", "name"];
@@ -141,6 +142,17 @@ fn parse_settings(problems: &mut Problems<'_>, node: &Node) -> Option<Settings> 
         && let Some(rules) = parse_ext_authz(problems, node, &fields.path_of("ext_authz"))
     {
         settings.ext_authz = rules;
+    }
+    if let Some(items) = yaml::list(problems, &fields, "allow_request_descriptors") {
+        let path = fields.path_of("allow_request_descriptors");
+        for (i, item) in items.iter().enumerate() {
+            match &item.value {
+                Value::Str(key) if !key.is_empty() => {
+                    settings.allow_request_descriptors.push(key.clone());
+                }
+                _ => problems.at(item.pos, &index(&path, i), "expected a descriptor key"),
+            }
+        }
     }
     if let Some((key, _)) = yaml::text(problems, &fields, "ext_authz_budget_metadata_key") {
         settings.ext_authz_budget_metadata_key = key;
