@@ -136,53 +136,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = {
-        let stop_rx = stop_rx.clone();
-        move || {
-            let mut rx = stop_rx.clone();
-            async move {
-                // An error means the sender is gone, which is a stop too.
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        }
-    };
-
     let http_addr = listeners.http.local_addr().map_err(ServeError::Http)?;
     let grpc_addr = listeners.grpc.local_addr().map_err(ServeError::Http)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-
-    let http_incoming = Incoming::new(listeners.http, options.connections, "http");
-    let http_service = RequestLimitLayer::new(options.max_concurrent_requests, http::overloaded)
-        .layer(router(state.clone()));
-    let http = serve_http(
-        http_incoming,
-        http_service,
-        options.connections.header_read_timeout,
-        stop_rx.clone(),
-    );
-    let grpc = options
-        .grpc
-        .builder()
-        .layer(RequestLimitLayer::new(
-            options.max_concurrent_requests,
-            grpc_overloaded,
-        ))
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .add_service(health_service)
-        .add_service(AllowRequestService::server(state.clone()))
-        .add_service(RateLimitDoor::server(state.clone()))
-        .add_service(ExtAuthzDoor::server(state.clone()))
-        .serve_with_incoming_shutdown(
-            Incoming::new(
-                listeners.grpc,
-                options.grpc.limits(options.connections),
-                "grpc",
-            ),
-            stopped(),
-        );
-    let mut http = tokio::spawn(http);
-    let mut grpc = tokio::spawn(grpc);
+    let (mut http, mut grpc) = spawn_servers(&state, listeners, &options, health_service, stop_rx);
     // A store with nothing to prepare (memory) is ready before the replica says it listens.
     let mut warming = !warmed_up_at_once(&state).await;
     if !warming {
@@ -216,6 +174,55 @@ pub async fn run(
     tracing::info!("draining in-flight requests");
     let _ = stop_tx.send(true);
     drain(http, grpc, options.drain_timeout).await
+}
+
+/// Starts both servers on their listeners, each under its connection and request limits;
+/// they stop accepting when `stop` turns true.
+fn spawn_servers(
+    state: &Arc<AppState>,
+    listeners: Listeners,
+    options: &ServeOptions,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: watch::Receiver<bool>,
+) -> (
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let http_incoming = Incoming::new(listeners.http, options.connections, "http");
+    let http_service = RequestLimitLayer::new(options.max_concurrent_requests, http::overloaded)
+        .layer(router(state.clone()));
+    let header_read_timeout = options.connections.header_read_timeout;
+    let http = serve_http(
+        http_incoming,
+        http_service,
+        header_read_timeout,
+        stop.clone(),
+    );
+    let grpc_limits = options.grpc.limits(options.connections);
+    let grpc = options
+        .grpc
+        .builder()
+        .layer(RequestLimitLayer::new(
+            options.max_concurrent_requests,
+            grpc_overloaded,
+        ))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .add_service(health_service)
+        .add_service(AllowRequestService::server(state.clone()))
+        .add_service(RateLimitDoor::server(state.clone()))
+        .add_service(ExtAuthzDoor::server(state.clone()))
+        .serve_with_incoming_shutdown(
+            Incoming::new(listeners.grpc, grpc_limits, "grpc"),
+            stopped(stop),
+        );
+    (tokio::spawn(http), tokio::spawn(grpc))
+}
+
+/// Resolves once `stop` turns true (or its sender is gone, which is a stop too).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Waits for both servers to finish their in-flight requests, for at most `within`; then
