@@ -197,12 +197,15 @@ pub struct Guarded {
 impl Guarded {
     fn new(stream: TcpStream, slot: OwnedSemaphorePermit, limits: ConnectionLimits) -> Self {
         let now = Instant::now();
+        let closes_at = limits.close_after.map(|age| now + age);
+        let handshake_by = now + limits.header_read_timeout;
+        let first = closes_at.map_or(handshake_by, |at| at.min(handshake_by));
         Guarded {
             stream,
             _slot: slot,
-            timer: Box::pin(tokio::time::sleep_until(now + limits.header_read_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(first)),
             idle_timeout: limits.idle_timeout,
-            closes_at: limits.close_after.map(|age| now + age),
+            closes_at,
             received: 0,
             last_activity: now,
         }
@@ -222,17 +225,19 @@ impl Guarded {
     fn poll_deadline<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         loop {
             ready!(self.timer.as_mut().poll(cx));
-            if self.handshaking() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no request within the header-read timeout",
-                )));
-            }
             let now = Instant::now();
             if self.closes_at.is_some_and(|at| now >= at) {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "connection past its maximum age and grace",
+                )));
+            }
+            // Still handshaking when the timer fires, and not for the age: the handshake
+            // deadline (the timer's first deadline is the earlier of the two).
+            if self.handshaking() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the header-read timeout",
                 )));
             }
             let idle_until = self.last_activity + self.idle_timeout;
