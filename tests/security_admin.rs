@@ -95,6 +95,14 @@ async fn the_admin_api_needs_its_token_and_redacts_keys() {
         "a raw key is shown: {body}"
     );
 
+    // The log is read by another thread: wait until the calls are in it.
+    let logged = |logs: &str| {
+        logs.contains("admin call refused") && logs.lines().any(|l| l.contains("\"admin call\""))
+    };
+    let started = Instant::now();
+    while !logged(&svc.logs()) && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let logs = svc.logs();
     assert!(logs.contains("admin call refused"), "{logs}");
     assert!(

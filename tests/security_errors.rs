@@ -62,7 +62,15 @@ async fn readyz_says_a_status_word_and_logs_the_store_error() {
         .contains(&body.as_str()),
         "{body:?}"
     );
-    // The whole error is in the log, for the operator.
+    // The whole error is in the log, for the operator (read by another thread: wait for it).
+    let logged = |logs: &str| {
+        logs.lines()
+            .any(|l| l.contains("readyz") && l.contains("store"))
+    };
+    let started = std::time::Instant::now();
+    while !logged(&closed.logs()) && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let logs = closed.logs();
     assert!(
         logs.lines()
