@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::api::AppState;
+use crate::api::admin::redacted_config;
 use crate::config::{self, ConfigErrors, ForcedSettings};
-use crate::limiter::{Limiter, LocalFallback, Rules};
+use crate::limiter::{Limiter, LocalFallback, Rules, TagKey, TagSecret};
 use prometheus::Opts;
 
 use crate::metrics::Metrics;
@@ -27,6 +28,8 @@ pub struct AppOptions {
     pub replicas: NonZeroU64,
     /// Settings forced on over every loaded configuration (`--shadow-mode`, …).
     pub forced: ForcedSettings,
+    /// The secret counter tags and log fingerprints are keyed with (`limiter::TagKey`).
+    pub tag_secret: Option<TagSecret>,
 }
 
 impl AppOptions {
@@ -42,6 +45,7 @@ impl AppOptions {
             max_counters: Self::DEFAULT_MAX_COUNTERS,
             replicas: Self::DEFAULT_REPLICAS,
             forced: ForcedSettings::default(),
+            tag_secret: None,
         }
     }
 }
@@ -92,10 +96,14 @@ pub fn build(options: &AppOptions) -> Result<Arc<AppState>, BuildError> {
         }
     }
     metrics.config_loaded(&reload::digest(&options.config), reload::unix_now(), None);
-    let limiter =
-        Arc::new(Limiter::new(rules, store, fallback).with_forced_settings(options.forced));
+    let tags = tag_key(options.tag_secret.as_ref(), &store)?;
+    let limiter = Limiter::new(rules, store, fallback)
+        .with_forced_settings(options.forced)
+        .with_tag_key(tags);
+    let limiter = Arc::new(limiter);
     register_store_gauges(&metrics, &limiter, options.max_counters)?;
     let state = Arc::new(AppState::new(limiter, Arc::new(metrics)));
+    state.set_loaded_config(redacted_config(&options.config));
     let weak = Arc::downgrade(&state);
     state.metrics.register_gauge(
         Opts::new(
@@ -190,4 +198,22 @@ fn register_redis_gauges(
                 .map_or(0.0, |(_, m)| m as f64)
         }),
     )
+}
+
+/// How counters are named: keyed by the secret if one is given; otherwise a random key for
+/// the memory store (its counters die with the process anyway) and, with a warning, the
+/// unkeyed SHA-256 for Redis (replicas must agree, and earlier versions' counters stay).
+fn tag_key(secret: Option<&TagSecret>, store: &Backend) -> Result<TagKey, BuildError> {
+    match (secret, store) {
+        (Some(secret), _) => Ok(TagKey::keyed(secret)),
+        (None, Backend::Memory(_)) => TagKey::random().ok_or_else(|| {
+            BuildError::Store("cannot draw a random counter-tag key from the system".into())
+        }),
+        (None, Backend::Redis(_)) => {
+            tracing::warn!(
+                "no counter-tag secret (--tag-secret-file or RATELIMITER_TAG_SECRET): Redis key names are the unkeyed SHA-256 of each descriptor, from which a weak API key can be guessed offline; give every replica the same secret"
+            );
+            Ok(TagKey::Unkeyed)
+        }
+    }
 }

@@ -5,14 +5,19 @@ use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ratelimiter::api::admin::{self, Admin};
 use ratelimiter::app::{self, AppOptions};
 use ratelimiter::config::ForcedSettings;
+use ratelimiter::limiter::TagSecret;
+use ratelimiter::listener::{self, ConnectionLimits, Incoming};
 use ratelimiter::reload;
-use ratelimiter::server::{self, Listeners, ServeOptions};
+use ratelimiter::server::{self, GrpcConnections, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
+use ratelimiter::store::redis::with_credentials;
 use ratelimiter::telemetry::{self, TracingOptions};
 use ratelimiter::upstream_env;
 use tokio::net::TcpListener;
@@ -78,6 +83,13 @@ struct Cli {
     /// instead of the system's.
     #[arg(long, env = "RATELIMITER_REDIS_CA_FILE", requires = "redis_url")]
     redis_ca_file: Option<PathBuf>,
+    /// The Redis ACL user, when `--redis-url` names none.
+    #[arg(long, env = "RATELIMITER_REDIS_USERNAME", requires = "redis_url")]
+    redis_username: Option<String>,
+    /// A file holding the Redis password, so that it is not on the command line (`ps`); the
+    /// environment variable RATELIMITER_REDIS_PASSWORD may hold it instead.
+    #[arg(long, env = "RATELIMITER_REDIS_PASSWORD_FILE", requires = "redis_url")]
+    redis_password_file: Option<PathBuf>,
     /// Replicas sharing each quota: with `on_store_failure: local`, each enforces quota ÷ N
     /// while Redis is down.
     #[arg(long, env = "RATELIMITER_REPLICAS", default_value_t = AppOptions::DEFAULT_REPLICAS)]
@@ -120,8 +132,85 @@ struct Cli {
         default_value = "ratelimiter"
     )]
     tracing_service_name: String,
+    /// Connections each listener (HTTP, gRPC) holds open at once; more are closed as soon as
+    /// they are accepted. Default: 10,000, or less to fit the open-file limit (`ulimit -n`);
+    /// a value given is lowered, with a warning, when it does not fit.
+    #[arg(long, env = "RATELIMITER_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: Option<u64>,
+    /// Requests each listener serves at once; past it 503 / RESOURCE_EXHAUSTED (health probes
+    /// are never refused).
+    #[arg(long, env = "RATELIMITER_MAX_CONCURRENT_REQUESTS",
+          default_value_t = ServeOptions::DEFAULT_MAX_CONCURRENT_REQUESTS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_concurrent_requests: u64,
+    /// Seconds a new connection gets to start its first request (24 bytes), and an HTTP/1
+    /// request to send its whole head; past it the connection is closed.
+    #[arg(long, env = "RATELIMITER_HEADER_READ_TIMEOUT",
+          default_value_t = ConnectionLimits::DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout: u64,
+    /// Seconds a connection may go without reading or writing a byte before it is closed.
+    #[arg(long, env = "RATELIMITER_IDLE_TIMEOUT",
+          default_value_t = ConnectionLimits::DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds without frames from a gRPC client after which an HTTP/2 PING is sent.
+    #[arg(long, env = "RATELIMITER_GRPC_KEEPALIVE_INTERVAL",
+          default_value_t = GrpcConnections::DEFAULT_KEEPALIVE_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    grpc_keepalive_interval: u64,
+    /// Seconds a gRPC client gets to answer that PING before its connection is closed.
+    #[arg(long, env = "RATELIMITER_GRPC_KEEPALIVE_TIMEOUT",
+          default_value_t = GrpcConnections::DEFAULT_KEEPALIVE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    grpc_keepalive_timeout: u64,
+    /// Seconds after which a gRPC connection is sent GOAWAY, so clients reconnect and spread
+    /// over replicas.
+    #[arg(long, env = "RATELIMITER_GRPC_MAX_CONNECTION_AGE",
+          default_value_t = GrpcConnections::DEFAULT_MAX_CONNECTION_AGE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    grpc_max_connection_age: u64,
+    /// Seconds a gRPC connection past its age gets to finish its requests before it is closed.
+    #[arg(long, env = "RATELIMITER_GRPC_MAX_CONNECTION_AGE_GRACE",
+          default_value_t = GrpcConnections::DEFAULT_MAX_CONNECTION_AGE_GRACE.as_secs())]
+    grpc_max_connection_age_grace: u64,
+    /// A file holding the secret (at least 16 bytes) that counter tags and log fingerprints
+    /// are keyed with (HMAC-SHA256); the same on every replica sharing a Redis. The
+    /// environment variable RATELIMITER_TAG_SECRET may hold the secret itself instead.
+    #[arg(long, env = "RATELIMITER_TAG_SECRET_FILE")]
+    tag_secret_file: Option<PathBuf>,
+    /// Where the admin API listens (default 127.0.0.1:6070; when the default is taken, the
+    /// service runs without it and says so). A non-loopback address needs --admin-token-file.
+    #[arg(long, env = "RATELIMITER_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// A file holding the admin API's bearer token (at least 16 characters); with it, every
+    /// admin call must send `Authorization: Bearer <token>`.
+    #[arg(long, env = "RATELIMITER_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The environment variable that may hold the counter-tag secret itself (never a flag, so it
+/// is not visible in `ps`).
+const TAG_SECRET_ENV: &str = "RATELIMITER_TAG_SECRET";
+
+/// The counter-tag secret from `--tag-secret-file` or [`TAG_SECRET_ENV`] (not both).
+fn tag_secret(cli: &Cli) -> Result<Option<TagSecret>, String> {
+    let from_env = std::env::var_os(TAG_SECRET_ENV).filter(|v| !v.is_empty());
+    match (&cli.tag_secret_file, from_env) {
+        (Some(_), Some(_)) => Err(format!(
+            "give the counter-tag secret either in --tag-secret-file or in {TAG_SECRET_ENV}, not both"
+        )),
+        (Some(path), None) => TagSecret::from_file(path)
+            .map(Some)
+            .map_err(|e| format!("--tag-secret-file: {e}")),
+        (None, Some(value)) => TagSecret::new(value.into_encoded_bytes())
+            .map(Some)
+            .map_err(|e| format!("{TAG_SECRET_ENV}: {e}")),
+        (None, None) => Ok(None),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,10 +279,95 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cli: Cli) -> ExitCode {
-    let options = AppOptions {
+    let tag_secret = match tag_secret(&cli) {
+        Ok(secret) => secret,
+        Err(e) => return config_failure(e),
+    };
+    let redis_url = match redis_url(&cli) {
+        Ok(url) => url,
+        Err(e) => return config_failure(e),
+    };
+    // Before the load: a change after this point is seen by the config watch.
+    let loaded = reload::fingerprint(&cli.config);
+    // Bad config stops the process before any port is bound.
+    let state = match app::build(&app_options(&cli, redis_url, tag_secret)) {
+        Ok(s) => s,
+        Err(e) => return config_failure(e),
+    };
+    // The admin listener first: exposing it without a token stops start-up like a bad config.
+    let admin = match admin_listener(&cli).await {
+        Ok(admin) => admin,
+        Err(e) => return config_failure(e),
+    };
+    // Before the service says it listens: a signal from then on finds its handler.
+    let shutdown = server::shutdown_signal();
+    let listeners = match bind(cli.http_addr, cli.grpc_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some((listener, token)) = admin {
+        let admin = Admin::new(state.clone(), cli.config.clone(), token.as_deref());
+        let incoming = Incoming::new(listener, ADMIN_CONNECTIONS, "admin");
+        tokio::spawn(admin::serve(incoming, Arc::new(admin)));
+    }
+    let watch = (cli.config_watch_interval_ms > 0)
+        .then(|| Duration::from_millis(cli.config_watch_interval_ms));
+    reload::start(state.clone(), cli.config.clone(), watch, loaded);
+    let options = serve_options(&cli);
+    match server::run(state, listeners, options, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The environment variable that may hold the Redis password.
+const REDIS_PASSWORD_ENV: &str = "RATELIMITER_REDIS_PASSWORD";
+
+/// `--redis-url` with the user and password given apart from it (`--redis-username`,
+/// `--redis-password-file` or [`REDIS_PASSWORD_ENV`]).
+fn redis_url(cli: &Cli) -> Result<Option<String>, String> {
+    let Some(url) = &cli.redis_url else {
+        return Ok(None);
+    };
+    let from_env = std::env::var(REDIS_PASSWORD_ENV)
+        .ok()
+        .filter(|p| !p.is_empty());
+    let password = match (&cli.redis_password_file, from_env) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "give the Redis password either in --redis-password-file or in {REDIS_PASSWORD_ENV}, not both"
+            ));
+        }
+        (Some(path), None) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--redis-password-file {}: {e}", path.display()))?
+                .trim_end()
+                .to_owned(),
+        ),
+        (None, from_env) => from_env,
+    };
+    with_credentials(url, cli.redis_username.as_deref(), password.as_deref()).map(Some)
+}
+
+/// Logs and prints a start-up error in the configuration; the exit code for it.
+fn config_failure(e: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{e}");
+    eprintln!("{e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// What the service is built from, from the command line.
+fn app_options(cli: &Cli, redis_url: Option<String>, tag_secret: Option<TagSecret>) -> AppOptions {
+    AppOptions {
         config: cli.config.clone(),
-        redis: cli.redis_url.as_ref().map(|url| RedisOptions {
-            url: url.clone(),
+        redis: redis_url.map(|url| RedisOptions {
+            url,
             timeout: Duration::from_millis(cli.redis_timeout_ms),
             pool_size: usize::try_from(cli.redis_pool_size).unwrap_or(usize::MAX),
             prefix: cli.redis_prefix.clone(),
@@ -206,40 +380,97 @@ async fn serve(cli: Cli) -> ExitCode {
             quota_mode: cli.quota_mode,
             response_dynamic_metadata: cli.response_dynamic_metadata,
         },
-    };
-    // Before the load: a change after this point is seen by the config watch.
-    let loaded = reload::fingerprint(&cli.config);
-    // Bad config stops the process before any port is bound.
-    let state = match app::build(&options) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
+        tag_secret,
+    }
+}
+
+/// The admin API's address when `--admin-addr` is not given: envoyproxy/ratelimit's debug
+/// port (6070), on loopback (its 8081 is the gRPC port, which an upstream environment keeps).
+const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6070);
+
+/// The admin listener's connections: few, and short-lived.
+const ADMIN_CONNECTIONS: ConnectionLimits = ConnectionLimits {
+    max_connections: 64,
+    header_read_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(60),
+    close_after: None,
+};
+
+/// The admin listener, bound, and its token. Refuses a non-loopback address without a token;
+/// `None` when the default address is taken (logged).
+async fn admin_listener(cli: &Cli) -> Result<Option<(TcpListener, Option<String>)>, String> {
+    let token = match &cli.admin_token_file {
+        Some(path) => {
+            Some(Admin::read_token(path).map_err(|e| format!("--admin-token-file: {e}"))?)
         }
+        None => None,
     };
-    // Before the service says it listens: a signal from then on finds its handler.
-    let shutdown = server::shutdown_signal();
-    let listeners = match bind(cli.http_addr, cli.grpc_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
+    let addr = cli.admin_addr.unwrap_or(DEFAULT_ADMIN_ADDR);
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing to serve the admin API on {addr} without --admin-token-file (only a loopback address may go without a token)"
+        ));
+    }
+    match TcpListener::bind(addr).await {
+        Ok(listener) => {
+            let shown = listener.local_addr().map_or(addr, |a| a);
+            tracing::info!(admin = %shown, token = token.is_some(), "admin API listening");
+            Ok(Some((listener, token)))
         }
+        Err(e) if cli.admin_addr.is_none() => {
+            tracing::warn!(admin = %addr, error = %e, "the admin API's default address is taken; running without the admin API (give --admin-addr)");
+            Ok(None)
+        }
+        Err(e) => Err(format!("cannot listen on {addr} (--admin-addr): {e}")),
+    }
+}
+
+/// Descriptors kept free for everything but the two listeners' connections: Redis
+/// connections, config files, the runtime's own.
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How the servers run, from the command line; the connection cap fitted to the open-file
+/// limit.
+fn serve_options(cli: &Cli) -> ServeOptions {
+    let asked = ConnectionLimits {
+        max_connections: cli
+            .max_connections
+            .map_or(ConnectionLimits::DEFAULT_MAX_CONNECTIONS, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            }),
+        header_read_timeout: Duration::from_secs(cli.header_read_timeout),
+        idle_timeout: Duration::from_secs(cli.idle_timeout),
+        close_after: None,
     };
-    let watch = (cli.config_watch_interval_ms > 0)
-        .then(|| Duration::from_millis(cli.config_watch_interval_ms));
-    reload::start(state.clone(), cli.config.clone(), watch, loaded);
-    let options = ServeOptions {
+    let reserve = RESERVED_DESCRIPTORS + cli.redis_url.as_ref().map_or(0, |_| cli.redis_pool_size);
+    let fd_limit = listener::open_file_limit();
+    let (connections, lowered) = asked.fitted_to(fd_limit, reserve);
+    if lowered && cli.max_connections.is_none() {
+        tracing::info!(
+            max_connections = connections.max_connections,
+            open_file_limit = fd_limit,
+            "connections per listener fitted to the open-file limit"
+        );
+    } else if lowered {
+        tracing::warn!(
+            asked = asked.max_connections,
+            max_connections = connections.max_connections,
+            open_file_limit = fd_limit,
+            "--max-connections lowered to fit two listeners in the open-file limit (raise `ulimit -n` to allow more)"
+        );
+    }
+    ServeOptions {
         shutdown_delay: Duration::from_secs(cli.shutdown_delay),
         drain_timeout: Duration::from_secs(cli.drain_timeout),
-    };
-    match server::run(state, listeners, options, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
+        connections,
+        max_concurrent_requests: usize::try_from(cli.max_concurrent_requests).unwrap_or(usize::MAX),
+        grpc: GrpcConnections {
+            keepalive_interval: Duration::from_secs(cli.grpc_keepalive_interval),
+            keepalive_timeout: Duration::from_secs(cli.grpc_keepalive_timeout),
+            max_connection_age: Duration::from_secs(cli.grpc_max_connection_age),
+            max_connection_age_grace: Duration::from_secs(cli.grpc_max_connection_age_grace),
+        },
     }
 }
 

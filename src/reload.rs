@@ -21,7 +21,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::api::AppState;
+use crate::api::admin::redacted_config;
 use crate::app::load_rules;
+use crate::config::ConfigErrors;
 
 pub use crate::metrics::ReloadTrigger as Trigger;
 
@@ -43,15 +45,15 @@ impl Reloader {
     /// Loads the configuration and swaps it in; a configuration that does not load is
     /// logged and counted, and the old one stays. Blocking file I/O: call it off the runtime's
     /// worker threads for large configurations.
-    pub fn reload(&self, trigger: Trigger) -> bool {
+    pub fn reload(&self, trigger: Trigger) -> Result<(), ConfigErrors> {
         self.apply(trigger, load_rules(&self.path))
     }
 
     fn apply(
         &self,
         trigger: Trigger,
-        loaded: Result<crate::limiter::Rules, crate::config::ConfigErrors>,
-    ) -> bool {
+        loaded: Result<crate::limiter::Rules, ConfigErrors>,
+    ) -> Result<(), ConfigErrors> {
         let shown = self.path.display();
         match loaded {
             Ok(rules) => {
@@ -59,17 +61,18 @@ impl Reloader {
                     tracing::warn!(config = %shown, "{w}");
                 }
                 self.state.limiter.reload(rules);
+                self.state.set_loaded_config(redacted_config(&self.path));
                 let digest = digest(&self.path);
                 self.state
                     .metrics
                     .config_loaded(&digest, unix_now(), Some(trigger));
                 tracing::info!(config = %shown, trigger = trigger.as_str(), "configuration reloaded");
-                true
+                Ok(())
             }
             Err(e) => {
                 self.state.metrics.reload_failed(trigger);
                 tracing::error!(config = %shown, trigger = trigger.as_str(), "reload refused, keeping the old configuration:\n{e}");
-                false
+                Err(e)
             }
         }
     }
@@ -86,7 +89,8 @@ impl Reloader {
             tracing::debug!(config = %self.path.display(), "changed while loading; next tick");
             return seen;
         }
-        self.apply(Trigger::Watch, loaded);
+        // A refusal is logged and counted by `apply`.
+        let _ = self.apply(Trigger::Watch, loaded);
         before
     }
 }

@@ -7,20 +7,27 @@
 //! gRPC health both say NOT_SERVING), then after `shutdown_delay` the servers stop accepting
 //! and in-flight requests finish, bounded by `drain_timeout`.
 
-use std::future::{Future, IntoFuture};
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tonic_health::ServingStatus;
+use tower_layer::Layer;
 
 use crate::api::AppState;
 use crate::api::ext_authz::ExtAuthzDoor;
 use crate::api::grpc::AllowRequestService;
-use crate::api::http::router;
+use crate::api::http::{self, router};
 use crate::api::ratelimit_service::RateLimitDoor;
+use crate::listener::{ConnectionLimits, Guarded, Incoming};
+use crate::request_limit::RequestLimitLayer;
 
 pub struct Listeners {
     pub http: TcpListener,
@@ -33,6 +40,16 @@ pub struct ServeOptions {
     pub shutdown_delay: Duration,
     /// How long in-flight requests get to finish once the servers stop accepting.
     pub drain_timeout: Duration,
+    /// What each listener's connections are held to (cap, header-read and idle timeouts).
+    pub connections: ConnectionLimits,
+    /// Requests one listener serves at once; past it 503 / `RESOURCE_EXHAUSTED`.
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 keepalive and connection age on the gRPC listener.
+    pub grpc: GrpcConnections,
+}
+
+impl ServeOptions {
+    pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 4096;
 }
 
 impl Default for ServeOptions {
@@ -40,6 +57,41 @@ impl Default for ServeOptions {
         ServeOptions {
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(10),
+            connections: ConnectionLimits::default(),
+            max_concurrent_requests: Self::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            grpc: GrpcConnections::default(),
+        }
+    }
+}
+
+/// HTTP/2 connection management on the gRPC listener.
+#[derive(Clone, Copy, Debug)]
+pub struct GrpcConnections {
+    /// A PING is sent after this long without frames from the client...
+    pub keepalive_interval: Duration,
+    /// ...and the connection closed if no answer comes within this.
+    pub keepalive_timeout: Duration,
+    /// A connection older than this is asked to go away (GOAWAY), so clients such as Envoy
+    /// spread over new replicas...
+    pub max_connection_age: Duration,
+    /// ...and closed this long after that if requests are still running.
+    pub max_connection_age_grace: Duration,
+}
+
+impl GrpcConnections {
+    pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+    pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+}
+
+impl Default for GrpcConnections {
+    fn default() -> Self {
+        GrpcConnections {
+            keepalive_interval: Self::DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: Self::DEFAULT_KEEPALIVE_TIMEOUT,
+            max_connection_age: Self::DEFAULT_MAX_CONNECTION_AGE,
+            max_connection_age_grace: Self::DEFAULT_MAX_CONNECTION_AGE_GRACE,
         }
     }
 }
@@ -84,31 +136,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            // An error means the sender is gone, which is a stop too.
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-
     let http_addr = listeners.http.local_addr().map_err(ServeError::Http)?;
     let grpc_addr = listeners.grpc.local_addr().map_err(ServeError::Http)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-
-    let http = axum::serve(listeners.http, router(state.clone()))
-        .with_graceful_shutdown(stopped())
-        .into_future();
-    let grpc = tonic::transport::Server::builder()
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .add_service(health_service)
-        .add_service(AllowRequestService::server(state.clone()))
-        .add_service(RateLimitDoor::server(state.clone()))
-        .add_service(ExtAuthzDoor::server(state.clone()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), stopped());
-    let mut http = tokio::spawn(http);
-    let mut grpc = tokio::spawn(grpc);
+    let (mut http, mut grpc) = spawn_servers(&state, listeners, &options, health_service, stop_rx);
     // A store with nothing to prepare (memory) is ready before the replica says it listens.
     let mut warming = !warmed_up_at_once(&state).await;
     if !warming {
@@ -144,6 +176,55 @@ pub async fn run(
     drain(http, grpc, options.drain_timeout).await
 }
 
+/// Starts both servers on their listeners, each under its connection and request limits;
+/// they stop accepting when `stop` turns true.
+fn spawn_servers(
+    state: &Arc<AppState>,
+    listeners: Listeners,
+    options: &ServeOptions,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: watch::Receiver<bool>,
+) -> (
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let http_incoming = Incoming::new(listeners.http, options.connections, "http");
+    let http_service = RequestLimitLayer::new(options.max_concurrent_requests, http::overloaded)
+        .layer(router(state.clone()));
+    let header_read_timeout = options.connections.header_read_timeout;
+    let http = serve_http(
+        http_incoming,
+        http_service,
+        header_read_timeout,
+        stop.clone(),
+    );
+    let grpc_limits = options.grpc.limits(options.connections);
+    let grpc = options
+        .grpc
+        .builder()
+        .layer(RequestLimitLayer::new(
+            options.max_concurrent_requests,
+            grpc_overloaded,
+        ))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .add_service(health_service)
+        .add_service(AllowRequestService::server(state.clone()))
+        .add_service(RateLimitDoor::server(state.clone()))
+        .add_service(ExtAuthzDoor::server(state.clone()))
+        .serve_with_incoming_shutdown(
+            Incoming::new(listeners.grpc, grpc_limits, "grpc"),
+            stopped(stop),
+        );
+    (tokio::spawn(http), tokio::spawn(grpc))
+}
+
+/// Resolves once `stop` turns true (or its sender is gone, which is a stop too).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
 /// Waits for both servers to finish their in-flight requests, for at most `within`; then
 /// closes what remains.
 async fn drain(
@@ -170,6 +251,105 @@ async fn drain(
         }
     }
     Ok(())
+}
+
+impl GrpcConnections {
+    /// A tonic server builder with these settings.
+    fn builder(&self) -> tonic::transport::Server {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(self.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.keepalive_timeout))
+            .max_connection_age(self.max_connection_age)
+        // Not tonic's `max_connection_age_grace`: with it set, tonic 0.14 closes the
+        // connection at age + grace without ever sending GOAWAY. The grace is enforced by the
+        // listener instead (`limits`).
+    }
+
+    /// The gRPC listener's connection limits: `connections`, and closed at age + grace.
+    fn limits(&self, connections: ConnectionLimits) -> ConnectionLimits {
+        ConnectionLimits {
+            close_after: Some(self.max_connection_age + self.max_connection_age_grace),
+            ..connections
+        }
+    }
+}
+
+/// The gRPC answer past the concurrent-request cap.
+fn grpc_overloaded() -> ::http::Response<tonic::body::Body> {
+    tonic::Status::resource_exhausted("too many requests in progress; retry shortly").into_http()
+}
+
+/// Serves HTTP/1 and HTTP/2 on `incoming`'s connections until `stop` turns true, then lets
+/// each connection finish its requests and returns once all are closed.
+async fn serve_http<S>(
+    mut incoming: Incoming,
+    service: S,
+    header_read_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    S: tower_service::Service<
+            ::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let slots = incoming.slots();
+    let max_slots = u32::try_from(incoming.max_connections()).unwrap_or(u32::MAX);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let mut stopping = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => break,
+            conn = incoming.next() => match conn {
+                Some(Ok(io)) => {
+                    tokio::spawn(serve_http_connection(io, service.clone(), builder.clone(), stop.clone()));
+                }
+                Some(Err(never)) => match never {},
+                None => break,
+            },
+        }
+    }
+    // Stop listening, then wait for every connection to give its slot back.
+    drop(incoming);
+    let _ = slots.acquire_many(max_slots).await;
+    Ok(())
+}
+
+async fn serve_http_connection<S>(
+    io: Guarded,
+    service: S,
+    builder: auto::Builder<TokioExecutor>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tower_service::Service<
+            ::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    tokio::select! {
+        ended = conn.as_mut() => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "HTTP connection closed");
+            }
+            return;
+        }
+        _ = stop.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }
 
 async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {

@@ -12,7 +12,8 @@
 //! does anyway), `REDIS_URL` with `REDIS_SOCKET_TYPE`, `REDIS_TYPE`, `REDIS_AUTH`,
 //! `REDIS_SENTINEL_AUTH` and `REDIS_TLS` (one `--redis-url`), `REDIS_POOL_SIZE`,
 //! `CACHE_KEY_PREFIX`, `GRPC_HOST`/`GRPC_PORT`, `HOST`/`PORT`, `LOG_LEVEL`, `LOG_FORMAT`,
-//! `SHADOW_MODE`, `QUOTA_MODE`, `RESPONSE_DYNAMIC_METADATA`, and `TRACING_ENABLED` with
+//! `SHADOW_MODE`, `QUOTA_MODE`, `RESPONSE_DYNAMIC_METADATA`, `GRPC_MAX_CONNECTION_AGE` and
+//! `GRPC_MAX_CONNECTION_AGE_GRACE`, and `TRACING_ENABLED` with
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`, `TRACING_SAMPLING_RATE` and `TRACING_SERVICE_NAME`.
 
 /// What the environment says, as flags, and what it sets that is not honoured.
@@ -63,6 +64,13 @@ pub fn translate(var: impl Fn(&str) -> Option<String>) -> Translation {
         "--redis-prefix",
         var("CACHE_KEY_PREFIX"),
     );
+    for (name, own, flag_name) in AGES {
+        match var(name).map(|v| seconds(&v)) {
+            Some(Ok(secs)) => flag(&mut t, own, flag_name, Some(secs.to_string())),
+            Some(Err(e)) => t.errors.push(format!("{name}: {e}")),
+            None => {}
+        }
+    }
     let format = var("LOG_FORMAT").map(|f| f.to_ascii_lowercase());
     flag(&mut t, "RATELIMITER_LOG_FORMAT", "--log-format", format);
     match redis_url(&var) {
@@ -121,6 +129,26 @@ const MODES: [(&str, &str, &str); 3] = [
         "--response-dynamic-metadata",
     ),
 ];
+
+/// Upstream's gRPC connection ages (Go durations): (variable, our own variable, our flag).
+const AGES: [(&str, &str, &str); 2] = [
+    (
+        "GRPC_MAX_CONNECTION_AGE",
+        "RATELIMITER_GRPC_MAX_CONNECTION_AGE",
+        "--grpc-max-connection-age",
+    ),
+    (
+        "GRPC_MAX_CONNECTION_AGE_GRACE",
+        "RATELIMITER_GRPC_MAX_CONNECTION_AGE_GRACE",
+        "--grpc-max-connection-age-grace",
+    ),
+];
+
+/// A Go duration such as `24h` or `1h30m` in whole seconds (at least 1).
+fn seconds(text: &str) -> Result<u64, String> {
+    let micros = crate::config::parse_duration(text)?;
+    Ok((micros / 1_000_000).max(1))
+}
 
 /// `RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY`, upstream's config directory,
 /// when the root or the subdirectory is set.
@@ -263,10 +291,9 @@ const NOT_HONOURED: &[(&str, &str)] = &[
     ("STATSD_HOST", "metrics are Prometheus at GET /metrics"),
     ("EXTRA_TAGS", "not offered"),
     ("DISABLE_STATS", "not offered"),
-    ("DEBUG_HOST", "no debug port"),
-    ("DEBUG_PORT", "no debug port"),
+    ("DEBUG_HOST", "the admin API (--admin-addr, default 127.0.0.1:6070) serves the loaded config"),
+    ("DEBUG_PORT", "the admin API (--admin-addr, default 127.0.0.1:6070) serves the loaded config"),
     ("GRPC_UDS", "not offered yet: gRPC listens on TCP (--grpc-addr)"),
-    ("GRPC_MAX_CONNECTION_AGE", "not offered yet"),
     ("GRPC_SERVER_USE_TLS", "not offered yet: TLS on the listeners"),
     ("TRACING_EXPORTER_PROTOCOL", "traces are exported over OTLP/HTTP only"),
 ];
@@ -333,6 +360,20 @@ mod tests {
                 "--tracing-sampling-rate"
             ),
             None
+        );
+    }
+
+    #[test]
+    fn connection_ages_are_go_durations_in_seconds() {
+        let t = with(&[
+            ("GRPC_MAX_CONNECTION_AGE", "24h"),
+            ("GRPC_MAX_CONNECTION_AGE_GRACE", "1h30m"),
+        ]);
+        assert_eq!(arg(&t, "--grpc-max-connection-age"), Some("86400"));
+        assert_eq!(arg(&t, "--grpc-max-connection-age-grace"), Some("5400"));
+        assert!(
+            with(&[("GRPC_MAX_CONNECTION_AGE", "soon")]).errors[0]
+                .starts_with("GRPC_MAX_CONNECTION_AGE: ")
         );
     }
 

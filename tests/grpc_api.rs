@@ -83,7 +83,11 @@ async fn grpc_and_http_share_counters() {
 
 #[tokio::test]
 async fn extra_descriptors_join_the_decision() {
-    let service = BASIC;
+    // Callers may add `route` descriptors (by default they may add none).
+    let service = &BASIC.replace(
+        "  max_cost: 1000\n",
+        "  max_cost: 1000\n  allow_request_descriptors: [route]\n",
+    );
     let envoy = r#"
 domain: ratelimiter
 descriptors:

@@ -160,6 +160,7 @@ fn pick_keys(probe: &mut Probe, stem: &str, count: usize, before: bool) -> Vec<S
 fn config(name: &str, keys: &[String], quota: u64, route_limit: u64) -> std::path::PathBuf {
     let mut service = String::from(
         "settings:\n  default_domain: ratelimiter\n  on_store_failure: fail_closed\n\
+         \x20 allow_request_descriptors: [route]\n\
          clients:\n  unknown_key: reject\n  tiers:\n    \
          probe:\n      - { name: probe, algorithm: token_bucket, limit: 1000000, window: 1d }\n",
     );

@@ -61,8 +61,9 @@ impl RateLimiter for AllowRequestService {
         let rules = self.state.limiter.rules();
         let mut req = LimitRequest::for_api_key(&rules.settings.default_domain, &msg.api_key, cost);
         req.post_paid = msg.report;
+        let allowed = &rules.settings.allow_request_descriptors;
         for (i, d) in msg.descriptors.iter().enumerate() {
-            req.descriptors.push(extra_descriptor(i, d)?);
+            req.descriptors.push(extra_descriptor(i, d, allowed)?);
         }
         let decision = self
             .state
@@ -95,12 +96,27 @@ impl RateLimiter for AllowRequestService {
     }
 }
 
-fn extra_descriptor(i: usize, d: &pb::Descriptor) -> Result<Descriptor<'_>, Status> {
+/// Extra descriptor `i`, validated, and refused (`PERMISSION_DENIED`) unless its key is one
+/// of `allowed` (`settings.allow_request_descriptors`): a caller must not spend the quotas
+/// of descriptors the operator has not opened to it.
+fn extra_descriptor<'a>(
+    i: usize,
+    d: &'a pb::Descriptor,
+    allowed: &[String],
+) -> Result<Descriptor<'a>, Status> {
     let pairs = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
     let entries = descriptor_entries(i, pairs).map_err(Status::invalid_argument)?;
     if entries.first().is_some_and(|e| e.key == API_KEY) {
         return Err(Status::invalid_argument(format!(
             "descriptors[{i}]: the key `{API_KEY}` is reserved for the request's api_key field"
+        )));
+    }
+    if let Some(first) = entries.first()
+        && !allowed.iter().any(|k| k == first.key)
+    {
+        return Err(Status::permission_denied(format!(
+            "descriptors[{i}]: `{}` is not a descriptor callers may add (settings.allow_request_descriptors)",
+            first.key.chars().take(64).collect::<String>()
         )));
     }
     Ok(Descriptor {

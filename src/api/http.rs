@@ -193,16 +193,24 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     // A replica whose store is down is still useful unless its policy is to refuse: with
     // fail_open or local it answers meaningfully, and taking every replica out of the load
     // balancer at once would turn a Redis outage into a total one.
+    // The answer is a status word: the store's error text (addresses, the driver's wording)
+    // goes to the log only.
     match state.limiter.store().ping().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => match state.limiter.rules().settings.on_store_failure {
-            FailurePolicy::FailClosed => {
-                (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")).into_response()
+        Err(e) => {
+            tracing::warn!(error = %e, "readyz: the store did not answer its ping");
+            let kind = e.kind();
+            match state.limiter.rules().settings.on_store_failure {
+                FailurePolicy::FailClosed => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: store {kind}\n"),
+                )
+                    .into_response(),
+                FailurePolicy::FailOpen | FailurePolicy::Local => {
+                    (StatusCode::OK, format!("ready (degraded: store {kind})\n")).into_response()
+                }
             }
-            FailurePolicy::FailOpen | FailurePolicy::Local => {
-                (StatusCode::OK, format!("ready (degraded: {e})\n")).into_response()
-            }
-        },
+        }
     }
 }
 
@@ -221,4 +229,15 @@ impl IntoResponse for Refusal {
         }
         resp
     }
+}
+
+/// The answer past the listener's cap on concurrent requests (`request_limit.rs`): 503 with
+/// `Retry-After: 1`, like a store that cannot decide, and a body that says why.
+pub fn overloaded() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("content-type", "application/json"), ("retry-after", "1")],
+        r#"{"error":"too many requests in progress; retry shortly"}"#,
+    )
+        .into_response()
 }

@@ -3,6 +3,7 @@
 //! What an answer holds (headers, body, the status of each kind of refusal) is decided once,
 //! in [`response`]; each door only writes it in its wire format.
 
+pub mod admin;
 mod dynamic_metadata;
 pub mod ext_authz;
 pub mod grpc;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
+use arc_swap::ArcSwap;
 
 use crate::config::FailurePolicy;
 use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter, Rules};
@@ -30,6 +31,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// False until the servers run, and again from the moment shutdown begins.
     pub ready: AtomicBool,
+    /// The configuration in force, redacted (`admin::redacted_config`), for the admin API.
+    loaded_config: ArcSwap<serde_json::Value>,
 }
 
 impl AppState {
@@ -38,7 +41,18 @@ impl AppState {
             limiter,
             metrics,
             ready: AtomicBool::new(false),
+            loaded_config: ArcSwap::from_pointee(serde_json::Value::Null),
         }
+    }
+
+    /// The configuration in force, redacted; `null` until one is recorded.
+    pub fn loaded_config(&self) -> Arc<serde_json::Value> {
+        self.loaded_config.load_full()
+    }
+
+    /// Records the (redacted) configuration now in force.
+    pub fn set_loaded_config(&self, config: serde_json::Value) {
+        self.loaded_config.store(Arc::new(config));
     }
 
     pub fn is_ready(&self) -> bool {
@@ -120,7 +134,7 @@ impl AppState {
             tracing::debug!(
                 door = door.as_str(),
                 domain = req.domain,
-                client = %short_hash(req),
+                client = %fingerprint(&self.limiter, req),
                 limit,
                 request_id = trace.request_id(),
                 trace_id = trace.trace_id(),
@@ -170,18 +184,9 @@ pub fn trace_of(metadata: &tonic::metadata::MetadataMap) -> TraceContext<'_> {
 }
 
 /// A short, one-way fingerprint of a request's first descriptor for logs: enough to tell
-/// clients apart, never the key itself.
-fn short_hash(req: &LimitRequest<'_>) -> String {
-    let mut h = Sha256::new();
-    if let Some(d) = req.descriptors.first() {
-        for e in &d.entries {
-            h.update(e.key.as_bytes());
-            h.update([0]);
-            h.update(e.value.as_bytes());
-            h.update([0]);
-        }
-    }
-    hex::encode(&h.finalize()[..4])
+/// clients apart, never the key itself (keyed like the counter tags, `limiter::TagKey`).
+fn fingerprint(limiter: &Limiter, req: &LimitRequest<'_>) -> String {
+    hex::encode(limiter.tag_key().fingerprint(req.descriptors.first()))
 }
 
 /// Bounds on what one descriptor may carry, so a message cannot make the limiter do unbounded

@@ -124,6 +124,9 @@ pub struct Settings {
     /// `RESPONSE_DYNAMIC_METADATA`): the domain, the descriptors, and the `metadata` of the
     /// descriptors that passed, merged.
     pub response_dynamic_metadata: bool,
+    /// The keys (first entry) of the descriptors an `AllowRequest` caller may add to its
+    /// own; empty (the default): none.
+    pub allow_request_descriptors: Vec<String>,
 }
 
 /// Settings forced on from the command line, over whatever the files say, at start-up and at
@@ -227,6 +230,7 @@ impl Default for Settings {
             shadow_mode: false,
             quota_mode: false,
             response_dynamic_metadata: false,
+            allow_request_descriptors: Vec::new(),
         }
     }
 }

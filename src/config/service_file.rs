@@ -46,6 +46,7 @@ struct SettingsEntry {
     shadow_mode: Option<bool>,
     quota_mode: Option<bool>,
     response_dynamic_metadata: Option<bool>,
+    allow_request_descriptors: Option<Vec<At<String>>>,
 }
 
 /// `ext_authz: { descriptors: [ [ { key: api_key, from: "header:x-api-key" }, … ], … ] }`
@@ -177,6 +178,13 @@ fn check_settings(problems: &mut Problems<'_>, e: SettingsEntry) -> Settings {
     settings.shadow_mode = e.shadow_mode.unwrap_or(false);
     settings.quota_mode = e.quota_mode.unwrap_or(false);
     settings.response_dynamic_metadata = e.response_dynamic_metadata.unwrap_or(false);
+    for key in e.allow_request_descriptors.into_iter().flatten() {
+        if key.value.is_empty() {
+            problems.about(&key, "expected a descriptor key");
+        } else {
+            settings.allow_request_descriptors.push(key.value);
+        }
+    }
     settings
 }
 

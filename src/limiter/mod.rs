@@ -8,6 +8,7 @@
 mod decision;
 mod request;
 mod rules;
+mod tag;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ use arc_swap::ArcSwap;
 pub use decision::{Decision, Degraded, LimitStatus};
 pub use request::{API_KEY, Descriptor, Entry, LimitRequest, QuotaOverride};
 pub use rules::{LimitRule, Match, Rules, SharedValues, glob_match};
+pub use tag::{TagKey, TagSecret, TagSecretError};
 
 use crate::algorithm::{Algorithm, Quota, RetryAfter};
 use crate::config::{FailurePolicy, ForcedSettings, Settings};
@@ -69,15 +71,18 @@ pub struct Limiter {
     fallback: Option<LocalFallback>,
     /// Settings the command line forces on over every loaded configuration.
     forced: ForcedSettings,
+    tags: TagKey,
 }
 
 impl Limiter {
+    /// A limiter whose counter tags are unkeyed SHA-256 until [`with_tag_key`](Self::with_tag_key).
     pub fn new(rules: Rules, store: Backend, fallback: Option<LocalFallback>) -> Self {
         Limiter {
             rules: ArcSwap::from_pointee(rules),
             store,
             fallback,
             forced: ForcedSettings::default(),
+            tags: TagKey::Unkeyed,
         }
     }
 
@@ -88,6 +93,17 @@ impl Limiter {
         self.rules = ArcSwap::from_pointee(rules);
         self.forced = forced;
         self
+    }
+
+    /// The same limiter naming counters (and log fingerprints) with `tags`.
+    pub fn with_tag_key(mut self, tags: TagKey) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// How descriptors are hashed into counter tags and log fingerprints.
+    pub fn tag_key(&self) -> &TagKey {
+        &self.tags
     }
 
     /// The rules in force now.
@@ -135,7 +151,7 @@ impl Limiter {
         if applied.is_empty() {
             return Ok(Decision::unlimited(req.descriptors.len()));
         }
-        let (plan, check_of) = plan(req, &applied, &rules.settings);
+        let (plan, check_of) = plan(&self.tags, req, &applied, &rules.settings);
         let mut batch = [plan];
         let degraded = self.apply(rules, &mut batch).await?;
         let [plan] = batch;
@@ -274,7 +290,12 @@ fn resolve<'r>(rules: &'r Rules, req: &LimitRequest<'_>) -> Result<Applied<'r>, 
 
 /// One all-or-nothing plan for the applied limits, and for each applied limit the index of
 /// its check. Checks on the same counter are merged so the store sees each counter once.
-fn plan(req: &LimitRequest<'_>, applied: &Applied<'_>, settings: &Settings) -> (Plan, Vec<usize>) {
+fn plan(
+    tags: &TagKey,
+    req: &LimitRequest<'_>,
+    applied: &Applied<'_>,
+    settings: &Settings,
+) -> (Plan, Vec<usize>) {
     let mut plan = Plan {
         checks: Vec::with_capacity(applied.len()),
         admitted: false,
@@ -286,10 +307,10 @@ fn plan(req: &LimitRequest<'_>, applied: &Applied<'_>, settings: &Settings) -> (
     for (i, rule) in applied {
         let d = &req.descriptors[*i];
         let tag = match (&rule.shared_values, tag) {
-            (Some(shared), _) => counter_tag(req.domain, &sharing(d, shared)),
+            (Some(shared), _) => tags.counter_tag(req.domain, &sharing(d, shared)),
             (None, Some((at, t))) if at == *i => t,
             (None, _) => {
-                let t = counter_tag(req.domain, d);
+                let t = tags.counter_tag(req.domain, d);
                 tag = Some((*i, t));
                 t
             }
@@ -430,23 +451,6 @@ fn sharing<'d>(d: &Descriptor<'d>, shared: &'d SharedValues) -> Descriptor<'d> {
         hits: d.hits,
         limit_override: d.limit_override,
     }
-}
-
-/// The hash tag of a descriptor: SHA-256 over the domain and every entry, truncated to 128
-/// bits. The raw values (an API key among them) never leave this function.
-fn counter_tag(domain: &str, d: &Descriptor<'_>) -> u128 {
-    let mut h = Sha256::new();
-    h.update(domain.as_bytes());
-    for e in &d.entries {
-        h.update([0]);
-        h.update(e.key.as_bytes());
-        h.update([0]);
-        h.update(e.value.as_bytes());
-    }
-    let digest = h.finalize();
-    let mut tag = [0u8; 16];
-    tag.copy_from_slice(&digest[..16]);
-    u128::from_be_bytes(tag)
 }
 
 /// The limit id of a request-supplied override: its own counter, apart from the configured one.

@@ -113,7 +113,7 @@ impl PolicyUsed {
 /// The counters of configuration loads.
 struct ConfigMetrics {
     /// `[trigger][success, failure]`.
-    reloads: [[IntCounter; 2]; 2],
+    reloads: [[IntCounter; 2]; 3],
     last_success: Gauge,
     /// One series, labelled with the digest of the configuration in force.
     info: IntGaugeVec,
@@ -126,15 +126,22 @@ pub enum ReloadTrigger {
     Signal = 0,
     /// The config watch saw the files change.
     Watch = 1,
+    /// `POST /admin/reload`.
+    Admin = 2,
 }
 
 impl ReloadTrigger {
-    pub const ALL: [ReloadTrigger; 2] = [ReloadTrigger::Signal, ReloadTrigger::Watch];
+    pub const ALL: [ReloadTrigger; 3] = [
+        ReloadTrigger::Signal,
+        ReloadTrigger::Watch,
+        ReloadTrigger::Admin,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ReloadTrigger::Signal => "sighup",
             ReloadTrigger::Watch => "watch",
+            ReloadTrigger::Admin => "admin",
         }
     }
 }
@@ -292,7 +299,7 @@ impl ConfigMetrics {
         let reloads = IntCounterVec::new(
             Opts::new(
                 "ratelimiter_config_reloads_total",
-                "Configuration reloads by trigger (sighup, watch) and result (success, failure: \
+                "Configuration reloads by trigger (sighup, watch, admin) and result (success, failure: \
                  the old configuration stays).",
             ),
             &["trigger", "result"],

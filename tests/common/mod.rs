@@ -60,11 +60,27 @@ impl Service {
 
     /// The same with another `RATELIMITER_LOG` filter (e.g. `debug`).
     pub fn start_with_log_filter(config: &Path, extra: &[&str], filter: &str) -> Service {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratelimiter"));
-        cmd.args(["--config", config.to_str().unwrap()])
+        Self::start_command(
+            Command::new(env!("CARGO_BIN_EXE_ratelimiter")),
+            config,
+            extra,
+            filter,
+        )
+    }
+
+    /// The same through a prepared `command` (e.g. a shell that lowers `ulimit -n` first and
+    /// `exec`s the binary, or one with environment variables set).
+    pub fn start_command(
+        mut command: Command,
+        config: &Path,
+        extra: &[&str],
+        filter: &str,
+    ) -> Service {
+        command
+            .args(["--config", config.to_str().unwrap()])
             .args(extra)
             .env("RATELIMITER_LOG", filter);
-        Self::spawn(cmd)
+        Self::spawn(command)
     }
 
     /// Runs `cmd` (the binary, or a wrapper that execs it, such as `chroot`) on free loopback

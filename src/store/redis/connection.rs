@@ -115,6 +115,49 @@ impl RedisUrl {
     }
 }
 
+/// `url` with the credentials given apart from it (a password from a file or the
+/// environment, so it is not on the command line, and an ACL user) written into it,
+/// percent-encoded, for every URL form. A URL that holds credentials already is refused.
+pub fn with_credentials(
+    url: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+) -> Result<String, String> {
+    if username.is_none() && password.is_none() {
+        return Ok(url.to_owned());
+    }
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return Err(format!("--redis-url {:?} names no scheme", redact(url)));
+    };
+    let rest = &url[scheme_end..];
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(
+            "--redis-url holds credentials already; give them either in it or apart, not both"
+                .into(),
+        );
+    }
+    let user = username.map_or_else(String::new, percent_encode);
+    let auth = match password {
+        Some(p) => format!("{user}:{}@", percent_encode(p)),
+        None => format!("{user}@"),
+    };
+    Ok(format!("{}{auth}{rest}", &url[..scheme_end]))
+}
+
+/// Every byte but RFC 3986's unreserved ones as `%XX`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `user:pass@` (with the `@`) and the rest.
 fn split_auth(s: &str) -> (&str, &str) {
     match s.rfind('@') {
@@ -667,5 +710,41 @@ mod tests {
         let e = RedisUrl::parse("memcached://u:secret@h:1").unwrap_err();
         assert!(!e.contains("secret"), "{e}");
         assert_eq!(redact("redis://u:secret@h:1"), "redis://u:***@h:1");
+    }
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::{RedisUrl, with_credentials};
+
+    #[test]
+    fn credentials_given_apart_reach_every_url_form() {
+        assert_eq!(
+            with_credentials("redis://h:6379/2", None, Some("p@ss w")).as_deref(),
+            Ok("redis://:p%40ss%20w@h:6379/2")
+        );
+        assert_eq!(
+            with_credentials("redis+cluster://a:1,b:2", Some("app"), Some("pw")).as_deref(),
+            Ok("redis+cluster://app:pw@a:1,b:2")
+        );
+        let sentinel = with_credentials(
+            "redis+sentinel://s1:26379,s2:26379/main",
+            None,
+            Some("p@ss"),
+        );
+        match RedisUrl::parse(&sentinel.unwrap_or_default()) {
+            Ok(RedisUrl::Sentinel {
+                password, username, ..
+            }) => {
+                assert_eq!(password.as_deref(), Some("p@ss"));
+                assert_eq!(username, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(with_credentials("redis://u:p@h", None, Some("x")).is_err());
+        assert_eq!(
+            with_credentials("redis://h", None, None).as_deref(),
+            Ok("redis://h")
+        );
     }
 }

@@ -34,7 +34,7 @@ use tracing::Instrument;
 
 pub use batch::Batcher;
 pub use breaker::Breaker;
-pub use connection::{Connections, RedisUrl};
+pub use connection::{Connections, RedisUrl, with_credentials};
 pub use over_limit::OverLimitCache;
 pub use stats::RedisStats;
 
