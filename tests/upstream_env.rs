@@ -96,8 +96,20 @@ async fn an_upstream_deployments_environment_starts_it_with_the_same_limits() {
         "{:?}",
         redis.keys("*")
     );
-    let r = reqwest::get(svc.url("/healthcheck")).await.unwrap();
-    assert_eq!(r.status(), 200);
+    // Upstream's health path: ready once the store has warmed up.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = reqwest::get(svc.url("/healthcheck"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
     // What changes nothing here is said, by name.
     let logs = svc.logs();
     assert!(
