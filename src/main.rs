@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +103,10 @@ struct Cli {
         default_value_t = 1000
     )]
     config_watch_interval_ms: u64,
+    /// Serve the gRPC services on this Unix socket too (envoyproxy/ratelimit's GRPC_UDS), for
+    /// a sidecar beside Envoy; a socket left there by an earlier run is replaced.
+    #[arg(long, env = "RATELIMITER_GRPC_UDS")]
+    grpc_uds: Option<PathBuf>,
     /// Global shadow mode, whatever the config files say: every refusal is answered as an
     /// admission (envoyproxy/ratelimit's SHADOW_MODE).
     #[arg(long, env = "RATELIMITER_SHADOW_MODE")]
@@ -301,7 +305,7 @@ async fn serve(cli: Cli) -> ExitCode {
     };
     // Before the service says it listens: a signal from then on finds its handler.
     let shutdown = server::shutdown_signal();
-    let listeners = match bind(cli.http_addr, cli.grpc_addr).await {
+    let listeners = match bind(&cli).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!("{e}");
@@ -474,14 +478,40 @@ fn serve_options(cli: &Cli) -> ServeOptions {
     }
 }
 
-async fn bind(http: SocketAddr, grpc: SocketAddr) -> Result<Listeners, String> {
+async fn bind(cli: &Cli) -> Result<Listeners, String> {
+    let (http, grpc) = (cli.http_addr, cli.grpc_addr);
     let h = TcpListener::bind(http)
         .await
         .map_err(|e| format!("cannot listen on {http} (--http-addr): {e}"))?;
     let g = TcpListener::bind(grpc)
         .await
         .map_err(|e| format!("cannot listen on {grpc} (--grpc-addr): {e}"))?;
-    Ok(Listeners { http: h, grpc: g })
+    let grpc_uds = match &cli.grpc_uds {
+        Some(path) => Some(bind_uds(path)?),
+        None => None,
+    };
+    Ok(Listeners {
+        http: h,
+        grpc: g,
+        grpc_uds,
+    })
+}
+
+/// Listens on the Unix socket at `path`, replacing a socket left there by an earlier run
+/// (never any other kind of file).
+fn bind_uds(path: &Path) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(format!("--grpc-uds {shown}: exists and is not a socket"));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("--grpc-uds {shown}: {e}"))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {shown} (--grpc-uds): {e}"))?;
+    tracing::info!(grpc_uds = %shown, "gRPC also listening on a Unix socket");
+    Ok(listener)
 }
 
 /// Logs the envoyproxy/ratelimit variables that change nothing here, by name; refuses to start

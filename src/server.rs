@@ -32,6 +32,11 @@ use crate::request_limit::RequestLimitLayer;
 pub struct Listeners {
     pub http: TcpListener,
     pub grpc: TcpListener,
+    /// The gRPC services on a Unix socket too (`--grpc-uds`, envoyproxy/ratelimit's
+    /// `GRPC_UDS`), the usual way for a sidecar beside Envoy. Local only: no connection cap
+    /// or timeouts beyond the request cap.
+    #[cfg(unix)]
+    pub grpc_uds: Option<tokio::net::UnixListener>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -176,6 +181,24 @@ pub async fn run(
     drain(http, grpc, options.drain_timeout).await
 }
 
+/// The gRPC services under the request cap, ready to serve on one listener.
+macro_rules! grpc_router {
+    ($state:expr, $options:expr, $health:expr) => {
+        $options
+            .grpc
+            .builder()
+            .layer(RequestLimitLayer::new(
+                $options.max_concurrent_requests,
+                grpc_overloaded,
+            ))
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .add_service($health)
+            .add_service(AllowRequestService::server($state.clone()))
+            .add_service(RateLimitDoor::server($state.clone()))
+            .add_service(ExtAuthzDoor::server($state.clone()))
+    };
+}
+
 /// Starts both servers on their listeners, each under its connection and request limits;
 /// they stop accepting when `stop` turns true.
 fn spawn_servers(
@@ -201,22 +224,27 @@ fn spawn_servers(
         stop.clone(),
     );
     let grpc_limits = options.grpc.limits(options.connections);
-    let grpc = options
-        .grpc
-        .builder()
-        .layer(RequestLimitLayer::new(
-            options.max_concurrent_requests,
-            grpc_overloaded,
-        ))
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .add_service(health_service)
-        .add_service(AllowRequestService::server(state.clone()))
-        .add_service(RateLimitDoor::server(state.clone()))
-        .add_service(ExtAuthzDoor::server(state.clone()))
-        .serve_with_incoming_shutdown(
-            Incoming::new(listeners.grpc, grpc_limits, "grpc"),
-            stopped(stop),
-        );
+    let tcp = grpc_router!(state, options, health_service.clone()).serve_with_incoming_shutdown(
+        Incoming::new(listeners.grpc, grpc_limits, "grpc"),
+        stopped(stop.clone()),
+    );
+    #[cfg(unix)]
+    let grpc = {
+        let uds = listeners.grpc_uds.map(|l| {
+            grpc_router!(state, options, health_service).serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(l),
+                stopped(stop),
+            )
+        });
+        async move {
+            match uds {
+                Some(uds) => tokio::try_join!(tcp, uds).map(|_| ()),
+                None => tcp.await,
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let grpc = tcp;
     (tokio::spawn(http), tokio::spawn(grpc))
 }
 

@@ -11,7 +11,7 @@
 //! directory; `RUNTIME_WATCH_ROOT` and `RUNTIME_IGNOREDOTFILES=true` are what the config watch
 //! does anyway), `REDIS_URL` with `REDIS_SOCKET_TYPE`, `REDIS_TYPE`, `REDIS_AUTH`,
 //! `REDIS_SENTINEL_AUTH` and `REDIS_TLS` (one `--redis-url`), `REDIS_POOL_SIZE`,
-//! `CACHE_KEY_PREFIX`, `GRPC_HOST`/`GRPC_PORT`, `HOST`/`PORT`, `LOG_LEVEL`, `LOG_FORMAT`,
+//! `CACHE_KEY_PREFIX`, `GRPC_HOST`/`GRPC_PORT`, `GRPC_UDS` (served beside the TCP port), `HOST`/`PORT`, `LOG_LEVEL`, `LOG_FORMAT`,
 //! `SHADOW_MODE`, `QUOTA_MODE`, `RESPONSE_DYNAMIC_METADATA`, `GRPC_MAX_CONNECTION_AGE` and
 //! `GRPC_MAX_CONNECTION_AGE_GRACE`, and `TRACING_ENABLED` with
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`, `TRACING_SAMPLING_RATE` and `TRACING_SERVICE_NAME`.
@@ -293,7 +293,6 @@ const NOT_HONOURED: &[(&str, &str)] = &[
     ("DISABLE_STATS", "not offered"),
     ("DEBUG_HOST", "the admin API (--admin-addr, default 127.0.0.1:6070) serves the loaded config"),
     ("DEBUG_PORT", "the admin API (--admin-addr, default 127.0.0.1:6070) serves the loaded config"),
-    ("GRPC_UDS", "not offered yet: gRPC listens on TCP (--grpc-addr)"),
     ("GRPC_SERVER_USE_TLS", "not offered yet: TLS on the listeners"),
     ("TRACING_EXPORTER_PROTOCOL", "traces are exported over OTLP/HTTP only"),
 ];

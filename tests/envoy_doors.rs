@@ -730,3 +730,65 @@ fn json_of(s: &envoy_types::pb::google::protobuf::Struct) -> serde_json::Value {
         .map(|(k, v)| (k.clone(), value(v)))
         .collect()
 }
+
+/// envoyproxy/ratelimit's `value_to_metric` (README's example: a route shared by wildcard
+/// with `share_threshold`, methods below it): the runtime values go in the per-value metric,
+/// and one limit's labels are capped, the rest counted as `_other`.
+const VALUES: &str = r#"
+domain: example11_metrics
+descriptors:
+  - key: route
+    value: api/*
+    share_threshold: true
+    value_to_metric: true
+    descriptors:
+      - key: method
+        rate_limit: { unit: minute, requests_per_unit: 1000 }
+  - key: user
+    value_to_metric: true
+    rate_limit: { unit: minute, requests_per_unit: 1000, name: per-user }
+  - key: plain
+    rate_limit: { unit: minute, requests_per_unit: 1000 }
+"#;
+
+#[tokio::test]
+async fn value_to_metric_puts_runtime_values_in_a_capped_metric() {
+    let dir = config_dir(
+        "envoy-doors-values",
+        &[("service.yaml", BASIC), ("values.yaml", VALUES)],
+    );
+    let svc = InProcess::start(&dir).await;
+    let mut client = RateLimitServiceClient::new(grpc_channel(svc.grpc_url()).await);
+    let ask = |entries: &[(&str, &str)]| rls("example11_metrics", vec![descriptor(entries)]);
+    client
+        .should_rate_limit(ask(&[("route", "api/v1"), ("method", "GET")]))
+        .await
+        .unwrap();
+    for i in 0..105 {
+        let user = format!("u{i}");
+        client
+            .should_rate_limit(ask(&[("user", user.as_str())]))
+            .await
+            .unwrap();
+    }
+    client
+        .should_rate_limit(ask(&[("plain", "secret-value")]))
+        .await
+        .unwrap();
+    let text = common::metrics(&reqwest::Client::new(), &svc.url("/metrics")).await;
+    let series = |needle: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("ratelimiter_descriptor_decisions_total") && l.contains(needle)
+            })
+            .count()
+    };
+    // Upstream's key for the README's request, as its code writes it: the shared wildcard's
+    // pattern, then the method level by its key (it does not set value_to_metric).
+    assert_eq!(series(r#"descriptor="route_api/*.method""#), 1, "{text}");
+    assert_eq!(series(r#"descriptor="user_u0""#), 1);
+    assert_eq!(series(r#"limit="per-user""#), 101, "100 values and _other");
+    assert!(text.contains(r#"descriptor="_other",domain="example11_metrics",limit="per-user",outcome="allowed"} 5"#), "{text}");
+    // A descriptor without value_to_metric never puts its value in a label.
+    assert!(!text.contains("secret-value"));
+}

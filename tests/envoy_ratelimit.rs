@@ -279,3 +279,46 @@ async fn dynamic_metadata_reaches_envoys_access_log() {
         })
     );
 }
+
+/// gRPC on a Unix socket (`--grpc-uds`, envoyproxy/ratelimit's `GRPC_UDS`): a real Envoy whose
+/// `ratelimiter` cluster is the socket gets its answers there.
+#[tokio::test]
+async fn envoy_asks_over_a_unix_socket() {
+    use common::envoy::{
+        ADMIN_PORT, Envoy, LISTEN_PORT, UPSTREAM_PORT, Upstream, repo, rewrite_port,
+    };
+    use common::{Service, temp_dir};
+
+    clear_of_hour_boundary(Duration::from_secs(20)).await;
+    let socket = temp_dir("grpc-uds").join("ratelimiter.sock");
+    let svc = Service::start(
+        &repo().join("envoy/config"),
+        &["--grpc-uds", socket.to_str().unwrap()],
+    );
+    let upstream = Upstream::start();
+    let tcp = "                    socket_address:\n                      address: 127.0.0.1\n                      port_value: 50051\n";
+    let pipe = format!(
+        "                    pipe:\n                      path: {}\n",
+        socket.display()
+    );
+    let text = std::fs::read_to_string(repo().join("envoy/ratelimit.yaml")).unwrap();
+    assert!(
+        text.contains(tcp),
+        "the ratelimiter cluster's address moved"
+    );
+    let text = text.replacen(tcp, &pipe, 1);
+    let text = rewrite_port(&text, LISTEN_PORT, 0);
+    let text = rewrite_port(&text, ADMIN_PORT, 0);
+    let text = rewrite_port(&text, UPSTREAM_PORT, upstream.port());
+    let envoy = Envoy::start_config("uds.yaml", &text).await;
+
+    let client = client_from(LOCAL);
+    let url = envoy.url("/global/feed");
+    for i in 0..GLOBAL_QUOTA {
+        let r = get(&client, &url, None).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}\n{}", svc.logs());
+    }
+    let r = get(&client, &url, None).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.header("x-envoy-ratelimited"), "true");
+}

@@ -19,7 +19,9 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::config::FailurePolicy;
-use crate::limiter::{Decision, Degraded, Entry, LimitError, LimitRequest, Limiter, Rules};
+use crate::limiter::{
+    Decision, Degraded, Descriptor, Entry, LimitError, LimitRequest, Limiter, MetricLevel, Rules,
+};
 use crate::metrics::{Door, LimitOutcome, Metrics, Outcome, PolicyUsed};
 use crate::telemetry::{SPAN_TARGET, TraceContext, remote_parent};
 use tracing::Instrument;
@@ -123,6 +125,11 @@ impl AppState {
                 (false, true) => LimitOutcome::Shadow,
             };
             self.metrics.limit(door, req.domain, &l.name, outcome);
+            if let (Some(levels), Some(d)) = (&l.metric_levels, req.descriptors.get(l.descriptor)) {
+                let label = metric_descriptor(d, levels);
+                self.metrics
+                    .descriptor_value(req.domain, &l.name, &label, outcome);
+            }
         }
         match d.degraded {
             Some(Degraded::FailOpen) => self.metrics.failure_policy(PolicyUsed::FailOpen),
@@ -181,6 +188,17 @@ fn outcome(result: &Result<Decision, LimitError>) -> Outcome {
 /// The request id and trace id of a gRPC call, from its metadata.
 pub fn trace_of(metadata: &tonic::metadata::MetadataMap) -> TraceContext<'_> {
     TraceContext::from_headers(|name| metadata.get(name).and_then(|v| v.to_str().ok()))
+}
+
+/// A descriptor as envoyproxy/ratelimit's `value_to_metric` writes it in a stats key:
+/// `key_value` or `key` per level, joined by dots.
+fn metric_descriptor(d: &Descriptor<'_>, levels: &[MetricLevel]) -> String {
+    let parts = d.entries.iter().zip(levels).map(|(e, level)| match level {
+        MetricLevel::Key => e.key.to_owned(),
+        MetricLevel::KeyValue => format!("{}_{}", e.key, e.value),
+        MetricLevel::KeyPattern(pattern) => format!("{}_{pattern}", e.key),
+    });
+    parts.collect::<Vec<_>>().join(".")
 }
 
 /// A short, one-way fingerprint of a request's first descriptor for logs: enough to tell

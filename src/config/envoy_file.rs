@@ -19,13 +19,11 @@
 //! Stricter than upstream, on purpose: `requests_per_unit` is required when the limit is not
 //! unlimited (upstream silently reads a missing one as 0, which blocks everything; an explicit
 //! `requests_per_unit: 0` still means "block all", as in upstream's README example 3), a `*`
-//! in a descriptor *key* is rejected (upstream's wildcards are meant for values), and upstream
-//! keys this service does not implement yet (`value_to_metric`) are rejected by name rather
-//! than ignored.
+//! in a descriptor *key* is rejected (upstream's wildcards are meant for values).
 //!
-//! Upstream's `quota_mode: true`, `metadata: {…}` (any mapping) and `share_threshold: true`
-//! (on a wildcard value only, upstream's check) are read as upstream reads them; the limiter
-//! and the Envoy door give them upstream's meaning.
+//! Upstream's `quota_mode: true`, `metadata: {…}` (any mapping), `share_threshold: true` (on a
+//! wildcard value only, upstream's check) and `value_to_metric: true` are read as upstream
+//! reads them; the limiter, the Envoy door and the metrics give them upstream's meaning.
 //!
 //! Windows: a limit's window is its unit times `unit_multiplier`, fixed-length, aligned to the
 //! epoch like upstream's fixed windows. Upstream's fixed lengths are kept for the long units:
@@ -101,6 +99,7 @@ struct DescriptorEntry {
     quota_mode: Option<bool>,
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
     share_threshold: Option<At<bool>>,
+    value_to_metric: Option<bool>,
 }
 
 /// A descriptor's `rate_limit` as written.
@@ -238,6 +237,7 @@ fn check_descriptor(
         quota_mode: e.quota_mode.unwrap_or(false),
         metadata: e.metadata.clone(),
         share_threshold: check_share_threshold(problems, e),
+        value_to_metric: e.value_to_metric.unwrap_or(false),
         descriptors: Vec::new(),
     };
     if let Some(children) = &e.descriptors {

@@ -290,7 +290,6 @@ impl FromStr for FailurePolicy {
 const UNKNOWN_KEY_HINTS: &[(&str, &[&str], &str)] = &[
     ("domain", &["settings", "clients"], "a file with domain: is an envoyproxy/ratelimit file; \
         settings and clients go in a file of their own"),
-    ("post_paid", &["value_to_metric"], UNSUPPORTED),
     ("post_paid", &["replaces", "unit", "requests_per_unit", "unlimited", "name",
         "unit_multiplier"], "{key} goes inside rate_limit"),
     ("post_paid", &["limit", "window"], "{key} goes in an entry of limits:"),
@@ -374,6 +373,9 @@ pub struct DescriptorDef {
     /// envoyproxy/ratelimit's `share_threshold` (a wildcard `value` only): every value the
     /// wildcard matches counts on one counter, instead of one counter per value.
     pub share_threshold: bool,
+    /// envoyproxy/ratelimit's `value_to_metric`: this level's runtime value goes in the
+    /// per-value metric's `descriptor` label (capped per limit).
+    pub value_to_metric: bool,
     pub descriptors: Vec<DescriptorDef>,
 }
 

@@ -16,6 +16,8 @@ pub struct LimitStatus {
     /// envoyproxy/ratelimit's quota mode: over its limit, it refuses the request only when
     /// every quota-mode descriptor of the request is over (see [`Decision::allowed`]).
     pub quota_mode: bool,
+    /// How the per-value metric writes the descriptor (`value_to_metric`), if it is wanted.
+    pub metric_levels: Option<super::MetricLevels>,
     /// The descriptor's configured `metadata` (for Envoy's dynamic metadata).
     pub metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// The descriptor asked for per-limit metrics (envoyproxy/ratelimit's `detailed_metric`).

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 
 pub use decision::{Decision, Degraded, LimitStatus};
 pub use request::{API_KEY, Descriptor, Entry, LimitRequest, QuotaOverride};
-pub use rules::{LimitRule, Match, Rules, SharedValues, glob_match};
+pub use rules::{LimitRule, Match, MetricLevel, MetricLevels, Rules, SharedValues, glob_match};
 pub use tag::{TagKey, TagSecret, TagSecretError};
 
 use crate::algorithm::{Algorithm, Quota, RetryAfter};
@@ -216,6 +216,7 @@ fn override_rule(o: &QuotaOverride, post_paid: bool) -> Arc<LimitRule> {
         quota_mode: false,
         metadata: None,
         shared_values: None,
+        metric_levels: None,
         id: override_id(algorithm, o),
     })
 }
@@ -381,6 +382,7 @@ fn fold(
             shadow: rule.shadow,
             quota_mode: rule.quota_mode || settings.quota_mode,
             metadata: rule.metadata.clone(),
+            metric_levels: rule.metric_levels.clone(),
             detailed_metric: rule.detailed_metric,
             verdict,
         };

@@ -43,6 +43,9 @@ pub struct LimitRule {
     /// whose matches share one counter (the counter is named by the wildcard, not the value).
     /// `None` when no entry shares (the usual case).
     pub shared_values: Option<SharedValues>,
+    /// envoyproxy/ratelimit's `value_to_metric` on this descriptor or one above it: how each
+    /// level is written in the per-value metric. `None` when no level sets it.
+    pub metric_levels: Option<MetricLevels>,
     /// Identifies the limit inside a counter key: a hash of what gives its state meaning
     /// (name, algorithm, window), so a reload that changes the count keeps the counters and
     /// one that changes the window or algorithm starts afresh.
@@ -51,6 +54,62 @@ pub struct LimitRule {
 
 /// Per descriptor entry, the wildcard that stands for its value in the counter's name.
 pub type SharedValues = Arc<[Option<Box<str>>]>;
+
+/// How one level of a descriptor is written in the per-value metric's `descriptor` label
+/// (envoyproxy/ratelimit's stats key under `value_to_metric`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetricLevel {
+    /// `key`: a key-only or wildcard level without `value_to_metric`.
+    Key,
+    /// `key_value`, the request's value: `value_to_metric`, or an exact configured value.
+    KeyValue,
+    /// `key_pattern`: a wildcard level, written as its pattern (`files*`), unless it sets
+    /// `value_to_metric` without `share_threshold`.
+    KeyPattern(Box<str>),
+}
+
+/// Per descriptor entry, how it is written in the per-value metric.
+pub type MetricLevels = Arc<[MetricLevel]>;
+
+/// What a descriptor's limits inherit from the levels above it.
+#[derive(Clone, Default)]
+struct Inherited {
+    /// upstream's composite key, for messages.
+    path: String,
+    /// Per level, the wildcard its counters share (`share_threshold`), if any.
+    shared: Vec<Option<Box<str>>>,
+    /// Per level, how the per-value metric writes it.
+    metric: Vec<MetricLevel>,
+    /// Whether any level so far sets `value_to_metric`.
+    value_to_metric: bool,
+}
+
+impl Inherited {
+    /// The same with descriptor `def` as the next level.
+    fn below(&self, def: &DescriptorDef) -> Inherited {
+        let mut next = self.clone();
+        next.path = match &def.value {
+            Some(v) => format!("{}.{}_{v}", self.path, def.key),
+            None => format!("{}.{}", self.path, def.key),
+        };
+        let wildcard = def.value.as_deref().filter(|v| v.contains('*'));
+        next.shared
+            .push(wildcard.filter(|_| def.share_threshold).map(Into::into));
+        // As upstream writes its stats key: a wildcard level by its pattern (the runtime value
+        // under `value_to_metric` alone), an exact level by its value, a key-only level by
+        // its key (and value under `value_to_metric`).
+        next.metric.push(match (def.value.as_deref(), wildcard) {
+            (_, Some(w)) if def.share_threshold || !def.value_to_metric => {
+                MetricLevel::KeyPattern(w.into())
+            }
+            (Some(_), _) => MetricLevel::KeyValue,
+            (None, _) if def.value_to_metric => MetricLevel::KeyValue,
+            (None, _) => MetricLevel::Key,
+        });
+        next.value_to_metric |= def.value_to_metric;
+        next
+    }
+}
 
 /// A node of a descriptor tree.
 #[derive(Clone, Debug, Default)]
@@ -102,8 +161,11 @@ impl Rules {
         for domain in &config.domains {
             let mut root = Node::default();
             for def in &domain.descriptors {
-                let at = (domain.domain.as_str(), &[][..]);
-                add_descriptor(&mut root, def, at, &domain.file, &mut errors);
+                let top = Inherited {
+                    path: domain.domain.clone(),
+                    ..Inherited::default()
+                };
+                add_descriptor(&mut root, def, &top, &domain.file, &mut errors);
             }
             domains.insert(domain.domain.as_str().into(), root);
         }
@@ -237,30 +299,21 @@ pub fn glob_match(pattern: &str, value: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// Adds descriptor `def` under `parent`. `shared` holds, for each level above it, the
-/// wildcard its counters share (`share_threshold`) if any.
+/// Adds descriptor `def` under `parent`, one level below `above`.
 fn add_descriptor(
     parent: &mut Node,
     def: &DescriptorDef,
-    (path, shared): (&str, &[Option<Box<str>>]),
+    above: &Inherited,
     file: &str,
     errors: &mut Vec<ConfigError>,
 ) {
-    let path = match &def.value {
-        Some(v) => format!("{path}.{}_{v}", def.key),
-        None => format!("{path}.{}", def.key),
-    };
-    let mut shared = shared.to_vec();
-    shared.push(
-        def.value
-            .as_deref()
-            .filter(|_| def.share_threshold)
-            .map(Into::into),
-    );
-    let shares = shared
+    let here = above.below(def);
+    let shares = here
+        .shared
         .iter()
         .any(Option::is_some)
-        .then(|| shared.clone().into());
+        .then(|| here.shared.clone().into());
+    let metric = here.value_to_metric.then(|| here.metric.clone().into());
     let branch = parent.children.entry(def.key.as_str().into()).or_default();
     let mut node = Node {
         limits: if def.unlimited {
@@ -268,14 +321,15 @@ fn add_descriptor(
         } else {
             def.limits
                 .iter()
-                .map(|l| rule(l, def, shares.clone()))
+                .map(|l| rule(l, def, shares.clone(), metric.clone()))
                 .collect()
         },
         children: HashMap::new(),
     };
     for child in &def.descriptors {
-        add_descriptor(&mut node, child, (&path, &shared), file, errors);
+        add_descriptor(&mut node, child, &here, file, errors);
     }
+    let path = &here.path;
     let slot = match def.value.as_deref() {
         None => {
             let had = branch.any.is_some();
@@ -350,7 +404,12 @@ fn compile_clients(table: &ClientTable) -> ClientIndex {
 }
 
 /// The rule one configured limit of descriptor `d` becomes.
-fn rule(def: &LimitDef, d: &DescriptorDef, shared: Option<SharedValues>) -> Arc<LimitRule> {
+fn rule(
+    def: &LimitDef,
+    d: &DescriptorDef,
+    shared: Option<SharedValues>,
+    metric: Option<MetricLevels>,
+) -> Arc<LimitRule> {
     let mut rule = client_rule(def);
     rule.shadow |= d.shadow_mode;
     rule.replaces = d.replaces.iter().map(|r| r.as_str().into()).collect();
@@ -359,6 +418,7 @@ fn rule(def: &LimitDef, d: &DescriptorDef, shared: Option<SharedValues>) -> Arc<
     rule.quota_mode = d.quota_mode;
     rule.metadata = d.metadata.clone().map(Arc::new);
     rule.shared_values = shared;
+    rule.metric_levels = metric;
     Arc::new(rule)
 }
 
@@ -384,6 +444,7 @@ fn client_rule(def: &LimitDef) -> LimitRule {
         quota_mode: false,
         metadata: None,
         shared_values: None,
+        metric_levels: None,
         id: u64::from_be_bytes(id),
     }
 }

@@ -36,7 +36,7 @@ impl LimitOutcome {
         LimitOutcome::Shadow,
     ];
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             LimitOutcome::Allowed => "allowed",
             LimitOutcome::Rejected => "rejected",

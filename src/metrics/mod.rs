@@ -8,6 +8,7 @@
 
 mod limits;
 mod scrape;
+mod values;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -151,6 +152,7 @@ pub struct Metrics {
     decisions: [[IntCounter; 5]; 4],
     latency: [Histogram; 4],
     limits: limits::LimitCounters,
+    values: values::ValueCounters,
     store_errors: [IntCounter; 5],
     failure_policy: [IntCounter; 3],
     in_flight: IntGauge,
@@ -196,6 +198,7 @@ impl Metrics {
             "Decisions being taken now, over every front door.",
         )?;
         let limits = limits::LimitCounters::new()?;
+        let values = values::ValueCounters::new()?;
         let config = ConfigMetrics::new(&registry)?;
         registry.register(Box::new(decisions_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
@@ -203,6 +206,7 @@ impl Metrics {
         registry.register(Box::new(policy_vec.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(limits.collector())?;
+        registry.register(values.collector())?;
         registry.register(Box::new(build_info()?))?;
         let decisions = Door::ALL.map(|d| {
             Outcome::ALL.map(|o| decisions_vec.with_label_values(&[d.as_str(), o.as_str()]))
@@ -215,6 +219,7 @@ impl Metrics {
             decisions,
             latency,
             limits,
+            values,
             store_errors,
             failure_policy,
             in_flight,
@@ -244,6 +249,18 @@ impl Metrics {
     /// Records one configured limit's verdict.
     pub fn limit(&self, door: Door, domain: &str, limit: &str, outcome: LimitOutcome) {
         self.limits.record(door, domain, limit, outcome);
+    }
+
+    /// Records a verdict of a limit whose descriptor sets `value_to_metric`, under the
+    /// request's `descriptor` (capped per limit: see `values.rs`).
+    pub fn descriptor_value(
+        &self,
+        domain: &str,
+        limit: &str,
+        descriptor: &str,
+        outcome: LimitOutcome,
+    ) {
+        self.values.record(domain, limit, descriptor, outcome);
     }
 
     /// Counts a request answered with a store error of `kind` ([`StoreError::kind`]).

@@ -201,7 +201,11 @@ impl InProcess {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::run(
             state.clone(),
-            Listeners { http, grpc },
+            Listeners {
+                http,
+                grpc,
+                grpc_uds: None,
+            },
             ServeOptions::default(),
             async move {
                 let _ = rx.await;
