@@ -9,8 +9,8 @@
 //!
 //! Honoured: `RUNTIME_ROOT` + `RUNTIME_SUBDIRECTORY` + `RUNTIME_APPDIRECTORY` (the config
 //! directory; `RUNTIME_WATCH_ROOT` and `RUNTIME_IGNOREDOTFILES=true` are what the config watch
-//! does anyway), `REDIS_URL` with `REDIS_SOCKET_TYPE`, `REDIS_TYPE`, `REDIS_AUTH`,
-//! `REDIS_SENTINEL_AUTH` and `REDIS_TLS` (one `--redis-url`), `REDIS_POOL_SIZE`,
+//! does anyway), `REDIS_URL` with `REDIS_SOCKET_TYPE`, `REDIS_TYPE`, `REDIS_AUTH` and
+//! `REDIS_TLS` (one `--redis-url`), `REDIS_POOL_SIZE`,
 //! `CACHE_KEY_PREFIX`, `GRPC_HOST`/`GRPC_PORT`, `GRPC_UDS` (served beside the TCP port), `HOST`/`PORT`, `LOG_LEVEL`, `LOG_FORMAT`,
 //! `SHADOW_MODE`, `QUOTA_MODE`, `RESPONSE_DYNAMIC_METADATA`, `GRPC_MAX_CONNECTION_AGE` and
 //! `GRPC_MAX_CONNECTION_AGE_GRACE`, and `TRACING_ENABLED` with
@@ -258,6 +258,17 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
+/// Upstream variables honoured here (turned into flags, or what the service does anyway).
+#[rustfmt::skip]
+pub const HONOURED: &[&str] = &[
+    "HOST", "PORT", "GRPC_HOST", "GRPC_PORT", "GRPC_UDS", "GRPC_MAX_CONNECTION_AGE",
+    "GRPC_MAX_CONNECTION_AGE_GRACE", "LOG_LEVEL", "LOG_FORMAT", "RUNTIME_ROOT",
+    "RUNTIME_SUBDIRECTORY", "RUNTIME_APPDIRECTORY", "RUNTIME_WATCH_ROOT", "CACHE_KEY_PREFIX",
+    "REDIS_SOCKET_TYPE", "REDIS_TYPE", "REDIS_URL", "REDIS_POOL_SIZE", "REDIS_AUTH", "REDIS_TLS",
+    "SHADOW_MODE", "QUOTA_MODE", "RESPONSE_DYNAMIC_METADATA", "TRACING_ENABLED",
+    "TRACING_SERVICE_NAME", "TRACING_SAMPLING_RATE", "OTEL_EXPORTER_OTLP_ENDPOINT",
+];
+
 /// Upstream variables that change nothing here, and what to do instead.
 #[rustfmt::skip]
 const NOT_HONOURED: &[(&str, &str)] = &[
@@ -295,6 +306,38 @@ const NOT_HONOURED: &[(&str, &str)] = &[
     ("DEBUG_PORT", "the admin API (--admin-addr, default 127.0.0.1:6070) serves the loaded config"),
     ("GRPC_SERVER_USE_TLS", "not offered yet: TLS on the listeners"),
     ("TRACING_EXPORTER_PROTOCOL", "traces are exported over OTLP/HTTP only"),
+    ("TRACING_SERVICE_NAMESPACE", "not offered: --tracing-service-name only"),
+    ("TRACING_SERVICE_INSTANCE_ID", "not offered: --tracing-service-name only"),
+    ("RUNTIME_IGNOREDOTFILES", "hidden files are always ignored"),
+    ("REDIS_SENTINEL_AUTH", "the sentinels are asked with REDIS_AUTH's credentials"),
+    ("REDIS_TLS_CLIENT_KEY", "not offered: Redis client certificates"),
+    ("REDIS_POOL_ON_EMPTY_BEHAVIOR", "a decision waits for a connection within --redis-timeout-ms"),
+    ("REDIS_STARTUP_INITIAL_INTERVAL", "start-up never blocks on Redis: readiness waits at most 5 s, then the failure policy answers"),
+    ("REDIS_STARTUP_MAX_INTERVAL", "start-up never blocks on Redis"),
+    ("REDIS_STARTUP_MAX_ELAPSED_TIME", "start-up never blocks on Redis"),
+    ("REDIS_CLUSTER_PIPELINE_PARALLELISM", "a Cluster's slots are asked in parallel"),
+    ("REDIS_PERSECOND_TYPE", "one store here"),
+    ("REDIS_PERSECOND_SOCKET_TYPE", "one store here"),
+    ("REDIS_PERSECOND_POOL_SIZE", "one store here"),
+    ("REDIS_PERSECOND_AUTH", "one store here"),
+    ("REDIS_PERSECOND_TLS", "one store here"),
+    ("REDIS_PERSECOND_TIMEOUT", "one store here"),
+    ("REDIS_PERSECOND_SENTINEL_AUTH", "one store here"),
+    ("MEMCACHE_SRV", "memcache is not offered"),
+    ("MEMCACHE_MAX_IDLE_CONNS", "memcache is not offered"),
+    ("MEMCACHE_TLS", "memcache is not offered"),
+    ("GRPC_SERVER_TLS_CERT", "not offered yet: TLS on the listeners"),
+    ("GRPC_SERVER_TLS_KEY", "not offered yet: TLS on the listeners"),
+    ("GRPC_CLIENT_TLS_CACERT", "not offered yet: mTLS on the listeners"),
+    ("GRPC_CLIENT_TLS_SAN", "not offered yet: mTLS on the listeners"),
+    ("CONFIG_GRPC_XDS_SERVER_URL", "files only: xDS config loading is not offered"),
+    ("CONFIG_GRPC_XDS_NODE_ID", "files only: xDS config loading is not offered"),
+    ("USE_DOG_STATSD_MOGRIFIERS", "metrics are Prometheus at GET /metrics"),
+    ("STATSD_PORT", "metrics are Prometheus at GET /metrics"),
+    ("STATS_FLUSH_INTERVAL", "metrics are Prometheus at GET /metrics"),
+    ("PROMETHEUS_PATH", "metrics are served at GET /metrics on the HTTP port"),
+    ("PROMETHEUS_MAPPER_YAML", "metric names are fixed: see docs/operations.md"),
+    ("PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS", "latencies are in seconds"),
 ];
 
 #[cfg(test)]
@@ -422,6 +465,50 @@ mod tests {
             with(&[("SHADOW_MODE", "maybe")]).errors,
             ["SHADOW_MODE must be true or false"]
         );
+    }
+
+    /// Every variable of envoyproxy/ratelimit's `src/settings/settings.go` at its HEAD of July
+    /// 2026 (commit f2fb157), as listed from its source.
+    #[rustfmt::skip]
+    const UPSTREAM_SETTINGS: &[&str] = &[
+        "HOST", "PORT", "DEBUG_HOST", "DEBUG_PORT", "GRPC_UDS", "GRPC_HOST", "GRPC_PORT",
+        "GRPC_MAX_CONNECTION_AGE", "GRPC_MAX_CONNECTION_AGE_GRACE", "GRPC_SERVER_USE_TLS",
+        "GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT",
+        "GRPC_CLIENT_TLS_SAN", "LOG_LEVEL", "LOG_FORMAT", "CONFIG_TYPE",
+        "FORCE_START_WITHOUT_INITIAL_CONFIG", "CONFIG_GRPC_XDS_NODE_ID",
+        "CONFIG_GRPC_XDS_SERVER_URL", "USE_DOG_STATSD", "USE_DOG_STATSD_MOGRIFIERS", "USE_STATSD",
+        "STATSD_HOST", "STATSD_PORT", "EXTRA_TAGS", "STATS_FLUSH_INTERVAL", "DISABLE_STATS",
+        "USE_PROMETHEUS", "PROMETHEUS_ADDR", "PROMETHEUS_PATH", "PROMETHEUS_MAPPER_YAML",
+        "PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS", "RUNTIME_ROOT", "RUNTIME_SUBDIRECTORY",
+        "RUNTIME_APPDIRECTORY", "RUNTIME_IGNOREDOTFILES", "RUNTIME_WATCH_ROOT",
+        "EXPIRATION_JITTER_MAX_SECONDS", "LOCAL_CACHE_SIZE_IN_BYTES", "NEAR_LIMIT_RATIO",
+        "CACHE_KEY_PREFIX", "BACKEND_TYPE", "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT",
+        "LIMIT_RESPONSE_HEADERS_ENABLED", "LIMIT_LIMIT_HEADER", "LIMIT_REMAINING_HEADER",
+        "LIMIT_RESET_HEADER", "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "REDIS_SOCKET_TYPE",
+        "REDIS_TYPE", "REDIS_URL", "REDIS_POOL_SIZE", "REDIS_AUTH", "REDIS_TLS",
+        "REDIS_TLS_CLIENT_CERT", "REDIS_TLS_CLIENT_KEY", "REDIS_TLS_CACERT",
+        "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "REDIS_PIPELINE_WINDOW", "REDIS_PIPELINE_LIMIT",
+        "REDIS_CLUSTER_PIPELINE_PARALLELISM", "REDIS_PERSECOND", "REDIS_PERSECOND_SOCKET_TYPE",
+        "REDIS_PERSECOND_TYPE", "REDIS_PERSECOND_URL", "REDIS_PERSECOND_POOL_SIZE",
+        "REDIS_PERSECOND_AUTH", "REDIS_PERSECOND_TLS", "REDIS_SENTINEL_AUTH",
+        "REDIS_PERSECOND_SENTINEL_AUTH", "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "REDIS_TIMEOUT",
+        "REDIS_PERSECOND_TIMEOUT", "REDIS_POOL_ON_EMPTY_BEHAVIOR",
+        "REDIS_STARTUP_INITIAL_INTERVAL", "REDIS_STARTUP_MAX_INTERVAL",
+        "REDIS_STARTUP_MAX_ELAPSED_TIME", "MEMCACHE_HOST_PORT", "MEMCACHE_MAX_IDLE_CONNS",
+        "MEMCACHE_SRV", "MEMCACHE_TLS", "SHADOW_MODE", "QUOTA_MODE", "RESPONSE_DYNAMIC_METADATA",
+        "MERGE_DOMAIN_CONFIG", "TRACING_ENABLED", "TRACING_SERVICE_NAME",
+        "TRACING_SERVICE_NAMESPACE", "TRACING_SERVICE_INSTANCE_ID", "TRACING_EXPORTER_PROTOCOL",
+        "TRACING_SAMPLING_RATE",
+    ];
+
+    #[test]
+    fn every_upstream_setting_is_honoured_or_named() {
+        let named = |v: &&str| NOT_HONOURED.iter().any(|(n, _)| n == v);
+        let silent: Vec<&&str> = UPSTREAM_SETTINGS
+            .iter()
+            .filter(|v| !HONOURED.contains(v) && !named(v))
+            .collect();
+        assert!(silent.is_empty(), "neither honoured nor named: {silent:?}");
     }
 
     #[test]
