@@ -33,81 +33,50 @@ pub struct Translation {
 pub fn translate(var: impl Fn(&str) -> Option<String>) -> Translation {
     let mut t = Translation::default();
     let ours = |name: &str| var(name).is_some();
-    let flag = |t: &mut Translation, own: &str, flag: &str, value: Option<String>| {
+    let mut flag = |own: &str, flag: &str, value: Option<String>| {
         if let Some(value) = value.filter(|_| !ours(own)) {
             t.args.push(flag.to_owned());
             t.args.push(value);
         }
     };
-    flag(&mut t, "RATELIMITER_CONFIG", "--config", config_dir(&var));
+    flag("RATELIMITER_CONFIG", "--config", config_dir(&var));
+    let grpc = address(&var, "GRPC_HOST", "GRPC_PORT", "8081");
+    flag("RATELIMITER_GRPC_ADDR", "--grpc-addr", grpc);
     flag(
-        &mut t,
-        "RATELIMITER_GRPC_ADDR",
-        "--grpc-addr",
-        address(&var, "GRPC_HOST", "GRPC_PORT", "8081"),
-    );
-    flag(
-        &mut t,
         "RATELIMITER_HTTP_ADDR",
         "--http-addr",
         address(&var, "HOST", "PORT", "8080"),
     );
-    flag(
-        &mut t,
-        "RATELIMITER_REDIS_POOL_SIZE",
-        "--redis-pool-size",
-        var("REDIS_POOL_SIZE"),
-    );
-    flag(
-        &mut t,
-        "RATELIMITER_REDIS_PREFIX",
-        "--redis-prefix",
-        var("CACHE_KEY_PREFIX"),
-    );
+    for (name, own, flag_name) in DIRECT {
+        flag(own, flag_name, var(name));
+    }
+    let format = var("LOG_FORMAT").map(|f| f.to_ascii_lowercase());
+    flag("RATELIMITER_LOG_FORMAT", "--log-format", format);
+    let mut errors = Vec::new();
     for (name, own, flag_name) in AGES {
         match var(name).map(|v| seconds(&v)) {
-            Some(Ok(secs)) => flag(&mut t, own, flag_name, Some(secs.to_string())),
-            Some(Err(e)) => t.errors.push(format!("{name}: {e}")),
+            Some(Ok(secs)) => flag(own, flag_name, Some(secs.to_string())),
+            Some(Err(e)) => errors.push(format!("{name}: {e}")),
             None => {}
         }
     }
-    let format = var("LOG_FORMAT").map(|f| f.to_ascii_lowercase());
-    flag(&mut t, "RATELIMITER_LOG_FORMAT", "--log-format", format);
     match redis_url(&var) {
-        Ok(url) => flag(&mut t, "RATELIMITER_REDIS_URL", "--redis-url", url),
-        Err(e) => t.errors.push(e),
-    }
-    for (name, own, switch) in MODES {
-        match var(name).map(|v| parse_bool(&v)) {
-            Some(Some(true)) if !ours(own) => t.args.push(switch.to_owned()),
-            Some(None) => t.errors.push(format!("{name} must be true or false")),
-            _ => {}
-        }
+        Ok(url) => flag("RATELIMITER_REDIS_URL", "--redis-url", url),
+        Err(e) => errors.push(e),
     }
     if var("TRACING_ENABLED").and_then(|v| parse_bool(&v)) == Some(true) {
-        let endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .unwrap_or_else(|| "http://localhost:4318".to_owned());
+        let endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|| OTLP_DEFAULT.into());
         flag(
-            &mut t,
             "RATELIMITER_TRACING_OTLP_ENDPOINT",
             "--tracing-otlp-endpoint",
             Some(endpoint),
         );
-        let rate = var("TRACING_SAMPLING_RATE");
-        flag(
-            &mut t,
-            "RATELIMITER_TRACING_SAMPLING_RATE",
-            "--tracing-sampling-rate",
-            rate,
-        );
-        let name = var("TRACING_SERVICE_NAME");
-        flag(
-            &mut t,
-            "RATELIMITER_TRACING_SERVICE_NAME",
-            "--tracing-service-name",
-            name,
-        );
+        for (name, own, flag_name) in TRACING {
+            flag(own, flag_name, var(name));
+        }
     }
+    modes(&mut t, &var, &mut errors);
+    t.errors.extend(errors);
     if !ours("RATELIMITER_LOG") {
         t.log_filter = var("LOG_LEVEL").map(|l| l.to_ascii_lowercase());
     }
@@ -118,6 +87,36 @@ pub fn translate(var: impl Fn(&str) -> Option<String>) -> Translation {
         .collect();
     t
 }
+
+/// Upstream's global switches, as our flags when true.
+fn modes(t: &mut Translation, var: &impl Fn(&str) -> Option<String>, errors: &mut Vec<String>) {
+    for (name, own, switch) in MODES {
+        match var(name).map(|v| parse_bool(&v)) {
+            Some(Some(true)) if var(own).is_none() => t.args.push(switch.to_owned()),
+            Some(None) => errors.push(format!("{name} must be true or false")),
+            _ => {}
+        }
+    }
+}
+
+/// Where traces go when `TRACING_ENABLED` names no endpoint (the OTLP/HTTP default).
+const OTLP_DEFAULT: &str = "http://localhost:4318";
+
+/// Upstream variables that are one of our flags as they are: (variable, our own variable,
+/// our flag).
+#[rustfmt::skip]
+const DIRECT: [(&str, &str, &str); 3] = [
+    ("GRPC_UDS", "RATELIMITER_GRPC_UDS", "--grpc-uds"),
+    ("REDIS_POOL_SIZE", "RATELIMITER_REDIS_POOL_SIZE", "--redis-pool-size"),
+    ("CACHE_KEY_PREFIX", "RATELIMITER_REDIS_PREFIX", "--redis-prefix"),
+];
+
+/// Upstream's tracing settings besides the endpoint, when `TRACING_ENABLED` is true.
+#[rustfmt::skip]
+const TRACING: [(&str, &str, &str); 2] = [
+    ("TRACING_SAMPLING_RATE", "RATELIMITER_TRACING_SAMPLING_RATE", "--tracing-sampling-rate"),
+    ("TRACING_SERVICE_NAME", "RATELIMITER_TRACING_SERVICE_NAME", "--tracing-service-name"),
+];
 
 /// Upstream's global switches: (variable, our own variable, our flag).
 const MODES: [(&str, &str, &str); 3] = [
@@ -385,6 +384,14 @@ mod tests {
             ["USE_STATSD"]
         );
         assert!(t.errors.is_empty());
+    }
+
+    #[test]
+    fn a_unix_socket_for_grpc_becomes_the_flag() {
+        assert_eq!(
+            arg(&with(&[("GRPC_UDS", "/run/rl.sock")]), "--grpc-uds"),
+            Some("/run/rl.sock")
+        );
     }
 
     #[test]
