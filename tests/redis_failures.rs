@@ -564,3 +564,38 @@ async fn local_policy_enforces_a_share_of_the_quota_per_replica() {
         );
     }
 }
+
+/// An outage answers every request with the same store failure; the log says so at most once
+/// a second per site (with how many it held back), never once per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_is_logged_at_most_once_a_second_not_per_request() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = RedisServer::start();
+    for policy in [Policy::FailOpen, Policy::FailClosed] {
+        let svc = start(&format!("rfail-log-{}", policy.name()), policy, &redis, &[]);
+        assert!(until_normal(&svc, "probe", RECOVER_WITHIN).await.is_some());
+        tokio::task::block_in_place(|| redis.kill());
+        let started = Instant::now();
+        let load = Load::start(&svc, "load", 4);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let replies = load.finish().await;
+        let seconds = started.elapsed().as_secs() + 1;
+        let lines = svc.logs();
+        let warnings = lines
+            .lines()
+            .filter(|l| l.contains("store failed") && l.contains("WARN"))
+            .count() as u64;
+        // Two sites may each log once a second (the policy's and the door's).
+        assert!(
+            warnings >= 1 && warnings <= 2 * (seconds + 1),
+            "{policy:?}: {warnings} warnings for {} requests in {seconds} s\n{lines}",
+            replies.len()
+        );
+        assert!(
+            replies.len() as u64 > 4 * warnings,
+            "the load ran: {}",
+            replies.len()
+        );
+        tokio::task::block_in_place(|| redis.restart());
+    }
+}

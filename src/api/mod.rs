@@ -23,7 +23,7 @@ use crate::limiter::{
     Decision, Degraded, Descriptor, Entry, LimitError, LimitRequest, Limiter, MetricLevel, Rules,
 };
 use crate::metrics::{Door, LimitOutcome, Metrics, Outcome, PolicyUsed};
-use crate::telemetry::{SPAN_TARGET, TraceContext, remote_parent};
+use crate::telemetry::{LogThrottle, SPAN_TARGET, TraceContext, remote_parent};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -35,6 +35,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The configuration in force, redacted (`admin::redacted_config`), for the admin API.
     loaded_config: ArcSwap<serde_json::Value>,
+    /// Store-failure warnings: at most one a second during an outage.
+    store_failures: LogThrottle,
 }
 
 impl AppState {
@@ -44,6 +46,7 @@ impl AppState {
             metrics,
             ready: AtomicBool::new(false),
             loaded_config: ArcSwap::from_pointee(serde_json::Value::Null),
+            store_failures: LogThrottle::new(std::time::Duration::from_secs(1)),
         }
     }
 
@@ -97,13 +100,16 @@ impl AppState {
                 {
                     self.metrics.failure_policy(PolicyUsed::FailClosed);
                 }
-                tracing::warn!(
-                    door = door.as_str(),
-                    request_id = trace.request_id(),
-                    trace_id = trace.trace_id(),
-                    error = %e,
-                    "store failed"
-                );
+                if let Some(held_back) = self.store_failures.admit() {
+                    tracing::warn!(
+                        door = door.as_str(),
+                        request_id = trace.request_id(),
+                        trace_id = trace.trace_id(),
+                        error = %e,
+                        held_back,
+                        "store failed"
+                    );
+                }
             }
             Err(_) => {}
         }

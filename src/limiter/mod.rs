@@ -16,6 +16,8 @@ use std::borrow::Cow;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use arc_swap::ArcSwap;
 
 pub use decision::{Decision, Degraded, LimitStatus};
@@ -26,6 +28,7 @@ pub use tag::{TagKey, TagSecret, TagSecretError};
 use crate::algorithm::{Algorithm, Quota, RetryAfter};
 use crate::config::{FailurePolicy, ForcedSettings, Settings};
 use crate::store::{Backend, Check, CounterKey, MemoryStore, Plan, Store, StoreError};
+use crate::telemetry::LogThrottle;
 use sha2::{Digest, Sha256};
 
 /// Why no decision could be given.
@@ -71,6 +74,8 @@ pub struct Limiter {
     fallback: Option<LocalFallback>,
     /// Settings the command line forces on over every loaded configuration.
     forced: ForcedSettings,
+    /// The failure policy's warnings: at most one a second during an outage.
+    store_failures: LogThrottle,
     tags: TagKey,
 }
 
@@ -82,6 +87,7 @@ impl Limiter {
             store,
             fallback,
             forced: ForcedSettings::default(),
+            store_failures: LogThrottle::new(Duration::from_secs(1)),
             tags: TagKey::Unkeyed,
         }
     }
@@ -179,11 +185,15 @@ impl Limiter {
         }
         match (rules.settings.on_store_failure, &self.fallback) {
             (FailurePolicy::FailOpen, _) => {
-                tracing::warn!(error = %e, "store failed; allowing (fail_open)");
+                if let Some(held_back) = self.store_failures.admit() {
+                    tracing::warn!(error = %e, held_back, "store failed; allowing (fail_open)");
+                }
                 Ok(Some(Degraded::FailOpen))
             }
             (FailurePolicy::Local, Some(local)) => {
-                tracing::warn!(error = %e, "store failed; deciding locally");
+                if let Some(held_back) = self.store_failures.admit() {
+                    tracing::warn!(error = %e, held_back, "store failed; deciding locally");
+                }
                 for c in &mut batch[0].checks {
                     c.quota = local.scale(c.quota);
                     c.verdict = None;

@@ -8,6 +8,7 @@
 //! hot path.
 
 mod context;
+mod throttle;
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
@@ -18,6 +19,7 @@ use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 pub use context::{MAX_REQUEST_ID_LEN, TraceContext, Traceparent, traceparent};
+pub use throttle::LogThrottle;
 
 /// The target of the spans exported as traces (never logged).
 pub const SPAN_TARGET: &str = "ratelimiter::span";
