@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::Request;
@@ -94,18 +95,24 @@ pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/admin/config", get(config))
         .route("/admin/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(admin.clone(), admit))
         .with_state(admin)
 }
 
-/// Checks the token and logs the call: whether it may proceed.
-fn admit(admin: &Admin, peer: SocketAddr, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
-    let path = uri.path();
-    if !admin.authorized(headers) {
+/// Every admin call: checks the token and logs who asked for what, then runs the handler.
+async fn admit(
+    State(admin): State<Arc<Admin>>,
+    Extension(peer): Extension<SocketAddr>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    if !admin.authorized(request.headers()) {
         tracing::warn!(%peer, %method, path, "admin call refused: missing or wrong bearer token");
-        return false;
+        return unauthorized();
     }
     tracing::info!(%peer, %method, path, "admin call");
-    true
+    next.run(request).await
 }
 
 /// The answer to a call without the right token.
@@ -118,29 +125,11 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-async fn config(
-    State(admin): State<Arc<Admin>>,
-    Extension(peer): Extension<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if !admit(&admin, peer, &method, &uri, &headers) {
-        return unauthorized();
-    }
+async fn config(State(admin): State<Arc<Admin>>) -> Response {
     axum::Json(&*admin.state.loaded_config()).into_response()
 }
 
-async fn reload(
-    State(admin): State<Arc<Admin>>,
-    Extension(peer): Extension<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if !admit(&admin, peer, &method, &uri, &headers) {
-        return unauthorized();
-    }
+async fn reload(State(admin): State<Arc<Admin>>) -> Response {
     let reloader = Reloader::new(admin.state.clone(), admin.config.clone());
     match reloader.reload(Trigger::Admin) {
         Ok(()) => (StatusCode::OK, "reloaded\n").into_response(),
@@ -161,10 +150,8 @@ pub fn redacted_config(path: &Path) -> serde_json::Value {
             .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         files.retain(|f| {
-            let name = f.file_name().map(|n| n.to_string_lossy().to_lowercase());
-            name.is_some_and(|n| {
-                !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml"))
-            })
+            f.file_name()
+                .is_some_and(|n| crate::config::is_config_file_name(&n.to_string_lossy()))
         });
         files.sort();
         files

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::redis_server::free_port;
 
@@ -75,16 +75,9 @@ exporters:
 
     async fn wait_ready(&self) {
         let url = format!("http://127.0.0.1:{}/api/services", self.query_port);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(r) = reqwest::get(&url).await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !super::answers_ok(&url, Duration::from_secs(30)).await {
+            panic!("jaeger did not start:\n{}", self.log());
         }
-        panic!("jaeger did not start:\n{}", self.log());
     }
 
     pub fn otlp_endpoint(&self) -> String {

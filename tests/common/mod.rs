@@ -327,3 +327,19 @@ clients:
     - { key: k3, tier: small }
     - { key: big, tier: big }
 "#;
+
+/// Whether `GET url` answers 2xx within `within` (asked every 100 ms): for test harnesses
+/// waiting on a server they started.
+pub async fn answers_ok(url: &str, within: Duration) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if reqwest::get(url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

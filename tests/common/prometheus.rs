@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::redis_server::free_port;
 
@@ -98,16 +98,9 @@ impl Prometheus {
 
     async fn wait_ready(&self) {
         let url = format!("http://127.0.0.1:{}/-/ready", self.port);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(r) = reqwest::get(&url).await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !super::answers_ok(&url, Duration::from_secs(30)).await {
+            panic!("prometheus did not become ready:\n{}", self.log());
         }
-        panic!("prometheus did not become ready:\n{}", self.log());
     }
 
     pub fn log(&self) -> String {
