@@ -73,8 +73,11 @@ fn tag(entries: &[(&str, &str)]) -> u128 {
     u128::from_be_bytes(digest[..16].try_into().unwrap())
 }
 
+/// A key of the client table has its counters named by its digest (`rules.rs`), not by the
+/// key itself.
 fn key_tag(api_key: &str) -> u128 {
-    tag(&[("api_key", api_key)])
+    let named = format!("sha256:{}", hex::encode(Sha256::digest(api_key.as_bytes())));
+    tag(&[("api_key", &named)])
 }
 
 /// The part of a counter key's name that its tag fixes: `rl:{<32 hex>}`.

@@ -24,12 +24,12 @@ fn with_secret_env(secret: &str) -> Command {
     c
 }
 
-/// The unkeyed tag of `api_key` in the default domain, as 32 hex digits (what earlier
-/// versions named its counters with).
+/// The unkeyed tag of a client-table key in the default domain, as 32 hex digits: the
+/// SHA-256 of the domain and the `api_key` entry, whose value is written as the key's digest.
 fn unkeyed_tag(api_key: &str) -> String {
     let mut h = Sha256::new();
-    h.update(b"ratelimiter\0api_key\0");
-    h.update(api_key.as_bytes());
+    h.update(b"ratelimiter\0api_key\0sha256:");
+    h.update(hex::encode(Sha256::digest(api_key.as_bytes())).as_bytes());
     hex::encode(&h.finalize()[..16])
 }
 

@@ -4,19 +4,29 @@
 //!   reload, redacted: every API key (a client table's `key:`, an `api_key` descriptor's
 //!   `value:`) is replaced by its SHA-256 digest;
 //! - `POST /admin/reload`: reloads the configuration, as `SIGHUP` does; 200, or 422 with every
-//!   problem when the new configuration does not load (the old one stays).
+//!   problem when the new configuration does not load (the old one stays);
+//! - `GET /admin/clients/{name}`: the usage of each limit of the client table's keys labelled
+//!   `name` (`name:`, else the tier) or of the one key whose SHA-256 `name` is
+//!   (`sha256:<hex>`): remaining, used and time to reset, as the next request would find
+//!   them, without spending any; 404 when no key is selected;
+//! - `DELETE /admin/clients/{name}`: forgets that client's counters (in the store and in the
+//!   local fallback), so its next request starts from a full quota; 409 when `name` selects
+//!   several keys (each is then named by its digest). Another replica that answered the
+//!   client's rejections from its over-limit cache keeps doing so until the retry time it
+//!   gave (see `docs/operations.md`).
 //!
 //! Access: when a bearer token is configured (`--admin-token-file`) every call must carry
 //! `Authorization: Bearer <token>`; without one the listener must be on a loopback address
 //! (`main.rs` refuses to start otherwise). Every call is logged with the peer address, the
-//! method and path, and the outcome; never a key or the token.
+//! method and path (a key digest in it shortened to 8 hex digits), and the outcome; never a
+//! key or the token.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Extension, State};
+use axum::extract::{Extension, Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,9 +35,11 @@ use http::Request;
 use hyper::body::Incoming as Incoming_;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use crate::limiter::{KnownClientId, LimitError};
 use crate::listener::Incoming;
 use crate::reload::{Reloader, Trigger};
 
@@ -95,6 +107,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/admin/config", get(config))
         .route("/admin/reload", post(reload))
+        .route(
+            "/admin/clients/{name}",
+            get(client_usage).delete(reset_client),
+        )
         .route_layer(middleware::from_fn_with_state(admin.clone(), admit))
         .with_state(admin)
 }
@@ -106,13 +122,25 @@ async fn admit(
     request: axum::extract::Request,
     next: Next,
 ) -> Response {
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let (method, path) = (request.method().clone(), loggable(request.uri().path()));
     if !admin.authorized(request.headers()) {
         tracing::warn!(%peer, %method, path, "admin call refused: missing or wrong bearer token");
         return unauthorized();
     }
     tracing::info!(%peer, %method, path, "admin call");
     next.run(request).await
+}
+
+/// The path as logged: a 64-hex-digit segment (a key's digest) cut to its first 8 digits.
+fn loggable(path: &str) -> String {
+    let shorten = |segment: &str| {
+        let hex = segment.strip_prefix("sha256:").unwrap_or(segment);
+        match crate::config::parse_sha256(hex) {
+            Some(_) => format!("sha256:{}…", &hex[..8]),
+            None => segment.to_owned(),
+        }
+    };
+    path.split('/').map(shorten).collect::<Vec<_>>().join("/")
 }
 
 /// The answer to a call without the right token.
@@ -139,6 +167,56 @@ async fn reload(State(admin): State<Arc<Admin>>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn client_usage(State(admin): State<Arc<Admin>>, UrlPath(name): UrlPath<String>) -> Response {
+    match admin.state.limiter.client_usage(&name).await {
+        Ok(clients) if clients.is_empty() => no_client(&name),
+        Ok(clients) => axum::Json(json!({ "clients": clients })).into_response(),
+        Err(e) => limiter_error(&e),
+    }
+}
+
+async fn reset_client(State(admin): State<Arc<Admin>>, UrlPath(name): UrlPath<String>) -> Response {
+    let limiter = &admin.state.limiter;
+    let rules = limiter.rules();
+    let selected: Vec<KnownClientId> = rules
+        .clients_named(&name)
+        .iter()
+        .map(KnownClientId::of)
+        .collect();
+    if selected.len() > 1 {
+        let error = format!(
+            "{} keys are named {name:?}; reset one at a time by its digest: \
+             DELETE /admin/clients/sha256:<key_sha256>",
+            selected.len()
+        );
+        let body = json!({ "error": error, "clients": selected });
+        return (StatusCode::CONFLICT, axum::Json(body)).into_response();
+    }
+    match limiter.reset_client(&name).await {
+        Ok(reset) if reset.is_empty() => no_client(&name),
+        Ok(reset) => {
+            tracing::info!(clients = reset.len(), "admin reset a client's counters");
+            axum::Json(json!({ "reset": reset })).into_response()
+        }
+        Err(e) => limiter_error(&e),
+    }
+}
+
+fn no_client(name: &str) -> Response {
+    let message = format!("no key of the client table is named {name:?}\n");
+    (StatusCode::NOT_FOUND, message).into_response()
+}
+
+/// The admin API's one mapping of limiter errors: an outage is 503, anything else 500, each
+/// with the error's text (the admin API is not public).
+fn limiter_error(e: &LimitError) -> Response {
+    let status = match e {
+        LimitError::Store(s) if s.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, format!("{e}\n")).into_response()
 }
 
 /// The configuration files at `path` (a file, or the `*.yaml` / `*.yml` files of a

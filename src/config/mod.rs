@@ -78,6 +78,7 @@ use crate::algorithm::{Algorithm, Quota};
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors, Pos, Source};
+pub use service_file::parse_sha256;
 
 use error::Problems;
 use service_file::{KeyDef, KeyLimits, REJECT, ServiceFile};

@@ -355,8 +355,9 @@ fn check_key_limits(problems: &mut Problems<'_>, entry: &At<KeyEntry>) -> Option
     }
 }
 
-/// 64 hex digits, either case, to 32 bytes.
-fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+/// 64 hex digits, either case (surrounding whitespace ignored), to 32 bytes: how a key's
+/// SHA-256 is written in the configuration and named to the admin API.
+pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let text = text.trim();
     if text.len() != 64 {
         return None;

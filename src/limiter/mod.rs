@@ -5,6 +5,7 @@
 //! one call and folds the verdicts into a [`Decision`]. It knows nothing of HTTP or gRPC.
 //! Store failures are handled here, once, by the configured failure policy.
 
+mod clients;
 mod decision;
 mod request;
 mod rules;
@@ -20,9 +21,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+pub use clients::{ClientUsage, KnownClientId, LimitUsage};
 pub use decision::{Decision, Degraded, LimitStatus};
 pub use request::{API_KEY, Descriptor, Entry, LimitRequest, QuotaOverride};
-pub use rules::{LimitRule, Match, MetricLevel, MetricLevels, Rules, SharedValues, glob_match};
+pub use rules::{
+    KnownClient, LimitRule, Match, MetricLevel, MetricLevels, Rules, SharedValues, glob_match,
+};
 pub use tag::{TagKey, TagSecret, TagSecretError};
 
 use crate::algorithm::{Algorithm, Quota, RetryAfter};
@@ -318,7 +322,7 @@ fn plan(
     for (i, rule) in applied {
         let d = &req.descriptors[*i];
         let tag = match (&rule.shared_values, tag) {
-            (Some(shared), _) => tags.counter_tag(req.domain, &sharing(d, shared)),
+            (Some(named), _) => tags.counter_tag_of(req.domain, counter_entries(d, named)),
             (None, Some((at, t))) if at == *i => t,
             (None, _) => {
                 let t = tags.counter_tag(req.domain, d);
@@ -446,23 +450,17 @@ fn retry_after(limits: &[LimitStatus], refused_by_quota: bool) -> RetryAfter {
     own.max(quota)
 }
 
-/// The descriptor as its counter is named under `share_threshold`: each shared entry's value
-/// replaced by the wildcard it matched, so every match counts on one counter.
-fn sharing<'d>(d: &Descriptor<'d>, shared: &'d SharedValues) -> Descriptor<'d> {
-    let entries = d
-        .entries
-        .iter()
-        .zip(shared.iter().map(Some).chain(std::iter::repeat(None)))
-        .map(|(e, s)| match s.and_then(|s| s.as_deref()) {
-            Some(pattern) => Entry::new(e.key, pattern),
-            None => *e,
-        })
-        .collect();
-    Descriptor {
-        entries,
-        hits: d.hits,
-        limit_override: d.limit_override,
-    }
+/// The entries a descriptor's counter is named by when its rule names some values itself
+/// (`share_threshold`'s wildcard, a known API key's digest): each such entry's value replaced,
+/// so every request it stands for counts on one counter.
+fn counter_entries<'d>(
+    d: &'d Descriptor<'_>,
+    named: &'d SharedValues,
+) -> impl Iterator<Item = (&'d str, &'d str)> {
+    d.entries.iter().enumerate().map(|(i, e)| {
+        let name = named.get(i).and_then(|n| n.as_deref());
+        (e.key, name.unwrap_or(e.value))
+    })
 }
 
 /// The limit id of a request-supplied override: its own counter, apart from the configured one.

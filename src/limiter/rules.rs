@@ -3,7 +3,9 @@
 //! Both config shapes end up here. envoyproxy/ratelimit files become trees as they are; the
 //! service's own client table becomes the branch `api_key` of the default domain, whose
 //! children are looked up by the SHA-256 of the presented key (so config files and memory
-//! need not hold raw keys). There is one matching engine, not two.
+//! need not hold raw keys), and whose counters are named by that digest too (so the admin
+//! API can find a client's counters from the configuration alone). There is one matching
+//! engine, not two.
 //!
 //! Matching follows envoyproxy/ratelimit: walk the request's entries from the root; at each
 //! level prefer an exact `key=value` child, then a wildcard value (`*` matches any run of
@@ -19,6 +21,7 @@ use super::request::API_KEY;
 use crate::algorithm::{Algorithm, Quota, gcra};
 use crate::config::{
     ClientTable, Config, ConfigError, ConfigErrors, DescriptorDef, LimitDef, Settings, UnknownKey,
+    parse_sha256,
 };
 use crate::store::{Backend, Store};
 
@@ -39,9 +42,10 @@ pub struct LimitRule {
     pub quota_mode: bool,
     /// The descriptor's `metadata`, handed back to Envoy when it passes.
     pub metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
-    /// envoyproxy/ratelimit's `share_threshold`: per entry of the descriptor, the wildcard
-    /// whose matches share one counter (the counter is named by the wildcard, not the value).
-    /// `None` when no entry shares (the usual case).
+    /// Per entry of the descriptor, the name that stands for its value in the counter's name,
+    /// so everything it stands for counts on one counter: envoyproxy/ratelimit's
+    /// `share_threshold` wildcard, or a known API key's digest (`sha256:<hex>`). `None` when
+    /// the request's own values name the counter (the usual case).
     pub shared_values: Option<SharedValues>,
     /// envoyproxy/ratelimit's `value_to_metric` on this descriptor or one above it: how each
     /// level is written in the per-value metric. `None` when no level sets it.
@@ -52,7 +56,7 @@ pub struct LimitRule {
     pub id: u64,
 }
 
-/// Per descriptor entry, the wildcard that stands for its value in the counter's name.
+/// Per descriptor entry, the name that stands for its value in the counter's name.
 pub type SharedValues = Arc<[Option<Box<str>>]>;
 
 /// How one level of a descriptor is written in the per-value metric's `descriptor` label
@@ -131,6 +135,8 @@ struct Branch {
 #[derive(Clone, Debug)]
 struct ClientIndex {
     by_digest: HashMap<[u8; 32], Node>,
+    /// Each known key's label (`name:`, else its tier) and digest, in configuration order.
+    labels: Vec<(Box<str>, [u8; 32])>,
     /// Where unknown keys go; `None` rejects them.
     unknown: Option<Node>,
 }
@@ -144,6 +150,15 @@ pub enum Match<'r> {
     None,
     /// An API key the client table does not know, and unknown keys are rejected.
     UnknownClient,
+}
+
+/// A key of the client table, as the admin API shows it.
+#[derive(Debug)]
+pub struct KnownClient<'r> {
+    pub label: &'r str,
+    /// The key's SHA-256.
+    pub digest: [u8; 32],
+    pub limits: &'r [Arc<LimitRule>],
 }
 
 /// The whole compiled configuration. Immutable: a reload compiles a new one and swaps it in.
@@ -227,6 +242,33 @@ impl Rules {
     /// Whether the configuration knows `domain` (has descriptors or a client table in it).
     pub fn has_domain(&self, domain: &str) -> bool {
         self.domains.contains_key(domain)
+    }
+
+    /// The known API keys `name` selects, each with its limits: the keys labelled `name`
+    /// (`name:`, else the tier), or the one key whose SHA-256 `name` is (64 hex digits,
+    /// optionally after `sha256:`).
+    pub fn clients_named(&self, name: &str) -> Vec<KnownClient<'_>> {
+        let domain = self.settings.default_domain.as_str();
+        let index = self.domains.get(domain).and_then(|root| {
+            let branch = root.children.get(API_KEY)?;
+            branch.clients.as_ref()
+        });
+        let Some(index) = index else {
+            return Vec::new();
+        };
+        let digest = parse_sha256(name.strip_prefix("sha256:").unwrap_or(name));
+        index
+            .labels
+            .iter()
+            .filter(|(label, d)| digest.map_or(**label == *name, |digest| digest == *d))
+            .filter_map(|(label, d)| {
+                Some(KnownClient {
+                    label,
+                    digest: *d,
+                    limits: &index.by_digest.get(d)?.limits,
+                })
+            })
+            .collect()
     }
 
     /// Finds the node a descriptor's entries land on.
@@ -385,22 +427,49 @@ fn check_ranges(descriptors: &[DescriptorDef], errors: &mut Vec<ConfigError>) {
 }
 
 fn compile_clients(table: &ClientTable) -> ClientIndex {
-    let tier_node = |limits: &[LimitDef]| Node {
-        limits: limits.iter().map(|l| Arc::new(client_rule(l))).collect(),
+    let node = |limits: &[LimitDef], named: Option<SharedValues>| Node {
+        limits: limits
+            .iter()
+            .map(|l| {
+                let shared_values = named.clone();
+                Arc::new(LimitRule {
+                    shared_values,
+                    ..client_rule(l)
+                })
+            })
+            .collect(),
         children: HashMap::new(),
     };
     let by_digest = table
         .keys
         .iter()
-        .map(|k| (k.digest, tier_node(&k.limits)))
+        .map(|k| (k.digest, node(&k.limits, Some(named_by_digest(&k.digest)))))
+        .collect();
+    let labels = table
+        .keys
+        .iter()
+        .map(|k| (k.label.as_str().into(), k.digest))
         .collect();
     let unknown = match &table.unknown_key {
         UnknownKey::Reject => None,
-        UnknownKey::Tier(t) => Some(tier_node(
+        UnknownKey::Tier(t) => Some(node(
             table.tiers.get(t).map(Vec::as_slice).unwrap_or_default(),
+            None,
         )),
     };
-    ClientIndex { by_digest, unknown }
+    ClientIndex {
+        by_digest,
+        labels,
+        unknown,
+    }
+}
+
+/// A known key's counters are named by its digest, not by the key: the configuration may
+/// hold only the digest, and the admin API finds the counters from it.
+fn named_by_digest(digest: &[u8; 32]) -> SharedValues {
+    Arc::from([Some(
+        format!("sha256:{}", hex::encode(digest)).into_boxed_str(),
+    )])
 }
 
 /// The rule one configured limit of descriptor `d` becomes.

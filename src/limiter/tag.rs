@@ -93,13 +93,24 @@ impl TagKey {
     /// The tag of a descriptor's counters: the hash of the domain and every entry, first 128
     /// bits. The raw values never leave this function.
     pub fn counter_tag(&self, domain: &str, d: &Descriptor<'_>) -> u128 {
+        self.counter_tag_of(domain, d.entries.iter().map(|e| (e.key, e.value)))
+    }
+
+    /// [`counter_tag`](Self::counter_tag) of the `(key, value)` entries given, for a counter
+    /// named by something other than the request's values (a shared wildcard, a known API
+    /// key's digest).
+    pub fn counter_tag_of<'e>(
+        &self,
+        domain: &str,
+        entries: impl Iterator<Item = (&'e str, &'e str)>,
+    ) -> u128 {
         let mut h = self.digester();
         h.update(domain.as_bytes());
-        for e in &d.entries {
+        for (key, value) in entries {
             h.update(&[0]);
-            h.update(e.key.as_bytes());
+            h.update(key.as_bytes());
             h.update(&[0]);
-            h.update(e.value.as_bytes());
+            h.update(value.as_bytes());
         }
         let digest = h.finish();
         let mut tag = [0u8; 16];

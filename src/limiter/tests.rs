@@ -777,3 +777,61 @@ fn share_threshold_makes_every_match_of_a_wildcard_one_counter() {
         assert!(allowed(route("api/v3", "POST")).await);
     });
 }
+
+const NAMED_CLIENTS: &str = r#"
+clients:
+  tiers:
+    t: [ { name: per-10s, limit: 3, window: 10s }, { name: per-day, limit: 100, window: 1d, algorithm: fixed_window } ]
+  keys:
+    - { key: alice, tier: t, name: alice }
+    - { sha256: 81b637d8fcd2c6da6359e6963113a1170de795e4b725b84d1e0b4cfd9ec58ce9, tier: t, name: bob }
+    - { key: carol, tier: t }
+    - { key: dave, tier: t }
+"#;
+
+#[test]
+fn a_known_clients_usage_is_read_without_spending_and_reset_by_name_or_digest() {
+    let (l, _now) = limiter("c.yaml", NAMED_CLIENTS);
+    run(async {
+        let alice = LimitRequest::for_api_key("ratelimiter", "alice", 1);
+        assert!(l.decide(&alice).await.unwrap().allowed);
+        assert!(l.decide(&alice).await.unwrap().allowed);
+        for _ in 0..2 {
+            let usage = l.client_usage("alice").await.unwrap();
+            assert_eq!(usage.len(), 1);
+            let limits: Vec<(&str, u64, u64)> = usage[0]
+                .limits
+                .iter()
+                .map(|u| (u.name.as_str(), u.used, u.remaining))
+                .collect();
+            assert_eq!(limits, [("per-10s", 2, 1), ("per-day", 2, 98)]);
+        }
+        assert!(
+            l.decide(&alice).await.unwrap().allowed,
+            "reading spent nothing"
+        );
+        assert!(!l.decide(&alice).await.unwrap().allowed);
+        let reset = l.reset_client("alice").await.unwrap();
+        assert_eq!(reset.len(), 1);
+        assert!(
+            l.decide(&alice).await.unwrap().allowed,
+            "a reset frees the quota"
+        );
+        let usage = l.client_usage("alice").await.unwrap();
+        assert_eq!(usage[0].limits[0].remaining, 2);
+
+        // A key configured by its digest alone ("bob" is the key whose SHA-256 is given) is
+        // found, and its counters are the ones its requests spend.
+        let bob = LimitRequest::for_api_key("ratelimiter", "bob", 3);
+        assert!(l.decide(&bob).await.unwrap().allowed);
+        let usage = l.client_usage("bob").await.unwrap();
+        assert_eq!(usage[0].limits[0].remaining, 0);
+        let by_digest = format!("sha256:{}", usage[0].client.key_sha256);
+        assert_eq!(l.reset_client(&by_digest).await.unwrap().len(), 1);
+        assert!(l.decide(&bob).await.unwrap().allowed);
+
+        // Two keys of tier t without a name are both labelled `t`.
+        assert_eq!(l.client_usage("t").await.unwrap().len(), 2);
+        assert!(l.client_usage("mallory").await.unwrap().is_empty());
+    });
+}

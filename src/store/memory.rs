@@ -205,6 +205,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn reset(&self, keys: &[CounterKey]) -> Result<(), StoreError> {
+        for key in keys {
+            lock(&self.shards[self.shard_of(key)]).counters.remove(key);
+        }
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

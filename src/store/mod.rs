@@ -129,6 +129,10 @@ pub trait Store: Send + Sync + 'static {
     /// it never commits part of one plan.
     fn apply(&self, batch: &mut [Plan]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Forgets the counters `keys` name, as if they were never hit (the admin API's reset of
+    /// a client).
+    fn reset(&self, keys: &[CounterKey]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Whether the store can take decisions now (for `/readyz`).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -165,6 +169,13 @@ impl Store for Backend {
         match self {
             Backend::Memory(s) => s.apply(batch).await,
             Backend::Redis(s) => s.apply(batch).await,
+        }
+    }
+
+    async fn reset(&self, keys: &[CounterKey]) -> Result<(), StoreError> {
+        match self {
+            Backend::Memory(s) => s.reset(keys).await,
+            Backend::Redis(s) => s.reset(keys).await,
         }
     }
 

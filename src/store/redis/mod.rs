@@ -38,7 +38,7 @@ pub use connection::{Connections, RedisUrl, with_credentials};
 pub use over_limit::OverLimitCache;
 pub use stats::RedisStats;
 
-use super::{Capacity, Plan, Store, StoreError};
+use super::{Capacity, CounterKey, Plan, Store, StoreError};
 
 /// Connections beyond the batch workers' own, for health checks.
 const HEALTH_CONNECTIONS: usize = 2;
@@ -258,6 +258,23 @@ impl Store for RedisStore {
         for plan in batch.iter_mut() {
             self.apply_plan(plan).await?;
         }
+        Ok(())
+    }
+
+    /// One script call per hash tag (one slot each), then the cached rejections of `keys`
+    /// are forgotten.
+    async fn reset(&self, keys: &[CounterKey]) -> Result<(), StoreError> {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        for same_tag in keys.chunk_by(|a, b| a.tag == b.tag) {
+            let inv = script::reset_invocation(&self.options.prefix, same_tag);
+            let call = self.connections.invoke::<u64>(&inv);
+            match tokio::time::timeout(self.options.timeout * 4, call).await {
+                Ok(deleted) => deleted?,
+                Err(_) => return Err(StoreError::Timeout(self.options.timeout * 4)),
+            };
+        }
+        self.over_limit.forget(&keys);
         Ok(())
     }
 

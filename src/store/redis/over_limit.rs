@@ -136,6 +136,16 @@ impl OverLimitCache {
         }
     }
 
+    /// Forgets the rejections cached for `keys` (their counters were reset).
+    pub fn forget(&self, keys: &[CounterKey]) {
+        for key in keys {
+            self.shard(key)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(key);
+        }
+    }
+
     pub fn clear(&self) {
         for s in self.shards.iter() {
             s.lock().unwrap_or_else(PoisonError::into_inner).clear();

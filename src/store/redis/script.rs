@@ -91,6 +91,7 @@ const REFUND_LUA: &str = script_source!("clock_redis.lua", "refund.lua");
 const DECIDE_TEST_CLOCK_LUA: &str = script_source!("clock_test.lua", "decide.lua");
 
 static DECIDE: LazyLock<Script> = LazyLock::new(|| Script::new(DECIDE_LUA));
+static RESET: LazyLock<Script> = LazyLock::new(|| Script::new(lua!("reset.lua")));
 static REFUND: LazyLock<Script> = LazyLock::new(|| Script::new(REFUND_LUA));
 #[cfg(test)]
 static DECIDE_TEST_CLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(DECIDE_TEST_CLOCK_LUA));
@@ -109,6 +110,15 @@ pub fn refund_script() -> &'static Script {
 #[cfg(test)]
 pub fn decide_script_test_clock() -> &'static Script {
     &DECIDE_TEST_CLOCK
+}
+
+/// Deletes the counters `keys` name (one hash tag: one slot); replies how many existed.
+pub fn reset_invocation(prefix: &str, keys: &[CounterKey]) -> ScriptInvocation<'static> {
+    let mut inv = RESET.prepare_invoke();
+    for key in keys {
+        inv.key(counter_key(prefix, key));
+    }
+    inv
 }
 
 /// The Redis key of a counter: `{prefix}{<tag, 32 hex>}:<limit, 16 hex>`.
