@@ -2,7 +2,7 @@
 # need on a fresh Debian machine (redis-server, openssl, Envoy) and skips what is there.
 CARGO ?= cargo
 
-.PHONY: run test test-integration lint bench setup fmt image
+.PHONY: run test test-integration lint bench setup fmt image deny fuzz fuzz-smoke
 
 # Extra flags for the service, e.g. ARGS="--redis-url redis://127.0.0.1:6379".
 ARGS ?=
@@ -39,3 +39,28 @@ setup:
 # pulled), and its entrypoint run from the exported filesystem. Needs podman and root.
 image:
 	bash scripts/image.sh
+
+# Licenses, advisories (from a local snapshot of RustSec's database), duplicate versions and
+# sources of every dependency, against deny.toml. Without the snapshot, the advisories are
+# skipped with a warning saying so.
+deny:
+	bash scripts/setup-checks.sh
+	if [ -d .tools/advisory-dbs/advisory-db-3157b0e258782691 ]; then \
+		$(CARGO) deny --offline check; \
+	else \
+		echo "WARNING: no RustSec advisory database (see scripts/setup-checks.sh): advisories NOT checked"; \
+		$(CARGO) deny --offline check bans licenses sources; \
+	fi
+
+FUZZ_TARGETS := config descriptors http_check grpc_doors redis_reply
+# Each fuzz target for FUZZ_RUNS executions (a million by default), growing fuzz/corpus/.
+FUZZ_RUNS ?= 1000000
+fuzz:
+	bash scripts/setup-checks.sh fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		$(CARGO) +nightly fuzz run -O $$t -- -runs=$(FUZZ_RUNS) -max_len=4096 || exit 1; \
+	done
+
+# A short run of each target over its committed corpus, for CI.
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_RUNS=20000
