@@ -48,8 +48,13 @@ pub struct ExtAuthzDoor {
 }
 
 impl ExtAuthzDoor {
+    /// The door alone, to call its method in process (the fuzz targets do).
+    pub fn new(state: Arc<AppState>) -> Self {
+        ExtAuthzDoor { state }
+    }
+
     pub fn server(state: Arc<AppState>) -> AuthorizationServer<Self> {
-        AuthorizationServer::new(ExtAuthzDoor { state })
+        AuthorizationServer::new(Self::new(state))
     }
 }
 

@@ -33,8 +33,13 @@ pub struct AllowRequestService {
 }
 
 impl AllowRequestService {
+    /// The door alone, to call its method in process (the fuzz targets do).
+    pub fn new(state: Arc<AppState>) -> Self {
+        AllowRequestService { state }
+    }
+
     pub fn server(state: Arc<AppState>) -> RateLimiterServer<Self> {
-        RateLimiterServer::new(AllowRequestService { state })
+        RateLimiterServer::new(Self::new(state))
     }
 }
 

@@ -55,8 +55,13 @@ pub struct RateLimitDoor {
 }
 
 impl RateLimitDoor {
+    /// The door alone, to call its method in process (the fuzz targets do).
+    pub fn new(state: Arc<AppState>) -> Self {
+        RateLimitDoor { state }
+    }
+
     pub fn server(state: Arc<AppState>) -> RateLimitServiceServer<Self> {
-        RateLimitServiceServer::new(RateLimitDoor { state })
+        RateLimitServiceServer::new(Self::new(state))
     }
 }
 
