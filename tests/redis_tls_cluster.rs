@@ -14,9 +14,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::redis::{Kind, RedisCluster, TestCerts, check, http_client, readyz, storm};
+use common::redis::{
+    Kind, RedisCluster, TestCerts, check, http_client, never_ready, says_a_certificate_is_required,
+    storm,
+};
 use common::{Service, config_dir};
 
 /// Generous: these tests check TLS, not latency (a handshake is a few round trips).
@@ -114,31 +117,6 @@ async fn a_tls_cluster_gets_no_decision_from_an_untrusted_or_plain_client() {
         }
     }
     assert!(cluster.keys("rl:*").is_empty(), "a counter was written");
-}
-
-/// `GET /readyz` keeps answering 503 for `within` (the warm-up gives up after 5 s and the
-/// readiness ping then fails); panics on any other answer.
-pub async fn never_ready(svc: &Service, within: Duration) {
-    let client = http_client(Duration::from_secs(10), 1);
-    let started = Instant::now();
-    while started.elapsed() < within {
-        let status = readyz(&client, &svc.url("")).await;
-        assert_eq!(status, Ok(503), "/readyz\n{}", svc.logs());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// The log says why the service is not ready: the readiness ping's warning carries the
-/// server's TLS alert; and nothing panicked.
-pub fn says_a_certificate_is_required(svc: &Service) {
-    let logs = svc.logs();
-    assert!(
-        logs.lines()
-            .any(|l| l.contains("readyz: the store did not answer its ping")
-                && l.contains("CertificateRequired")),
-        "the log does not say why it is not ready:\n{logs}"
-    );
-    assert!(!logs.contains("panicked"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
