@@ -17,7 +17,7 @@ use ratelimiter::listener::{self, ConnectionLimits, Incoming};
 use ratelimiter::reload;
 use ratelimiter::server::{self, GrpcConnections, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
-use ratelimiter::store::redis::with_credentials;
+use ratelimiter::store::redis::{TlsFiles, with_credentials};
 use ratelimiter::telemetry::{self, TracingOptions};
 use ratelimiter::upstream_env;
 use tokio::net::TcpListener;
@@ -79,10 +79,18 @@ struct Cli {
     /// Prefix of every Redis key the service writes.
     #[arg(long, env = "RATELIMITER_REDIS_PREFIX", default_value = RedisOptions::DEFAULT_PREFIX)]
     redis_prefix: String,
-    /// CA certificates (PEM) that a `rediss://` Redis server's certificate must chain to,
+    /// CA certificates (PEM) that the certificates of a TLS Redis (`rediss://`,
+    /// `rediss+cluster://`, `rediss+sentinel://`: every node and sentinel) must chain to,
     /// instead of the system's.
     #[arg(long, env = "RATELIMITER_REDIS_CA_FILE", requires = "redis_url")]
     redis_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM, the chain) shown to a TLS Redis that asks for one
+    /// (`tls-auth-clients yes`); needs --redis-client-key-file.
+    #[arg(long, env = "RATELIMITER_REDIS_CLIENT_CERT_FILE", requires_all = ["redis_url", "redis_client_key_file"])]
+    redis_client_cert_file: Option<PathBuf>,
+    /// The private key (PEM, unencrypted) of --redis-client-cert-file.
+    #[arg(long, env = "RATELIMITER_REDIS_CLIENT_KEY_FILE", requires_all = ["redis_url", "redis_client_cert_file"])]
+    redis_client_key_file: Option<PathBuf>,
     /// The Redis ACL user, when `--redis-url` names none.
     #[arg(long, env = "RATELIMITER_REDIS_USERNAME", requires = "redis_url")]
     redis_username: Option<String>,
@@ -375,7 +383,11 @@ fn app_options(cli: &Cli, redis_url: Option<String>, tag_secret: Option<TagSecre
             timeout: Duration::from_millis(cli.redis_timeout_ms),
             pool_size: usize::try_from(cli.redis_pool_size).unwrap_or(usize::MAX),
             prefix: cli.redis_prefix.clone(),
-            ca_file: cli.redis_ca_file.clone(),
+            tls: TlsFiles {
+                ca_file: cli.redis_ca_file.clone(),
+                client_cert_file: cli.redis_client_cert_file.clone(),
+                client_key_file: cli.redis_client_key_file.clone(),
+            },
         }),
         max_counters: cli.max_counters,
         replicas: cli.replicas,

@@ -7,13 +7,20 @@
 //! - A failover: the primary is killed, the sentinels promote the replica, and the service
 //!   finds the new primary by itself (no restart) and resumes normal decisions; a counter
 //!   replicated before the kill carries on where it was.
+//! - Over TLS (`rediss+sentinel://`): the primary, the replica and the sentinels speak only
+//!   TLS and ask for client certificates; without one the service is not ready and says why,
+//!   with `--redis-client-cert-file`/`--redis-client-key-file` the storm and the failover
+//!   above hold as they do in plaintext.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisSentinel, RedisServer, check, http_client, storm, wait_until};
+use common::redis::{
+    RedisSentinel, RedisServer, TestCerts, check, http_client, never_ready,
+    says_a_certificate_is_required, storm, wait_ready, wait_until,
+};
 use common::{Service, config_dir};
 
 /// The tests here time a failover: one at a time, so that a busy machine does not slow the
@@ -76,13 +83,31 @@ impl Group {
             None => RedisServer::start(),
             Some(pw) => RedisServer::start_with_password(pw, &[]),
         };
+        let sentinel_password = password.filter(|_| sentinels_too);
+        Self::assemble(primary, password, sentinel_password)
+    }
+
+    /// Every server and sentinel speaking only TLS (replication and the sentinels' links
+    /// too), asking clients for a certificate when `client_auth`.
+    fn start_tls(certs: &TestCerts, client_auth: bool) -> Group {
+        Self::assemble(
+            RedisServer::start_tls_with(certs, client_auth, &[]),
+            None,
+            None,
+        )
+    }
+
+    /// A replica of `primary` (as it is: password, TLS) and the sentinels.
+    fn assemble(
+        primary: RedisServer,
+        password: Option<&'static str>,
+        sentinel_password: Option<&'static str>,
+    ) -> Group {
         let replica = RedisServer::start_replica_of(&primary);
         let sentinels: Vec<RedisSentinel> = (0..SENTINELS)
-            .map(|_| match password {
-                Some(pw) if sentinels_too => {
-                    RedisSentinel::start_with_password(MASTER, &primary, QUORUM, pw)
-                }
-                _ => RedisSentinel::start(MASTER, &primary, QUORUM),
+            .map(|_| match sentinel_password {
+                Some(pw) => RedisSentinel::start_with_password(MASTER, &primary, QUORUM, pw),
+                None => RedisSentinel::start(MASTER, &primary, QUORUM),
             })
             .collect();
         let took = wait_until(
@@ -106,25 +131,27 @@ impl Group {
         }
     }
 
-    /// `redis+sentinel://[:password@]127.0.0.1:S1,127.0.0.1:S2,…/mymaster`
+    /// `redis+sentinel://[:password@]127.0.0.1:S1,127.0.0.1:S2,…/mymaster` (`rediss+sentinel`
+    /// over TLS)
     fn url(&self) -> String {
         let addrs: Vec<String> = self.sentinels.iter().map(RedisSentinel::addr).collect();
         let auth = self.password.map_or(String::new(), |pw| format!(":{pw}@"));
-        format!("redis+sentinel://{auth}{}/{MASTER}", addrs.join(","))
+        let tls = self.primary.access().tls.is_some();
+        let scheme = if tls { "rediss" } else { "redis" };
+        format!("{scheme}+sentinel://{auth}{}/{MASTER}", addrs.join(","))
     }
 }
 
 fn start_service(name: &str, group: &Group) -> Service {
+    start_service_with(name, group, &[])
+}
+
+fn start_service_with(name: &str, group: &Group, extra: &[&str]) -> Service {
     let dir = config_dir(name, &[("service.yaml", CONFIG)]);
-    Service::start(
-        &dir,
-        &[
-            "--redis-url",
-            &group.url(),
-            "--redis-timeout-ms",
-            TIMEOUT_MS,
-        ],
-    )
+    let url = group.url();
+    let mut args = vec!["--redis-url", &url, "--redis-timeout-ms", TIMEOUT_MS];
+    args.extend_from_slice(extra);
+    Service::start(&dir, &args)
 }
 
 /// Waits (within [`PROMOTED_WITHIN`], blocking this worker thread in place) until every
@@ -163,8 +190,12 @@ async fn a_storm_through_the_sentinels_admits_exactly_the_quota_on_the_primary()
     let _serial = SERIAL.lock().await;
     let group = Group::start();
     let svc = start_service("sentinel-storm", &group);
+    storm_on_the_primary(&group, &svc).await;
+}
 
-    let admitted = storm(&svc, "storm", 400, 64).await;
+/// A storm admits exactly the quota, on the primary the sentinels name, never the replica.
+async fn storm_on_the_primary(group: &Group, svc: &Service) {
+    let admitted = storm(svc, "storm", 400, 64).await;
     assert_eq!(admitted, 100, "the quota is 100\n{}", svc.logs());
 
     // The service talked to the primary the sentinels named, never to the replica.
@@ -184,6 +215,12 @@ async fn after_a_failover_the_service_finds_the_promoted_replica_without_a_resta
     let _serial = SERIAL.lock().await;
     let mut group = Group::start();
     let svc = start_service("sentinel-failover", &group);
+    fail_over_and_carry_on(&mut group, &svc).await;
+}
+
+/// Half of `carried`'s quota, the primary killed, the replica promoted: the service finds it
+/// by itself, and `carried` goes on where it was.
+async fn fail_over_and_carry_on(group: &mut Group, svc: &Service) {
     let client = http_client(Duration::from_secs(10), 1);
     let base = svc.url("");
 
@@ -206,7 +243,7 @@ async fn after_a_failover_the_service_finds_the_promoted_replica_without_a_resta
     let new = group.replica.port();
     group.primary.kill();
     let killed = Instant::now();
-    let promoted = wait_named_primary(&group, new);
+    let promoted = wait_named_primary(group, new);
     assert_eq!(group.replica.role(), "master");
     eprintln!("failover {old} -> {new}: promoted {promoted:?} after the kill");
 
@@ -244,6 +281,12 @@ async fn after_a_planned_failover_the_service_leaves_the_old_primary_at_once() {
     let _serial = SERIAL.lock().await;
     let group = Group::start();
     let svc = start_service("sentinel-planned", &group);
+    planned_failover_moves_at_once(&group, &svc).await;
+}
+
+/// `SENTINEL FAILOVER`: decisions move to the new primary within [`MOVED_WITHIN`] of the
+/// sentinels naming it, and none runs on the old one after.
+async fn planned_failover_moves_at_once(group: &Group, svc: &Service) {
     let client = http_client(Duration::from_secs(10), 1);
     let base = svc.url("");
     for _ in 0..5 {
@@ -258,7 +301,7 @@ async fn after_a_planned_failover_the_service_leaves_the_old_primary_at_once() {
     let (old, new) = (&group.primary, &group.replica);
     let started = Instant::now();
     let () = group.sentinels[0].cmd(redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER));
-    let named = wait_named_primary(&group, new.port());
+    let named = wait_named_primary(group, new.port());
 
     // Decisions move to the new primary within a few polls of the sentinels, well before
     // the old primary is demoted.
@@ -315,4 +358,51 @@ async fn the_urls_password_reaches_the_primary_whether_or_not_the_sentinels_requ
             "the password was logged"
         );
     }
+}
+
+/// Over TLS, every server and sentinel asking for client certificates: without one the
+/// service is not ready and says why; with one, the storm and the failover above hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_tls_with_client_certificates_the_storm_and_the_failover_hold() {
+    let _serial = SERIAL.lock().await;
+    let certs = TestCerts::generate();
+    let mut group = Group::start_tls(&certs, true);
+    assert!(group.url().starts_with("rediss+sentinel://"));
+    let p = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    let (ca, cert, key) = (p(certs.ca()), p(certs.client_cert()), p(certs.client_key()));
+
+    let without = start_service_with("sentinel-tls-no-cert", &group, &["--redis-ca-file", &ca]);
+    never_ready(&without, Duration::from_secs(7)).await;
+    says_a_certificate_is_required(&without);
+    drop(without);
+
+    let args = [
+        "--redis-ca-file",
+        &ca,
+        "--redis-client-cert-file",
+        &cert,
+        "--redis-client-key-file",
+        &key,
+    ];
+    let svc = start_service_with("sentinel-tls", &group, &args);
+    wait_ready(&svc, Duration::from_secs(30)).await;
+    storm_on_the_primary(&group, &svc).await;
+    fail_over_and_carry_on(&mut group, &svc).await;
+}
+
+/// Over TLS (the sentinels asked every 500 ms over TLS too): a planned failover moves the
+/// decisions at once, as in plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_tls_after_a_planned_failover_the_service_leaves_the_old_primary_at_once() {
+    let _serial = SERIAL.lock().await;
+    let certs = TestCerts::generate();
+    let group = Group::start_tls(&certs, false);
+    let ca = certs.ca();
+    let svc = start_service_with(
+        "sentinel-tls-planned",
+        &group,
+        &["--redis-ca-file", ca.to_str().unwrap()],
+    );
+    wait_ready(&svc, Duration::from_secs(30)).await;
+    planned_failover_moves_at_once(&group, &svc).await;
 }

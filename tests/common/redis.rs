@@ -175,3 +175,43 @@ pub async fn storm(svc: &Service, key: &'static str, n: usize, in_flight: usize)
     }
     admitted
 }
+
+/// `GET /readyz` keeps answering 503 for `within` (the warm-up gives up after 5 s and the
+/// readiness ping then fails); panics on any other answer.
+pub async fn never_ready(svc: &Service, within: Duration) {
+    let client = http_client(Duration::from_secs(10), 1);
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let status = readyz(&client, &svc.url("")).await;
+        assert_eq!(status, Ok(503), "/readyz\n{}", svc.logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The log says why the service is not ready: the readiness ping's warning carries the
+/// server's TLS alert; and nothing panicked.
+pub fn says_a_certificate_is_required(svc: &Service) {
+    let logs = svc.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("readyz: the store did not answer its ping")
+                && l.contains("CertificateRequired")),
+        "the log does not say why it is not ready:\n{logs}"
+    );
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+/// Waits until `GET /readyz` answers 200 (the store warmed up: every batch worker holds a
+/// connection), for at most `within`; panics with the log otherwise.
+pub async fn wait_ready(svc: &Service, within: Duration) {
+    let client = http_client(Duration::from_secs(10), 1);
+    let started = Instant::now();
+    while readyz(&client, &svc.url("")).await != Ok(200) {
+        assert!(
+            started.elapsed() < within,
+            "not ready after {within:?}\n{}",
+            svc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

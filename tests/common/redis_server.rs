@@ -1,8 +1,9 @@
 //! Real `redis-server` processes, the one harness for every Redis test (the integration
 //! tests include it as `common::redis_server`, the script tests in `src/store/redis/` by
 //! path): one server (plain, with a password, or TLS-only with a throwaway CA made by
-//! `openssl`), a primary with its replica and Sentinels, or a 3-master Redis Cluster, each on
-//! free loopback ports with its own work directory. Never a fixed port, never the system
+//! `openssl`, asking clients for a certificate or not), a primary with its replica and
+//! Sentinels, or a 3-master Redis Cluster (plain or TLS-only), each on free loopback ports
+//! with its own work directory. Never a fixed port, never the system
 //! Redis on 6379. `redis-server`, `redis-cli` and `openssl` must be on PATH (`make setup` /
 //! `scripts/setup.sh` installs them). It depends on nothing else of the test harness.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -43,12 +44,66 @@ pub fn free_port() -> u16 {
 
 /// What the harness needs besides the port to talk to a server: the password it requires
 /// (`requirepass`; letters and digits only, it goes into a URL as it is), and for a server that
-/// speaks only TLS the CA that signed its certificate.
+/// speaks only TLS its certificates.
 #[derive(Clone, Debug, Default)]
 pub struct Access {
     pub password: Option<String>,
-    /// The CA certificate, PEM; `Some` = TLS only.
-    pub tls_ca: Option<Vec<u8>>,
+    /// `Some` = TLS only.
+    pub tls: Option<TlsSetup>,
+}
+
+/// How a TLS-only server runs: with the server certificate of `certs` (also shown as a client
+/// certificate to its primary, the other Cluster nodes and sentinels), and asking its clients
+/// for a certificate signed by the CA when `client_auth`.
+#[derive(Clone, Debug)]
+pub struct TlsSetup {
+    pub certs: TestCerts,
+    pub client_auth: bool,
+}
+
+impl TlsSetup {
+    /// The `redis-server` arguments (and, without their `--`, sentinel config lines).
+    pub fn server_args(&self) -> Vec<String> {
+        let path = |p: PathBuf| p.to_str().unwrap().to_owned();
+        let auth = if self.client_auth { "yes" } else { "no" };
+        [
+            ("--tls-cert-file", path(self.certs.server_cert())),
+            ("--tls-key-file", path(self.certs.server_key())),
+            ("--tls-ca-cert-file", path(self.certs.ca())),
+            ("--tls-auth-clients", auth.to_owned()),
+            ("--tls-replication", "yes".to_owned()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_owned(), v])
+        .collect()
+    }
+
+    /// What the harness's own clients trust and show: the CA, and the client certificate when
+    /// the server asks for one.
+    pub fn client_certs(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self.client_auth.then(|| redis::ClientTlsConfig {
+                client_cert: std::fs::read(self.certs.client_cert()).unwrap(),
+                client_key: std::fs::read(self.certs.client_key()).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(self.certs.ca()).unwrap()),
+        }
+    }
+
+    /// `redis-cli` arguments to reach such a server.
+    pub fn cli_args(&self) -> Vec<String> {
+        let path = |p: PathBuf| p.to_str().unwrap().to_owned();
+        let mut args = vec!["--tls".to_owned(), "--cacert".into(), path(self.certs.ca())];
+        if self.client_auth {
+            args.extend([
+                "--cert".to_owned(),
+                path(self.certs.client_cert()),
+                "--key".into(),
+                path(self.certs.client_key()),
+            ]);
+        }
+        args
+    }
 }
 
 /// A synchronous connection to `port`, with timeouts so that a test never hangs on it.
@@ -57,17 +112,14 @@ fn connect(port: u16, access: &Access, timeout: Duration) -> redis::RedisResult<
         .password
         .as_ref()
         .map_or(String::new(), |p| format!(":{p}@"));
-    let client = match &access.tls_ca {
+    let client = match &access.tls {
         None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/"))?,
-        Some(ca) => {
+        Some(tls) => {
             // rustls needs a process-wide crypto provider; the first one installed stays.
             let _ = rustls::crypto::ring::default_provider().install_default();
             redis::Client::build_with_tls(
                 format!("rediss://{auth}127.0.0.1:{port}/"),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
+                tls.client_certs(),
             )?
         }
     };
@@ -87,13 +139,14 @@ fn run<T: redis::FromRedisValue>(
     cmd.query(&mut con)
 }
 
-/// Starts `redis-server` on `port` (its TLS port when `access` has a CA: then it has no plain
+/// Starts `redis-server` on `port` (its TLS port when `access` has TLS: then it has no plain
 /// port) with `extra` arguments, logging to `dir`, and waits until it answers PING. Errors (the
 /// port was taken, the binary is missing) come back with the log.
 fn spawn(port: u16, dir: &Path, extra: &[String], access: &Access) -> Result<Child, String> {
     let mut command = Command::new("redis-server");
-    if access.tls_ca.is_some() {
+    if let Some(tls) = &access.tls {
         command.args(["--port", "0", "--tls-port", &port.to_string()]);
+        command.args(tls.server_args());
     } else {
         command.args(["--port", &port.to_string()]);
     }
@@ -223,7 +276,7 @@ impl RedisServer {
             &args,
             Access {
                 password: Some(password.to_owned()),
-                tls_ca: None,
+                tls: None,
             },
         )
     }
@@ -231,26 +284,20 @@ impl RedisServer {
     /// A server that speaks only TLS, with the server certificate of `certs`, and does not
     /// ask clients for certificates.
     pub fn start_tls(certs: &TestCerts) -> RedisServer {
-        let path = |p: PathBuf| p.to_str().unwrap().to_owned();
-        let (cert, key, ca) = (
-            path(certs.server_cert()),
-            path(certs.server_key()),
-            path(certs.ca()),
-        );
+        Self::start_tls_with(certs, false, &[])
+    }
+
+    /// A server that speaks only TLS, asking clients for a certificate when `client_auth`,
+    /// with `extra` arguments.
+    pub fn start_tls_with(certs: &TestCerts, client_auth: bool, extra: &[&str]) -> RedisServer {
         Self::start_as(
-            &[
-                "--tls-cert-file",
-                &cert,
-                "--tls-key-file",
-                &key,
-                "--tls-ca-cert-file",
-                &ca,
-                "--tls-auth-clients",
-                "no",
-            ],
+            extra,
             Access {
                 password: None,
-                tls_ca: Some(std::fs::read(certs.ca()).unwrap()),
+                tls: Some(TlsSetup {
+                    certs: certs.clone(),
+                    client_auth,
+                }),
             },
         )
     }
@@ -284,7 +331,7 @@ impl RedisServer {
     /// `redis://127.0.0.1:P`, for `--redis-url` (`rediss://` for a TLS server, with
     /// `:password@` for one that requires a password).
     pub fn url(&self) -> String {
-        let scheme = if self.access.tls_ca.is_some() {
+        let scheme = if self.access.tls.is_some() {
             "rediss"
         } else {
             "redis"
@@ -411,13 +458,12 @@ impl RedisServer {
                 .arg(0),
         );
         let port = primary.port.to_string();
-        let replica = match &primary.access.password {
-            None => Self::start_with(&["--replicaof", "127.0.0.1", &port]),
-            Some(pw) => Self::start_with_password(
-                pw,
-                &["--replicaof", "127.0.0.1", &port, "--masterauth", pw],
-            ),
-        };
+        let mut args = vec!["--replicaof", "127.0.0.1", &port];
+        if let Some(pw) = &primary.access.password {
+            args.extend(["--requirepass", pw, "--masterauth", pw]);
+        }
+        // The same password and TLS as the primary's.
+        let replica = Self::start_as(&args, primary.access.clone());
         wait_until(
             &format!("replica {} linked to {}", replica.port, primary.port),
             START_TIMEOUT,
@@ -466,10 +512,30 @@ impl RedisCluster {
     /// joined with `redis-cli --cluster create`; returns once every node says
     /// `cluster_state:ok`.
     pub fn start(masters: usize) -> RedisCluster {
+        Self::start_as(masters, &Access::default())
+    }
+
+    /// The same, every node speaking only TLS (`port 0`, `tls-port`), its bus too
+    /// (`tls-cluster yes`), asking clients for a certificate when `client_auth`.
+    pub fn start_tls(masters: usize, certs: &TestCerts, client_auth: bool) -> RedisCluster {
+        let tls = TlsSetup {
+            certs: certs.clone(),
+            client_auth,
+        };
+        Self::start_as(
+            masters,
+            &Access {
+                password: None,
+                tls: Some(tls),
+            },
+        )
+    }
+
+    fn start_as(masters: usize, access: &Access) -> RedisCluster {
         assert!(masters >= 3, "Redis Cluster needs at least 3 masters");
         let mut errors = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(masters) {
+            match Self::try_start(masters, access) {
                 Ok(cluster) => return cluster,
                 Err(e) => errors.push(e),
             }
@@ -480,14 +546,14 @@ impl RedisCluster {
         );
     }
 
-    fn try_start(masters: usize) -> Result<RedisCluster, String> {
+    fn try_start(masters: usize, access: &Access) -> Result<RedisCluster, String> {
         let dir = temp_dir("redis-cluster");
         let mut nodes = Vec::with_capacity(masters);
         for _ in 0..masters {
             // The cluster bus defaults to port + 10000, which may be taken or past 65535: pick
             // it free as well.
             let (port, bus) = (free_port(), free_port());
-            let extra = vec![
+            let mut extra = vec![
                 "--cluster-enabled".to_owned(),
                 "yes".to_owned(),
                 "--cluster-config-file".to_owned(),
@@ -500,12 +566,15 @@ impl RedisCluster {
                 "--cluster-node-timeout".to_owned(),
                 "5000".to_owned(),
             ];
-            let child = spawn(port, &dir, &extra, &Access::default())?;
+            if access.tls.is_some() {
+                extra.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+            }
+            let child = spawn(port, &dir, &extra, access)?;
             nodes.push(RedisServer {
                 port,
                 dir: dir.clone(),
                 extra,
-                access: Access::default(),
+                access: access.clone(),
                 child: Some(child),
             });
         }
@@ -515,7 +584,9 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
+        let tls_args = access.tls.as_ref().map(TlsSetup::cli_args);
         let out = Command::new("redis-cli")
+            .args(tls_args.unwrap_or_default())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -556,14 +627,16 @@ impl RedisCluster {
         }
     }
 
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…`
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,…` (`rediss+cluster://` over TLS).
     pub fn url(&self) -> String {
         let addrs: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        format!("redis+cluster://{}", addrs.join(","))
+        let tls = self.nodes.first().is_some_and(|n| n.access.tls.is_some());
+        let scheme = if tls { "rediss" } else { "redis" };
+        format!("{scheme}+cluster://{}", addrs.join(","))
     }
 
     pub fn nodes(&self) -> &[RedisServer] {
@@ -617,11 +690,22 @@ impl RedisSentinel {
         requirepass: Option<&str>,
     ) -> RedisSentinel {
         let dir = temp_dir("redis-sentinel");
+        // Over TLS when the primary is: its port, its links to the primary, replicas and
+        // other sentinels, and asking clients for a certificate as the primary does.
         let access = Access {
             password: requirepass.map(str::to_owned),
-            tls_ca: None,
+            tls: primary.access.tls.clone(),
         };
         let mut more = String::new();
+        if let Some(tls) = &access.tls {
+            for pair in tls.server_args().chunks(2) {
+                more.push_str(&format!(
+                    "{} {}\n",
+                    pair[0].trim_start_matches("--"),
+                    pair[1]
+                ));
+            }
+        }
         if let Some(pw) = requirepass {
             more.push_str(&format!("requirepass {pw}\n"));
         }
@@ -635,7 +719,7 @@ impl RedisSentinel {
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\n\
+                    "{port_lines}\
                      bind 127.0.0.1\n\
                      daemonize no\n\
                      dir {dir}\n\
@@ -646,6 +730,11 @@ impl RedisSentinel {
                      {more}",
                     dir = dir.display(),
                     primary = primary.port,
+                    port_lines = if access.tls.is_some() {
+                        format!("port 0\ntls-port {port}\n")
+                    } else {
+                        format!("port {port}\n")
+                    },
                 ),
             )
             .unwrap();
@@ -724,8 +813,11 @@ impl Drop for RedisSentinel {
     }
 }
 
-/// A throwaway CA and a server certificate it signed for `127.0.0.1` and `localhost` (ECDSA
-/// P-256, valid for two days), made with the `openssl` command in a fresh temp dir.
+/// A throwaway CA, a server certificate it signed for `127.0.0.1` and `localhost` (for client
+/// use too: a Redis node shows it to the nodes it connects to) and a client certificate it
+/// signed (ECDSA P-256, valid for two days), made with the `openssl` command in a fresh temp
+/// dir.
+#[derive(Clone, Debug)]
 pub struct TestCerts {
     dir: PathBuf,
 }
@@ -738,7 +830,14 @@ impl TestCerts {
             "subjectAltName = IP:127.0.0.1, DNS:localhost\n\
              basicConstraints = critical, CA:FALSE\n\
              keyUsage = critical, digitalSignature\n\
-             extendedKeyUsage = serverAuth\n",
+             extendedKeyUsage = serverAuth, clientAuth\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = clientAuth\n",
         )
         .unwrap();
         let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2";
@@ -765,6 +864,17 @@ impl TestCerts {
              -extfile server.ext -out server.crt",
             &[],
         );
+        openssl(
+            &dir,
+            &format!("req {ec} -keyout client.key -out client.csr"),
+            &["-subj", "/CN=ratelimiter"],
+        );
+        openssl(
+            &dir,
+            "x509 -req -days 2 -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+             -extfile client.ext -out client.crt",
+            &[],
+        );
         TestCerts { dir }
     }
 
@@ -779,6 +889,15 @@ impl TestCerts {
 
     pub fn server_key(&self) -> PathBuf {
         self.dir.join("server.key")
+    }
+
+    /// A client certificate (PEM) the CA signed, for servers that ask for one.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join("client.crt")
+    }
+
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client.key")
     }
 }
 

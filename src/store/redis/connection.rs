@@ -4,14 +4,18 @@
 //! URLs:
 //! - `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS): one server. Over TLS the
 //!   server's certificate is checked against the system's CAs, or against those of a CA file
-//!   ([`Connections::new`]) instead; `rediss://…/#insecure` checks nothing (a
+//!   ([`TlsFiles`]) instead; `rediss://…/#insecure` checks nothing (a
 //!   warning says so). TLS is rustls with the ring provider, installed for the process here;
-//! - `redis+cluster://[user:pass@]h1:p1,h2:p2,…`: Redis Cluster, seeded from those nodes
-//!   (plain TCP, as is Sentinel below);
+//! - `redis+cluster://[user:pass@]h1:p1,h2:p2,…`: Redis Cluster, seeded from those nodes;
+//!   `rediss+cluster://…`: every node over TLS;
 //! - `redis+sentinel://[user:pass@]h1:p1,h2:p2,…/master-name[/db]`: the primary that the
 //!   sentinels name, found again through them after a failover. The credentials are the
 //!   primary's; the sentinels are sent them too, as the user `default` when the URL names no
 //!   user, which a sentinel requiring that password accepts and so does one requiring none.
+//!   `rediss+sentinel://…`: the sentinels and the primary over TLS.
+//!
+//! Over TLS, whatever the form, the same CA file and client certificate ([`TlsFiles`]) serve
+//! every connection: each server, node, sentinel and primary.
 //!
 //! A pooled connection stays with the primary it was opened to. After a failover that killed
 //! the primary it breaks, and the pool opens the next one through the sentinels. After a
@@ -20,13 +24,14 @@
 //! are asked every [`SENTINEL_POLL`] which primary they name, and when that changes the
 //! connections opened before are closed.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::{self, FromRedisValue, ScriptInvocation, Value};
 use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 
+use super::connectors::{ClusterConnector, SentinelConnector, SentinelTarget};
+use super::tls::TlsFiles;
 use crate::store::StoreError;
 
 /// A parsed `--redis-url`.
@@ -51,68 +56,93 @@ impl RedisUrl {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             return Ok(RedisUrl::Single(url.to_owned()));
         }
-        if let Some(rest) = url.strip_prefix("redis+cluster://") {
-            let (auth, hosts) = split_auth(rest);
-            let hosts = hosts.trim_end_matches('/');
-            if hosts.is_empty() {
-                return Err(bad("names no cluster node"));
-            }
-            return Ok(RedisUrl::Cluster(
-                hosts
-                    .split(',')
-                    .map(|h| format!("redis://{auth}{h}"))
-                    .collect(),
-            ));
-        }
-        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            let (auth, rest) = split_auth(rest);
-            let mut parts = rest.splitn(3, '/');
-            let hosts = parts.next().unwrap_or("");
-            let master = parts.next().unwrap_or("");
-            if hosts.is_empty() || master.is_empty() {
-                return Err(bad(
-                    "expected redis+sentinel://host:port[,host:port…]/master-name[/db]",
-                ));
-            }
-            let db = match parts.next() {
-                None | Some("") => None,
-                Some(d) => Some(
-                    d.parse()
-                        .map_err(|_| bad("the database must be a number"))?,
-                ),
+        for (scheme, node_scheme) in [("redis+", "redis"), ("rediss+", "rediss")] {
+            let Some(rest) = url.strip_prefix(scheme) else {
+                continue;
             };
-            // `AUTH password` is refused by a server that requires no password, while
-            // `AUTH default password` is accepted by it (Redis ≥ 6): so a sentinel gets the
-            // user `default` when the URL names none, and works whether or not it requires the
-            // primary's password.
-            let sentinel_auth = if auth.starts_with(':') {
-                format!("default{auth}")
-            } else {
-                auth.to_owned()
-            };
-            let sentinels: Vec<String> = hosts
-                .split(',')
-                .map(|h| format!("redis://{sentinel_auth}{h}"))
-                .collect();
-            // The redis crate's own parser, for its percent-decoding of the user and password.
-            let credentials = redis::IntoConnectionInfo::into_connection_info(format!(
-                "redis://{auth}{}",
-                hosts.split(',').next().unwrap_or("")
-            ))
-            .map_err(|_| bad("a sentinel's address or the credentials do not parse"))?;
-            let credentials = credentials.redis_settings();
-            return Ok(RedisUrl::Sentinel {
-                sentinels,
-                master: master.to_owned(),
-                db,
-                username: credentials.username().map(str::to_owned),
-                password: credentials.password().map(str::to_owned),
-            });
+            if let Some(rest) = rest.strip_prefix("cluster://") {
+                return parse_cluster(rest, node_scheme).map_err(&bad);
+            }
+            if let Some(rest) = rest.strip_prefix("sentinel://") {
+                return parse_sentinel(rest, node_scheme).map_err(|why| bad(&why));
+            }
         }
         Err(bad(
-            "expected redis://, rediss://, redis+cluster:// or redis+sentinel://",
+            "expected redis://, rediss://, redis[s]+cluster:// or redis[s]+sentinel://",
         ))
     }
+
+    /// Whether the connections are TLS: `rediss://`, `rediss+cluster://`, `rediss+sentinel://`.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            RedisUrl::Single(url) => url.starts_with("rediss://"),
+            RedisUrl::Cluster(urls) => urls.first().is_some_and(|u| u.starts_with("rediss://")),
+            RedisUrl::Sentinel { sentinels, .. } => sentinels
+                .first()
+                .is_some_and(|u| u.starts_with("rediss://")),
+        }
+    }
+}
+
+/// The node URLs (`{node_scheme}://[user:pass@]host:port`) of a Cluster URL's `rest`.
+fn parse_cluster(rest: &str, node_scheme: &str) -> Result<RedisUrl, &'static str> {
+    let (auth, hosts) = split_auth(rest);
+    let hosts = hosts.trim_end_matches('/');
+    if hosts.is_empty() {
+        return Err("names no cluster node");
+    }
+    Ok(RedisUrl::Cluster(
+        hosts
+            .split(',')
+            .map(|h| format!("{node_scheme}://{auth}{h}"))
+            .collect(),
+    ))
+}
+
+/// A Sentinel URL's `rest` (`[user:pass@]h1:p1,h2:p2/master[/db]`); every sentinel's URL is
+/// `{node_scheme}://…`, and the primary is reached the same way.
+fn parse_sentinel(rest: &str, node_scheme: &str) -> Result<RedisUrl, String> {
+    let (auth, rest) = split_auth(rest);
+    let mut parts = rest.splitn(3, '/');
+    let hosts = parts.next().unwrap_or("");
+    let master = parts.next().unwrap_or("");
+    if hosts.is_empty() || master.is_empty() {
+        return Err("expected redis+sentinel://host:port[,host:port…]/master-name[/db]".into());
+    }
+    let db = match parts.next() {
+        None | Some("") => None,
+        Some(d) => Some(
+            d.parse()
+                .map_err(|_| "the database must be a number".to_owned())?,
+        ),
+    };
+    // `AUTH password` is refused by a server that requires no password, while
+    // `AUTH default password` is accepted by it (Redis ≥ 6): so a sentinel gets the
+    // user `default` when the URL names none, and works whether or not it requires the
+    // primary's password.
+    let sentinel_auth = if auth.starts_with(':') {
+        format!("default{auth}")
+    } else {
+        auth.to_owned()
+    };
+    let sentinels: Vec<String> = hosts
+        .split(',')
+        .map(|h| format!("{node_scheme}://{sentinel_auth}{h}"))
+        .collect();
+    // The redis crate's own parser, for its percent-decoding of the user and password.
+    let credentials = redis::IntoConnectionInfo::into_connection_info(format!(
+        "redis://{auth}{}",
+        hosts.split(',').next().unwrap_or("")
+    ))
+    .map_err(|_| "a sentinel's address or the credentials do not parse".to_owned())?;
+    let credentials = credentials.redis_settings();
+    Ok(RedisUrl::Sentinel {
+        sentinels,
+        master: master.to_owned(),
+        db,
+        username: credentials.username().map(str::to_owned),
+        password: credentials.password().map(str::to_owned),
+    })
 }
 
 /// `url` with the credentials given apart from it (a password from a file or the
@@ -198,15 +228,15 @@ pub struct Held {
 
 enum Pool {
     Single(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
-    Sentinel(deadpool_redis::sentinel::Pool),
+    Cluster(deadpool::managed::Pool<ClusterConnector>),
+    Sentinel(deadpool::managed::Pool<SentinelConnector>),
 }
 
 /// A connection taken from whichever pool: one type, so every call is written once.
 enum Conn {
     Single(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
-    Sentinel(deadpool_redis::sentinel::Connection),
+    Cluster(deadpool::managed::Object<ClusterConnector>),
+    Sentinel(deadpool::managed::Object<SentinelConnector>),
 }
 
 impl Pool {
@@ -274,33 +304,22 @@ fn config_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Config(format!("Redis pool: {e}"))
 }
 
-/// A pool for one server, over TLS for `rediss://` (checked against `ca_file`'s CAs when
-/// given, else the system's).
-fn single_pool(url: &str, ca_file: Option<&Path>, config: PoolConfig) -> Result<Pool, StoreError> {
-    let tls = url.starts_with("rediss://");
-    if tls {
-        install_crypto_provider();
-        if url.ends_with("#insecure") {
-            tracing::warn!("--redis-url …#insecure: the Redis server's certificate is not checked");
-        }
+/// A pool for one server, over TLS for `rediss://` (with `certs` when given: a CA instead of
+/// the system's, a client certificate).
+fn single_pool(
+    url: &str,
+    certs: Option<redis::TlsCertificates>,
+    config: PoolConfig,
+) -> Result<Pool, StoreError> {
+    if url.starts_with("rediss://") && url.ends_with("#insecure") {
+        tracing::warn!("--redis-url …#insecure: the Redis server's certificate is not checked");
     }
-    let info = match ca_file {
+    let info = match certs {
         None => redis::IntoConnectionInfo::into_connection_info(url).map_err(config_error)?,
-        Some(path) if tls => {
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(read_ca_file(path)?),
-            };
-            redis::Client::build_with_tls(url, certs)
-                .map_err(config_error)?
-                .get_connection_info()
-                .clone()
-        }
-        Some(_) => {
-            return Err(StoreError::Config(
-                "--redis-ca-file needs a rediss:// URL".into(),
-            ));
-        }
+        Some(certs) => redis::Client::build_with_tls(url, certs)
+            .map_err(config_error)?
+            .get_connection_info()
+            .clone(),
     };
     let manager = deadpool_redis::Manager::new(info).map_err(config_error)?;
     let pool = deadpool_redis::Pool::builder(manager)
@@ -311,11 +330,16 @@ fn single_pool(url: &str, ca_file: Option<&Path>, config: PoolConfig) -> Result<
     Ok(Pool::Single(pool))
 }
 
-fn cluster_pool(urls: &[String], config: PoolConfig) -> Result<Pool, StoreError> {
-    let mut cfg = deadpool_redis::cluster::Config::from_urls(urls.to_vec());
-    cfg.pool = Some(config);
-    let pool = cfg
-        .create_pool(Some(Runtime::Tokio1))
+fn cluster_pool(
+    urls: &[String],
+    certs: Option<redis::TlsCertificates>,
+    config: PoolConfig,
+) -> Result<Pool, StoreError> {
+    let connector = ClusterConnector::new(urls, certs).map_err(config_error)?;
+    let pool = deadpool::managed::Pool::builder(connector)
+        .config(config)
+        .runtime(Runtime::Tokio1)
+        .build()
         .map_err(config_error)?;
     Ok(Pool::Cluster(pool))
 }
@@ -324,6 +348,7 @@ fn cluster_pool(urls: &[String], config: PoolConfig) -> Result<Pool, StoreError>
 /// sentinels named another primary (noted in `switched`) are closed, idle ones at once.
 fn sentinel_pool(
     url: &RedisUrl,
+    certs: Option<redis::TlsCertificates>,
     config: PoolConfig,
     switched: &Arc<Mutex<Option<Instant>>>,
 ) -> Result<Pool, StoreError> {
@@ -338,38 +363,31 @@ fn sentinel_pool(
         return Err(StoreError::Config("not a Sentinel URL".into()));
     };
     // What the primary is connected with: the sentinels' answer gives only its address.
-    let mut cfg = deadpool_redis::sentinel::Config::from_urls(
-        sentinels.clone(),
-        master.clone(),
-        deadpool_redis::sentinel::SentinelServerType::Master,
-    )
-    .with_node_connection_info(Some(deadpool_redis::sentinel::SentinelNodeConnectionInfo {
-        tls_mode: None,
-        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
-            db: db.unwrap_or(0),
-            username: username.clone(),
-            password: password.clone(),
-            ..Default::default()
-        }),
-    }));
-    cfg.pool = Some(config);
+    let target = SentinelTarget {
+        sentinels,
+        master,
+        db: *db,
+        username: username.as_deref(),
+        password: password.as_deref(),
+    };
+    let connector = SentinelConnector::new(&target, certs.clone()).map_err(config_error)?;
     let stale = switched.clone();
-    let pool = cfg
-        .builder()
-        .map_err(config_error)?
+    let pool = deadpool::managed::Pool::builder(connector)
+        .config(config)
         .runtime(Runtime::Tokio1)
-        .pre_recycle(deadpool_redis::sentinel::Hook::sync_fn(
+        .pre_recycle(deadpool::managed::Hook::sync_fn(
             move |_, metrics| match *stale.lock().unwrap_or_else(PoisonError::into_inner) {
-                Some(at) if metrics.created < at => Err(
-                    deadpool_redis::sentinel::HookError::message("opened to the previous primary"),
-                ),
+                Some(at) if metrics.created < at => Err(deadpool::managed::HookError::message(
+                    "opened to the previous primary",
+                )),
                 _ => Ok(()),
             },
         ))
         .build()
         .map_err(config_error)?;
     let weak = pool.weak();
-    follow_sentinels(sentinels, master, switched.clone(), move |close_idle| {
+    let clients = sentinel_clients(sentinels, certs)?;
+    follow_sentinels(clients, master, switched.clone(), move |close_idle| {
         let Some(pool) = weak.upgrade() else {
             return false;
         };
@@ -381,31 +399,50 @@ fn sentinel_pool(
     Ok(Pool::Sentinel(pool))
 }
 
+/// A client for each sentinel URL, over TLS with `certs` for `rediss://` ones.
+fn sentinel_clients(
+    urls: &[String],
+    certs: Option<redis::TlsCertificates>,
+) -> Result<Vec<redis::Client>, StoreError> {
+    urls.iter()
+        .map(|u| match &certs {
+            Some(certs) if u.starts_with("rediss://") => {
+                redis::Client::build_with_tls(u.as_str(), certs.clone())
+            }
+            _ => redis::Client::open(u.as_str()),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(config_error)
+}
+
 impl Connections {
-    /// Connections for `url`, `size` at most; over TLS (`rediss://` only) trusting the CA
-    /// certificates (PEM) in `ca_file` instead of the system's. The file is read now, so a
-    /// missing or unreadable one stops the start-up. Connections open lazily.
+    /// Connections for `url`, `size` at most; over TLS with the CA certificates and the client
+    /// certificate of `tls` (for a TLS URL only). The files are read now, so a missing or
+    /// unreadable one stops the start-up. Connections open lazily.
     pub fn new(
         url: &RedisUrl,
-        ca_file: Option<&Path>,
+        tls: &TlsFiles,
         size: usize,
         timeout: Duration,
         round_trips: prometheus::IntCounter,
         call_duration: prometheus::Histogram,
     ) -> Result<Self, StoreError> {
         let config = pool_config(size, timeout);
+        let certs = tls.load()?;
+        if url.is_tls() {
+            install_crypto_provider();
+        } else if let Some(flag) = tls.first_flag() {
+            return Err(StoreError::Config(format!(
+                "{flag} needs a rediss:// URL (or rediss+cluster://, rediss+sentinel://)"
+            )));
+        }
         let mut switched = None;
         let pool = match url {
-            RedisUrl::Single(u) => single_pool(u, ca_file, config)?,
-            _ if ca_file.is_some() => {
-                return Err(StoreError::Config(
-                    "--redis-ca-file needs a rediss:// URL".into(),
-                ));
-            }
-            RedisUrl::Cluster(urls) => cluster_pool(urls, config)?,
+            RedisUrl::Single(u) => single_pool(u, certs, config)?,
+            RedisUrl::Cluster(urls) => cluster_pool(urls, certs, config)?,
             RedisUrl::Sentinel { .. } => {
                 let at: Arc<Mutex<Option<Instant>>> = Arc::default();
-                let pool = sentinel_pool(url, config, &at)?;
+                let pool = sentinel_pool(url, certs, config, &at)?;
                 switched = Some(at);
                 pool
             }
@@ -523,17 +560,6 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The CA certificates of `--redis-ca-file`, checked to hold at least one PEM certificate.
-fn read_ca_file(path: &Path) -> Result<Vec<u8>, StoreError> {
-    let bad =
-        |why: String| StoreError::Config(format!("--redis-ca-file {}: {why}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(bad("holds no PEM certificate".into()));
-    }
-    Ok(pem)
-}
-
 /// How often the sentinels are asked which primary they name.
 pub const SENTINEL_POLL: Duration = Duration::from_millis(500);
 
@@ -543,7 +569,7 @@ pub const SENTINEL_POLL: Duration = Duration::from_millis(500);
 /// idle connections at once. Runs until `pool(false)` says the pool is gone; does nothing
 /// outside a Tokio runtime.
 fn follow_sentinels(
-    urls: &[String],
+    clients: Vec<redis::Client>,
     master: &str,
     switched: Arc<Mutex<Option<Instant>>>,
     pool: impl Fn(bool) -> bool + Send + 'static,
@@ -551,10 +577,6 @@ fn follow_sentinels(
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let clients: Vec<redis::Client> = urls
-        .iter()
-        .filter_map(|u| redis::Client::open(u.as_str()).ok())
-        .collect();
     let master = master.to_owned();
     runtime.spawn(async move {
         let config = redis::AsyncConnectionConfig::new()
@@ -699,9 +721,30 @@ mod tests {
                 password: Some("p".into()),
             }
         );
+        // Over TLS: every node, or the sentinels and (by `is_tls`) the primary.
+        let tls_cluster = RedisUrl::parse("rediss+cluster://u:p@a:1,b:2").unwrap();
+        assert_eq!(
+            tls_cluster,
+            RedisUrl::Cluster(vec!["rediss://u:p@a:1".into(), "rediss://u:p@b:2".into()])
+        );
+        let tls_sentinel = RedisUrl::parse("rediss+sentinel://a:1,b:2/m").unwrap();
+        assert!(matches!(&tls_sentinel, RedisUrl::Sentinel { sentinels, .. }
+            if sentinels == &["rediss://a:1", "rediss://b:2"]));
+        assert!(tls_cluster.is_tls() && tls_sentinel.is_tls());
+        assert!(RedisUrl::parse("rediss://a:1").unwrap().is_tls());
+        for plain in [
+            "redis://a:1",
+            "redis+cluster://a:1",
+            "redis+sentinel://a:1/m",
+        ] {
+            assert!(!RedisUrl::parse(plain).unwrap().is_tls(), "{plain}");
+        }
         for bad in [
             "http://x",
             "redis+cluster://",
+            "rediss+cluster://",
+            "rediss+sentinel://a:1",
+            "rediss+memcached://a:1",
             "redis+sentinel://a:1",
             "redis+sentinel://a:1/m/x",
         ] {

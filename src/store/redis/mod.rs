@@ -21,10 +21,12 @@
 mod batch;
 mod breaker;
 mod connection;
+mod connectors;
 mod cross_slot;
 mod over_limit;
 pub mod script;
 mod stats;
+mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +39,7 @@ pub use breaker::Breaker;
 pub use connection::{Connections, RedisUrl, with_credentials};
 pub use over_limit::OverLimitCache;
 pub use stats::RedisStats;
+pub use tls::TlsFiles;
 
 use super::{Capacity, CounterKey, Plan, Store, StoreError};
 
@@ -53,8 +56,9 @@ pub struct RedisOptions {
     pub pool_size: usize,
     /// Prefix of every key the service writes.
     pub prefix: String,
-    /// CA certificates (PEM) trusted over TLS instead of the system's (`--redis-ca-file`).
-    pub ca_file: Option<std::path::PathBuf>,
+    /// Over TLS: CA certificates trusted instead of the system's (`--redis-ca-file`), a client
+    /// certificate and its key (`--redis-client-cert-file`, `--redis-client-key-file`).
+    pub tls: TlsFiles,
 }
 
 impl RedisOptions {
@@ -70,7 +74,7 @@ impl RedisOptions {
             timeout: Duration::from_millis(Self::DEFAULT_TIMEOUT_MS),
             pool_size: Self::DEFAULT_POOL_SIZE as usize,
             prefix: Self::DEFAULT_PREFIX.into(),
-            ca_file: None,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -95,7 +99,7 @@ impl RedisStore {
         // Workers keep their connections; the pool holds a few more for `/readyz` pings.
         let connections = Arc::new(Connections::new(
             &url,
-            options.ca_file.as_deref(),
+            &options.tls,
             options.pool_size + HEALTH_CONNECTIONS,
             options.timeout,
             stats.round_trips.clone(),
