@@ -64,6 +64,11 @@ pub fn translate(var: impl Fn(&str) -> Option<String>) -> Translation {
         Ok(url) => flag("RATELIMITER_REDIS_URL", "--redis-url", url),
         Err(e) => errors.push(e),
     }
+    if var("REDIS_TLS").and_then(|v| parse_bool(&v)) == Some(true) {
+        for (name, own, flag_name) in REDIS_TLS_FILES {
+            flag(own, flag_name, var(name));
+        }
+    }
     if var("TRACING_ENABLED").and_then(|v| parse_bool(&v)) == Some(true) {
         let endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_else(|| OTLP_DEFAULT.into());
         flag(
@@ -109,6 +114,14 @@ const DIRECT: [(&str, &str, &str); 3] = [
     ("GRPC_UDS", "RATELIMITER_GRPC_UDS", "--grpc-uds"),
     ("REDIS_POOL_SIZE", "RATELIMITER_REDIS_POOL_SIZE", "--redis-pool-size"),
     ("CACHE_KEY_PREFIX", "RATELIMITER_REDIS_PREFIX", "--redis-prefix"),
+];
+
+/// Upstream's Redis TLS files, used as upstream uses them: only when `REDIS_TLS` is true.
+#[rustfmt::skip]
+const REDIS_TLS_FILES: [(&str, &str, &str); 3] = [
+    ("REDIS_TLS_CACERT", "RATELIMITER_REDIS_CA_FILE", "--redis-ca-file"),
+    ("REDIS_TLS_CLIENT_CERT", "RATELIMITER_REDIS_CLIENT_CERT_FILE", "--redis-client-cert-file"),
+    ("REDIS_TLS_CLIENT_KEY", "RATELIMITER_REDIS_CLIENT_KEY_FILE", "--redis-client-key-file"),
 ];
 
 /// Upstream's tracing settings besides the endpoint, when `TRACING_ENABLED` is true.
@@ -264,7 +277,7 @@ pub const HONOURED: &[&str] = &[
     "GRPC_MAX_CONNECTION_AGE_GRACE", "LOG_LEVEL", "LOG_FORMAT", "RUNTIME_ROOT",
     "RUNTIME_SUBDIRECTORY", "RUNTIME_APPDIRECTORY", "RUNTIME_WATCH_ROOT", "CACHE_KEY_PREFIX",
     "REDIS_SOCKET_TYPE", "REDIS_TYPE", "REDIS_URL", "REDIS_POOL_SIZE", "REDIS_AUTH", "REDIS_TLS",
-    "SHADOW_MODE", "QUOTA_MODE", "RESPONSE_DYNAMIC_METADATA", "TRACING_ENABLED",
+    "REDIS_TLS_CACERT", "REDIS_TLS_CLIENT_CERT", "REDIS_TLS_CLIENT_KEY", "SHADOW_MODE", "QUOTA_MODE", "RESPONSE_DYNAMIC_METADATA", "TRACING_ENABLED",
     "TRACING_SERVICE_NAME", "TRACING_SAMPLING_RATE", "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
@@ -276,8 +289,6 @@ const NOT_HONOURED: &[(&str, &str)] = &[
     ("REDIS_PERSECOND_URL", "one store here: per-second limits share --redis-url"),
     ("REDIS_PIPELINE_WINDOW", "concurrent decisions always share a pipeline, with no added wait"),
     ("REDIS_PIPELINE_LIMIT", "concurrent decisions always share a pipeline (up to 64)"),
-    ("REDIS_TLS_CLIENT_CERT", "not offered: Redis client certificates"),
-    ("REDIS_TLS_CACERT", "use --redis-ca-file"),
     ("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "not offered: the server's name is always verified"),
     ("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "/readyz pings Redis"),
     ("LOCAL_CACHE_SIZE_IN_BYTES", "the over-limit cache is always on and exact"),
@@ -309,7 +320,6 @@ const NOT_HONOURED: &[(&str, &str)] = &[
     ("TRACING_SERVICE_INSTANCE_ID", "not offered: --tracing-service-name only"),
     ("RUNTIME_IGNOREDOTFILES", "hidden files are always ignored"),
     ("REDIS_SENTINEL_AUTH", "the sentinels are asked with REDIS_AUTH's credentials"),
-    ("REDIS_TLS_CLIENT_KEY", "not offered: Redis client certificates"),
     ("REDIS_POOL_ON_EMPTY_BEHAVIOR", "a decision waits for a connection within --redis-timeout-ms"),
     ("REDIS_STARTUP_INITIAL_INTERVAL", "start-up never blocks on Redis: readiness waits at most 5 s, then the failure policy answers"),
     ("REDIS_STARTUP_MAX_INTERVAL", "start-up never blocks on Redis"),
@@ -392,6 +402,25 @@ mod tests {
             arg(&with(&[("GRPC_UDS", "/run/rl.sock")]), "--grpc-uds"),
             Some("/run/rl.sock")
         );
+    }
+
+    #[test]
+    fn redis_tls_files_become_the_flags_only_with_redis_tls() {
+        let files = [
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "redis:6379"),
+            ("REDIS_TLS_CACERT", "/tls/ca.pem"),
+            ("REDIS_TLS_CLIENT_CERT", "/tls/client.pem"),
+            ("REDIS_TLS_CLIENT_KEY", "/tls/client.key"),
+        ];
+        let t = with(&[&files[..], &[("REDIS_TLS", "true")]].concat());
+        assert_eq!(arg(&t, "--redis-ca-file"), Some("/tls/ca.pem"));
+        assert_eq!(arg(&t, "--redis-client-cert-file"), Some("/tls/client.pem"));
+        assert_eq!(arg(&t, "--redis-client-key-file"), Some("/tls/client.key"));
+        assert_eq!(arg(&t, "--redis-url"), Some("rediss://redis:6379"));
+        let plain = with(&files);
+        assert_eq!(arg(&plain, "--redis-ca-file"), None);
+        assert_eq!(arg(&plain, "--redis-client-cert-file"), None);
     }
 
     #[test]

@@ -87,6 +87,11 @@ impl Service {
     /// ports with JSON logs, and waits for its "listening" line.
     pub fn spawn(mut cmd: Command) -> Service {
         cmd.args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]);
+        // The admin API's default port is fixed (6070): a test that does not name one gets a
+        // free port too, so that services started side by side never contend for it.
+        if !cmd.get_args().any(|a| a == "--admin-addr") {
+            cmd.args(["--admin-addr", "127.0.0.1:0"]);
+        }
         Self::spawn_as_is(cmd)
     }
 
