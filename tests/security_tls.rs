@@ -442,9 +442,7 @@ async fn with_mtls_only_a_client_certificate_from_the_ca_gets_a_decision() {
         .await
         .unwrap();
     assert!(
-        answer
-            .to_ascii_lowercase()
-            .contains("\"remaining\":2"),
+        answer.to_ascii_lowercase().contains("\"remaining\":2"),
         "{answer}"
     );
 }
@@ -592,4 +590,89 @@ fn bad_tls_flags_and_files_stop_start_up_with_the_flag_or_file_named() {
         );
         assert!(!text.contains("panicked"), "{args:?}: {text}");
     }
+}
+
+/// A connection that sent the start of a TLS record (more than the 24 bytes the plaintext
+/// header-read rule asks for) and then nothing.
+async fn stalled_handshake(addr: SocketAddr) -> TcpStream {
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let mut start = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    start.resize(40, 0);
+    conn.write_all(&start).await.unwrap();
+    conn
+}
+
+/// Whether the server closed `conn` within `within`.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(within, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // An alert, then the close.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_holds_a_connection_slot_until_the_header_read_timeout() {
+    let certs = certs("tls-stall");
+    let config = config_dir("tls-stall", &[("service.yaml", BASIC)]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ratelimiter"));
+    command.env("RATELIMITER_HEADER_READ_TIMEOUT", "2");
+    let (cert, key) = (
+        certs.server.cert.to_str().unwrap(),
+        certs.server.key.to_str().unwrap(),
+    );
+    let svc = Service::start_command(
+        command,
+        &config,
+        &[
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--max-connections",
+            "2",
+        ],
+        "info",
+    );
+    let trusting = || client_config(&certs.ca.pem(), None, H1);
+    let started = Instant::now();
+    let mut stalled = [
+        stalled_handshake(svc.grpc).await,
+        stalled_handshake(svc.grpc).await,
+    ];
+    // Both slots are held by handshakes: a third client is closed at once.
+    let third = grpc_decision(
+        svc.grpc,
+        Some(client_config(&certs.ca.pem(), None, H2)),
+        "k1",
+    )
+    .await;
+    assert!(
+        third.is_err(),
+        "a third connection got through a cap of 2: {third:?}"
+    );
+    for conn in &mut stalled {
+        assert!(
+            closed_within(conn, Duration::from_secs(20)).await,
+            "a stalled handshake stayed open"
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "closed before its timeout"
+    );
+    assert!(tls_events(&svc, trusting(), "handshake_timeout").await >= 2);
+    let ok = grpc_decision(
+        svc.grpc,
+        Some(client_config(&certs.ca.pem(), None, H2)),
+        "k1",
+    )
+    .await;
+    assert_eq!(ok, Ok(true), "the slots are free again");
 }
