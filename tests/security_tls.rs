@@ -676,3 +676,104 @@ async fn a_stalled_handshake_holds_a_connection_slot_until_the_header_read_timeo
     .await;
     assert_eq!(ok, Ok(true), "the slots are free again");
 }
+
+/// The shipped `envoy/tls/envoy-tls.yaml` with free ports and this test's certificate files
+/// written in; without its client certificate when `client` is `None`.
+fn envoy_tls_config(certs: &Certs, grpc: u16, upstream: u16, client: Option<&Pair>) -> String {
+    use common::envoy::{ADMIN_PORT, LISTEN_PORT, RATELIMITER_GRPC_PORT, UPSTREAM_PORT};
+    use common::envoy::{repo, rewrite_port};
+    let text = std::fs::read_to_string(repo().join("envoy/tls/envoy-tls.yaml")).unwrap();
+    let text = rewrite_port(&text, LISTEN_PORT, 0);
+    let text = rewrite_port(&text, ADMIN_PORT, 0);
+    let text = rewrite_port(&text, RATELIMITER_GRPC_PORT, grpc);
+    let text = rewrite_port(&text, UPSTREAM_PORT, upstream);
+    let ca = certs.ca.pem();
+    let shown = |p: &Path| p.display().to_string();
+    let text = text.replace("/etc/ratelimiter/tls/ca.pem", &shown(&ca));
+    let Some(client) = client else {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                !["tls_certificates:", "client.pem", "client.key"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect();
+        return kept.join("\n");
+    };
+    text.replace("/etc/ratelimiter/tls/client.pem", &shown(&client.cert))
+        .replace("/etc/ratelimiter/tls/client.key", &shown(&client.key))
+}
+
+/// The statuses of `n` requests for `path` with `key` through `envoy`.
+async fn through(envoy: &common::envoy::Envoy, path: &str, key: &str, n: usize) -> Vec<u16> {
+    let client = common::envoy::client_from(common::envoy::LOCAL);
+    let mut statuses = Vec::with_capacity(n);
+    for _ in 0..n {
+        statuses.push(
+            common::envoy::get(&client, &envoy.url(path), Some(key))
+                .await
+                .status,
+        );
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn a_real_envoy_with_a_client_certificate_gets_decisions_and_one_without_gets_none() {
+    use common::envoy::{Envoy, KEY_QUOTA, Upstream, repo};
+    let certs = certs("tls-envoy");
+    let ca = certs.ca.pem();
+    let tls = [
+        "--tls-cert-file",
+        certs.server.cert.to_str().unwrap(),
+        "--tls-key-file",
+        certs.server.key.to_str().unwrap(),
+        "--tls-client-ca-file",
+        ca.to_str().unwrap(),
+    ];
+    let svc = Service::start(&repo().join("envoy/config"), &tls);
+    let upstream = Upstream::start();
+    let (grpc, up) = (svc.grpc.port(), upstream.port());
+    let config = envoy_tls_config(&certs, grpc, up, Some(&certs.client));
+    let envoy = Envoy::start_config("envoy-tls", &config).await;
+    let mut quota_then_429 = vec![200; KEY_QUOTA];
+    quota_then_429.push(429);
+    assert_eq!(
+        through(&envoy, "/api/x", "alice-key", KEY_QUOTA + 1).await,
+        quota_then_429
+    );
+    assert_eq!(
+        through(&envoy, "/authz/x", "bob-key", KEY_QUOTA + 1).await,
+        quota_then_429
+    );
+
+    let client = |alpn| client_config(&certs.ca.pem(), Some(&certs.client), alpn);
+    let failures = tls_events(&svc, client(H1), "handshake_failure").await;
+    let config = envoy_tls_config(&certs, grpc, up, None);
+    let anonymous = Envoy::start_config("envoy-tls-anonymous", &config).await;
+    // ext_authz fails closed (503), the rate-limit filter open (200): neither decided.
+    assert_eq!(
+        through(&anonymous, "/authz/x", "carol-key", 2).await,
+        vec![503; 2]
+    );
+    let open = through(&anonymous, "/api/x", "carol-key", KEY_QUOTA + 2).await;
+    assert_eq!(open, vec![200; KEY_QUOTA + 2], "fail open, no decision");
+    assert!(
+        tls_events(&svc, client(H1), "handshake_failure").await > failures,
+        "the service saw the handshakes fail"
+    );
+    for cluster in ["ratelimiter_authz", "ratelimiter_ratelimit"] {
+        let stat = format!("cluster.{cluster}.ssl.connection_error");
+        assert!(
+            anonymous.stat(&stat).await > 0,
+            "{stat}: {:?}",
+            anonymous.stats(cluster).await
+        );
+    }
+    // Nothing carol sent through the anonymous Envoy was counted: her whole quota is left.
+    assert_eq!(
+        through(&envoy, "/api/x", "carol-key", KEY_QUOTA + 1).await,
+        quota_then_429
+    );
+}
