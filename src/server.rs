@@ -6,6 +6,9 @@
 //! Shutdown is ordered for rolling updates: readiness turns false first (HTTP `/readyz` and
 //! gRPC health both say NOT_SERVING), then after `shutdown_delay` the servers stop accepting
 //! and in-flight requests finish, bounded by `drain_timeout`.
+//!
+//! Both TCP listeners accept through `tls::Secured` (TLS when `ServeOptions::tls` is set,
+//! plaintext otherwise), so the HTTP and the gRPC server share one accept path.
 
 use std::convert::Infallible;
 use std::future::Future;
