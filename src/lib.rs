@@ -21,4 +21,5 @@ pub mod request_limit;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream_env;

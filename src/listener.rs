@@ -15,6 +15,10 @@
 //! hyper's; HTTP/2 keepalive and connection age are the servers' (see `server.rs`).
 //! Accept errors (e.g. `EMFILE` when the process is out of file descriptors) are retried
 //! after [`ACCEPT_BACKOFF`] instead of spinning.
+//!
+//! With TLS on, `tls::accept::Secured` runs each accepted connection's handshake on top of
+//! its `Guarded` stream: the handshake holds the connection's slot and is bounded by the
+//! header-read timeout.
 
 use std::io;
 use std::pin::Pin;

@@ -19,6 +19,7 @@ use ratelimiter::server::{self, GrpcConnections, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
 use ratelimiter::store::redis::{TlsFiles, with_credentials};
 use ratelimiter::telemetry::{self, TracingOptions};
+use ratelimiter::tls::{ServerTls, TlsFiles};
 use ratelimiter::upstream_env;
 use tokio::net::TcpListener;
 
@@ -200,8 +201,55 @@ struct Cli {
     /// admin call must send `Authorization: Bearer <token>`.
     #[arg(long, env = "RATELIMITER_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// The certificate chain (PEM, leaf first) the HTTP and gRPC listeners serve TLS with;
+    /// needs --tls-key-file. The files are watched like the config (a change is loaded for
+    /// new connections; a pair that does not load is refused and the old one stays).
+    #[arg(long, env = "RATELIMITER_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert-file.
+    #[arg(long, env = "RATELIMITER_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM): given, every client of the HTTP and gRPC listeners must present
+    /// a certificate chaining to one of them (mTLS). Needs --tls-cert-file.
+    #[arg(long, env = "RATELIMITER_TLS_CLIENT_CA_FILE")]
+    tls_client_ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// The TLS files the command line names: both or neither of the pair, and a client CA only
+/// with them.
+fn tls_files(cli: &Cli) -> Result<Option<TlsFiles>, String> {
+    match (&cli.tls_cert_file, &cli.tls_key_file) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: cli.tls_client_ca_file.clone(),
+        })),
+        (Some(_), None) => Err("--tls-cert-file needs --tls-key-file".to_owned()),
+        (None, Some(_)) => Err("--tls-key-file needs --tls-cert-file".to_owned()),
+        (None, None) if cli.tls_client_ca_file.is_some() => {
+            Err("--tls-client-ca-file needs --tls-cert-file and --tls-key-file".to_owned())
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The TLS side of the listeners, loaded, and the fingerprint of its files taken before
+/// the load (for the watch).
+type LoadedTls = Option<(Arc<ServerTls>, [reload::Fingerprint; 3])>;
+
+fn load_tls(cli: &Cli, metrics: Arc<ratelimiter::metrics::Metrics>) -> Result<LoadedTls, String> {
+    let Some(files) = tls_files(cli)? else {
+        return Ok(None);
+    };
+    let seen = files.fingerprint();
+    let tls = ServerTls::load(files, metrics).map_err(|e| format!("TLS: {e}"))?;
+    tracing::info!(
+        client_certificate_required = tls.requires_client_certificate(),
+        "TLS on the HTTP and gRPC listeners"
+    );
+    Ok(Some((Arc::new(tls), seen)))
 }
 
 /// The environment variable that may hold the counter-tag secret itself (never a flag, so it
@@ -306,6 +354,10 @@ async fn serve(cli: Cli) -> ExitCode {
         Ok(s) => s,
         Err(e) => return config_failure(e),
     };
+    let tls = match load_tls(&cli, state.metrics.clone()) {
+        Ok(tls) => tls,
+        Err(e) => return config_failure(e),
+    };
     // The admin listener first: exposing it without a token stops start-up like a bad config.
     let admin = match admin_listener(&cli).await {
         Ok(admin) => admin,
@@ -328,7 +380,13 @@ async fn serve(cli: Cli) -> ExitCode {
     let watch = (cli.config_watch_interval_ms > 0)
         .then(|| Duration::from_millis(cli.config_watch_interval_ms));
     reload::start(state.clone(), cli.config.clone(), watch, loaded);
-    let options = serve_options(&cli);
+    let mut options = serve_options(&cli);
+    if let Some((tls, seen)) = tls {
+        if let Some(every) = watch {
+            tokio::spawn(ratelimiter::tls::watch(tls.clone(), every, seen));
+        }
+        options.tls = Some(tls);
+    }
     match server::run(state, listeners, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -487,6 +545,7 @@ fn serve_options(cli: &Cli) -> ServeOptions {
             max_connection_age: Duration::from_secs(cli.grpc_max_connection_age),
             max_connection_age_grace: Duration::from_secs(cli.grpc_max_connection_age_grace),
         },
+        tls: None,
     }
 }
 

@@ -6,6 +6,9 @@
 //! Shutdown is ordered for rolling updates: readiness turns false first (HTTP `/readyz` and
 //! gRPC health both say NOT_SERVING), then after `shutdown_delay` the servers stop accepting
 //! and in-flight requests finish, bounded by `drain_timeout`.
+//!
+//! Both TCP listeners accept through `tls::Secured` (TLS when `ServeOptions::tls` is set,
+//! plaintext otherwise), so the HTTP and the gRPC server share one accept path.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,8 +29,9 @@ use crate::api::ext_authz::ExtAuthzDoor;
 use crate::api::grpc::AllowRequestService;
 use crate::api::http::{self, router};
 use crate::api::ratelimit_service::RateLimitDoor;
-use crate::listener::{ConnectionLimits, Guarded, Incoming};
+use crate::listener::{ConnectionLimits, Incoming};
 use crate::request_limit::RequestLimitLayer;
+use crate::tls::{Alpn, Connection, Secured, ServerTls};
 
 pub struct Listeners {
     pub http: TcpListener,
@@ -39,7 +43,7 @@ pub struct Listeners {
     pub grpc_uds: Option<tokio::net::UnixListener>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// How long to keep serving after readiness turned false, so load balancers notice.
     pub shutdown_delay: Duration,
@@ -51,6 +55,8 @@ pub struct ServeOptions {
     pub max_concurrent_requests: usize,
     /// HTTP/2 keepalive and connection age on the gRPC listener.
     pub grpc: GrpcConnections,
+    /// TLS on the HTTP and gRPC listeners (not on the Unix socket); `None`: plaintext.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl ServeOptions {
@@ -65,6 +71,7 @@ impl Default for ServeOptions {
             connections: ConnectionLimits::default(),
             max_concurrent_requests: Self::DEFAULT_MAX_CONCURRENT_REQUESTS,
             grpc: GrpcConnections::default(),
+            tls: None,
         }
     }
 }
@@ -213,10 +220,16 @@ fn spawn_servers(
     tokio::task::JoinHandle<std::io::Result<()>>,
     tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 ) {
-    let http_incoming = Incoming::new(listeners.http, options.connections, "http");
+    let header_read_timeout = options.connections.header_read_timeout;
+    let http_incoming = Secured::new(
+        Incoming::new(listeners.http, options.connections, "http"),
+        options.tls.clone(),
+        Alpn::Http,
+        header_read_timeout,
+        "http",
+    );
     let http_service = RequestLimitLayer::new(options.max_concurrent_requests, http::overloaded)
         .layer(router(state.clone()));
-    let header_read_timeout = options.connections.header_read_timeout;
     let http = serve_http(
         http_incoming,
         http_service,
@@ -224,10 +237,15 @@ fn spawn_servers(
         stop.clone(),
     );
     let grpc_limits = options.grpc.limits(options.connections);
-    let tcp = grpc_router!(state, options, health_service.clone()).serve_with_incoming_shutdown(
+    let grpc_incoming = Secured::new(
         Incoming::new(listeners.grpc, grpc_limits, "grpc"),
-        stopped(stop.clone()),
+        options.tls.clone(),
+        Alpn::Grpc,
+        header_read_timeout,
+        "grpc",
     );
+    let tcp = grpc_router!(state, options, health_service.clone())
+        .serve_with_incoming_shutdown(grpc_incoming, stopped(stop.clone()));
     #[cfg(unix)]
     let grpc = {
         let uds = listeners.grpc_uds.map(|l| {
@@ -310,7 +328,7 @@ fn grpc_overloaded() -> ::http::Response<tonic::body::Body> {
 /// Serves HTTP/1 and HTTP/2 on `incoming`'s connections until `stop` turns true, then lets
 /// each connection finish its requests and returns once all are closed.
 async fn serve_http<S>(
-    mut incoming: Incoming,
+    mut incoming: Secured,
     service: S,
     header_read_timeout: Duration,
     stop: watch::Receiver<bool>,
@@ -352,7 +370,7 @@ where
 }
 
 async fn serve_http_connection<S>(
-    io: Guarded,
+    io: Connection,
     service: S,
     builder: auto::Builder<TokioExecutor>,
     mut stop: watch::Receiver<bool>,

@@ -147,6 +147,38 @@ impl ReloadTrigger {
     }
 }
 
+/// What happened on the TLS side of the public listeners, as the `event` label of
+/// `ratelimiter_tls_events_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsEvent {
+    /// A client's handshake failed (no certificate, one from another CA, not TLS at all…).
+    HandshakeFailure = 0,
+    /// A client did not finish its handshake within the header-read timeout.
+    HandshakeTimeout = 1,
+    /// New certificate files were put in force.
+    ReloadSuccess = 2,
+    /// Changed certificate files did not load; the old ones stay in force.
+    ReloadFailure = 3,
+}
+
+impl TlsEvent {
+    pub const ALL: [TlsEvent; 4] = [
+        TlsEvent::HandshakeFailure,
+        TlsEvent::HandshakeTimeout,
+        TlsEvent::ReloadSuccess,
+        TlsEvent::ReloadFailure,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsEvent::HandshakeFailure => "handshake_failure",
+            TlsEvent::HandshakeTimeout => "handshake_timeout",
+            TlsEvent::ReloadSuccess => "reload_success",
+            TlsEvent::ReloadFailure => "reload_failure",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     decisions: [[IntCounter; 5]; 4],
@@ -157,6 +189,7 @@ pub struct Metrics {
     failure_policy: [IntCounter; 3],
     in_flight: IntGauge,
     config: ConfigMetrics,
+    tls: [IntCounter; 4],
 }
 
 impl Metrics {
@@ -200,6 +233,15 @@ impl Metrics {
         let limits = limits::LimitCounters::new()?;
         let values = values::ValueCounters::new()?;
         let config = ConfigMetrics::new(&registry)?;
+        let tls_vec = IntCounterVec::new(
+            Opts::new(
+                "ratelimiter_tls_events_total",
+                "TLS on the public listeners: failed and timed-out client handshakes, and \
+                 certificate reloads (success, failure: the old certificate stays).",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(tls_vec.clone()))?;
         registry.register(Box::new(decisions_vec.clone()))?;
         registry.register(Box::new(latency_vec.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
@@ -224,6 +266,7 @@ impl Metrics {
             failure_policy,
             in_flight,
             config,
+            tls: TlsEvent::ALL.map(|e| tls_vec.with_label_values(&[e.as_str()])),
         })
     }
 
@@ -290,6 +333,11 @@ impl Metrics {
     /// Records a reload that was refused (the old configuration stays).
     pub fn reload_failed(&self, trigger: ReloadTrigger) {
         self.config.reloads[trigger as usize][1].inc();
+    }
+
+    /// Counts one TLS event.
+    pub fn tls_event(&self, event: TlsEvent) {
+        self.tls[event as usize].inc();
     }
 
     /// The Prometheus text exposition of every metric.
