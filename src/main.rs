@@ -17,7 +17,7 @@ use ratelimiter::listener::{self, ConnectionLimits, Incoming};
 use ratelimiter::reload;
 use ratelimiter::server::{self, GrpcConnections, Listeners, ServeOptions};
 use ratelimiter::store::RedisOptions;
-use ratelimiter::store::redis::{TlsFiles, with_credentials};
+use ratelimiter::store::redis::{TlsFiles as RedisTlsFiles, with_credentials};
 use ratelimiter::telemetry::{self, TracingOptions};
 use ratelimiter::tls::{ServerTls, TlsFiles};
 use ratelimiter::upstream_env;
@@ -441,7 +441,7 @@ fn app_options(cli: &Cli, redis_url: Option<String>, tag_secret: Option<TagSecre
             timeout: Duration::from_millis(cli.redis_timeout_ms),
             pool_size: usize::try_from(cli.redis_pool_size).unwrap_or(usize::MAX),
             prefix: cli.redis_prefix.clone(),
-            tls: TlsFiles {
+            tls: RedisTlsFiles {
                 ca_file: cli.redis_ca_file.clone(),
                 client_cert_file: cli.redis_client_cert_file.clone(),
                 client_key_file: cli.redis_client_key_file.clone(),
