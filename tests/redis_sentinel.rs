@@ -368,22 +368,15 @@ async fn over_tls_with_client_certificates_the_storm_and_the_failover_hold() {
     let certs = TestCerts::generate();
     let mut group = Group::start_tls(&certs, true);
     assert!(group.url().starts_with("rediss+sentinel://"));
-    let p = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
-    let (ca, cert, key) = (p(certs.ca()), p(certs.client_cert()), p(certs.client_key()));
-
-    let without = start_service_with("sentinel-tls-no-cert", &group, &["--redis-ca-file", &ca]);
+    let ca_only = certs.service_flags(false);
+    let ca_only: Vec<&str> = ca_only.iter().map(String::as_str).collect();
+    let without = start_service_with("sentinel-tls-no-cert", &group, &ca_only);
     never_ready(&without, Duration::from_secs(7)).await;
     says_a_certificate_is_required(&without);
     drop(without);
 
-    let args = [
-        "--redis-ca-file",
-        &ca,
-        "--redis-client-cert-file",
-        &cert,
-        "--redis-client-key-file",
-        &key,
-    ];
+    let args = certs.service_flags(true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let svc = start_service_with("sentinel-tls", &group, &args);
     wait_ready(&svc, Duration::from_secs(30)).await;
     storm_on_the_primary(&group, &svc).await;

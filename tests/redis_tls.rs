@@ -246,13 +246,9 @@ fn bad_client_certificate_flags_stop_the_start_up() {
 async fn a_server_asking_for_a_client_certificate_gets_one() {
     let certs = TestCerts::generate();
     let server = RedisServer::start_tls_with(&certs, true, &[]);
-    let p = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
-    let (ca, cert, key) = (p(certs.ca()), p(certs.client_cert()), p(certs.client_key()));
-    let without = start(
-        "tls-no-client-cert",
-        &server.url(),
-        &["--redis-ca-file", &ca],
-    );
+    let ca_only = certs.service_flags(false);
+    let ca_only: Vec<&str> = ca_only.iter().map(String::as_str).collect();
+    let without = start("tls-no-client-cert", &server.url(), &ca_only);
     never_ready(&without, Duration::from_secs(7)).await;
     let client = http_client(Duration::from_secs(10), 1);
     let r = check(&client, &without.url(""), "probe", 1).await.unwrap();
@@ -261,14 +257,8 @@ async fn a_server_asking_for_a_client_certificate_gets_one() {
     drop(without);
     assert!(server.keys("rl:*").is_empty());
 
-    let args = [
-        "--redis-ca-file",
-        &ca,
-        "--redis-client-cert-file",
-        &cert,
-        "--redis-client-key-file",
-        &key,
-    ];
+    let args = certs.service_flags(true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let with = start("tls-client-cert", &server.url(), &args);
     wait_ready(&with, READY_WITHIN).await;
     assert_eq!(storm(&with, "storm", 150, 16).await, 100, "{}", with.logs());

@@ -128,12 +128,9 @@ async fn a_tls_cluster_gets_no_decision_from_an_untrusted_or_plain_client() {
 async fn a_cluster_asking_for_client_certificates_gets_one() {
     let certs = TestCerts::generate();
     let cluster = RedisCluster::start_tls(3, &certs, true);
-    let ca = path(certs.ca());
-    let without = start(
-        "tls-cluster-no-cert",
-        &cluster.url(),
-        &["--redis-ca-file", &ca],
-    );
+    let ca_only = certs.service_flags(false);
+    let ca_only: Vec<&str> = ca_only.iter().map(String::as_str).collect();
+    let without = start("tls-cluster-no-cert", &cluster.url(), &ca_only);
     never_ready(&without, Duration::from_secs(7)).await;
     let client = http_client(Duration::from_secs(10), 1);
     let r = check(&client, &without.url(""), KEYS[0], 1).await.unwrap();
@@ -141,19 +138,9 @@ async fn a_cluster_asking_for_client_certificates_gets_one() {
     says_a_certificate_is_required(&without);
     drop(without);
 
-    let (cert, key) = (path(certs.client_cert()), path(certs.client_key()));
-    let with = start(
-        "tls-cluster-cert",
-        &cluster.url(),
-        &[
-            "--redis-ca-file",
-            &ca,
-            "--redis-client-cert-file",
-            &cert,
-            "--redis-client-key-file",
-            &key,
-        ],
-    );
+    let args = certs.service_flags(true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let with = start("tls-cluster-cert", &cluster.url(), &args);
     storm_every_key(&with).await;
     assert_eq!(nodes_with_counters(&cluster), 3);
 }

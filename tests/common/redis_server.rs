@@ -879,6 +879,22 @@ impl TestCerts {
     }
 
     /// The CA certificate (PEM): what a client trusts.
+    /// The service's flags for these certificates: the CA, and the client certificate and
+    /// key when `client` (for a Redis with `tls-auth-clients yes`).
+    pub fn service_flags(&self, client: bool) -> Vec<String> {
+        let path = |p: PathBuf| p.to_str().unwrap().to_owned();
+        let mut flags = vec!["--redis-ca-file".to_owned(), path(self.ca())];
+        if client {
+            flags.extend([
+                "--redis-client-cert-file".to_owned(),
+                path(self.client_cert()),
+                "--redis-client-key-file".to_owned(),
+                path(self.client_key()),
+            ]);
+        }
+        flags
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }
