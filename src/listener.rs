@@ -341,6 +341,7 @@ impl tonic::transport::server::Connected for Guarded {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -352,5 +353,20 @@ mod tests {
         assert!(lowered);
         assert_eq!(fitted.max_connections, 96);
         assert_eq!(limits.fitted_to(Some(10), 64).0.max_connections, 1);
+    }
+
+    /// Nagle's algorithm held small answers back (a gRPC p99 of 2.5–4.4 ms against the no-op
+    /// server's 0.9 ms at 10k/s): every accepted connection has `TCP_NODELAY`.
+    #[tokio::test]
+    async fn accepted_connections_send_without_delay() {
+        use tokio_stream::StreamExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Incoming::new(listener, ConnectionLimits::default(), "test");
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let Some(Ok(accepted)) = incoming.next().await else {
+            panic!("nothing accepted")
+        };
+        assert!(accepted.stream.nodelay().unwrap());
     }
 }
