@@ -5,7 +5,7 @@
 #   - the nightly toolchain cargo fuzz builds with (rustup);
 #   - RustSec's advisory database, cloned from a local snapshot (a git bundle, since the
 #     database cannot be fetched from these machines) into .tools/advisory-dbs, where deny.toml
-#     reads it. The snapshot is looked for at $RUSTSEC_BUNDLE, then ../shared/.
+#     reads it. The snapshot is looked for at $RUSTSEC_BUNDLE, then ../shared/ and /work/shared/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,8 +25,11 @@ fi
 # cargo deny names the database's directory after a hash of its URL (deny.toml's db-urls).
 db=.tools/advisory-dbs/advisory-db-3157b0e258782691
 if [ ! -d "$db/.git" ]; then
-  bundle="${RUSTSEC_BUNDLE:-../shared/rustsec-advisory-db.bundle}"
-  if [ -f "$bundle" ]; then
+  bundle=""
+  for b in "${RUSTSEC_BUNDLE:-}" ../shared/rustsec-advisory-db.bundle /work/shared/rustsec-advisory-db.bundle; do
+    if [ -n "$b" ] && [ -f "$b" ]; then bundle="$b"; break; fi
+  done
+  if [ -n "$bundle" ]; then
     mkdir -p .tools/advisory-dbs
     git clone --quiet "$bundle" "$db"
     # The snapshot holds one commit without its parents: mark it shallow so git can read it.
