@@ -137,16 +137,30 @@ async fn on_sighup(reloader: Arc<Reloader>, mut hup: tokio::signal::unix::Signal
 }
 
 /// Polls the configuration path every `every` and reloads when its files change.
-async fn watch(reloader: Arc<Reloader>, every: Duration, mut seen: Fingerprint) {
-    // The first look one interval after start-up, not at once.
+async fn watch(reloader: Arc<Reloader>, every: Duration, seen: Fingerprint) {
+    poll_for_changes("configuration", every, seen, move |seen| {
+        reloader.reload_if_changed(seen)
+    })
+    .await
+}
+
+/// Runs `check(seen)` on a blocking thread every `every`, the first time one interval from
+/// now, each time with the fingerprint the last one returned: the loop behind the
+/// configuration's and the certificates' watches. `what` names it in logs.
+pub async fn poll_for_changes<T, F>(what: &'static str, every: Duration, mut seen: T, check: F)
+where
+    T: Copy + Send + 'static,
+    F: Fn(T) -> T + Send + Sync + 'static,
+{
+    let check = Arc::new(check);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let r = reloader.clone();
-        match tokio::task::spawn_blocking(move || r.reload_if_changed(seen)).await {
+        let check = check.clone();
+        match tokio::task::spawn_blocking(move || check(seen)).await {
             Ok(now) => seen = now,
-            Err(e) => tracing::error!(error = %e, "configuration watch tick failed"),
+            Err(e) => tracing::error!(error = %e, watch = what, "watch tick failed"),
         }
     }
 }

@@ -162,17 +162,11 @@ impl ServerTls {
 
 /// Polls `tls`'s files every `every` and reloads them when they change. `seen` is the
 /// fingerprint taken before the first load, so that no change after it goes unseen.
-pub async fn watch(tls: Arc<ServerTls>, every: Duration, mut seen: [Fingerprint; 3]) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let tls = tls.clone();
-        match tokio::task::spawn_blocking(move || tls.reload_if_changed(seen)).await {
-            Ok(now) => seen = now,
-            Err(e) => tracing::error!(error = %e, "TLS certificate watch tick failed"),
-        }
-    }
+pub async fn watch(tls: Arc<ServerTls>, every: Duration, seen: [Fingerprint; 3]) {
+    crate::reload::poll_for_changes("TLS certificates", every, seen, move |seen| {
+        tls.reload_if_changed(seen)
+    })
+    .await
 }
 
 /// Both listeners' configurations from `files`.
