@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod chaos_proxy;
 pub mod envoy;
 pub mod jaeger;
 pub mod prometheus;
