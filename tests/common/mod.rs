@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod chaos_proxy;
 pub mod envoy;
+pub mod envoy_replicas;
 pub mod jaeger;
 pub mod prometheus;
 pub mod redis;
