@@ -15,6 +15,7 @@ pub mod envoy_replicas;
 pub mod jaeger;
 pub mod prometheus;
 pub mod redis;
+pub mod redis_cluster_replicas;
 pub mod redis_server;
 
 use ratelimiter::api::AppState;
