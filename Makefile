@@ -13,11 +13,12 @@ run:
 test: setup
 	$(CARGO) test --all-targets
 
-# Only the tests against a real redis-server (single, Cluster, Sentinel, TLS) and a real Envoy.
+# Only the tests against a real redis-server (single, Cluster, Sentinel, TLS) and a real Envoy,
+# the chaos tests among them.
 # (envoy_doors speaks Envoy's protocols to the service without an Envoy: not among them.)
 INTEGRATION_TESTS := $(filter-out envoy_doors,\
 	$(sort $(basename $(notdir $(wildcard tests/redis_*.rs tests/envoy_*.rs tests/istio_*.rs \
-	tests/rolling_update.rs)))))
+	tests/rolling_update.rs tests/chaos_*.rs)))))
 
 test-integration: setup
 	$(CARGO) test $(addprefix --test ,$(INTEGRATION_TESTS))

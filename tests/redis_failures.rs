@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::{Kind, RedisServer, Reply, check, http_client, readyz, wall_us};
+use common::redis::{Kind, Load, Policy, RedisServer, check, http_client, readyz, wall_us};
 use common::{Service, config_dir};
 use ratelimiter::api::grpc::pb::AllowRequestRequest;
 use ratelimiter::api::grpc::pb::rate_limiter_client::RateLimiterClient;
@@ -32,34 +32,12 @@ const RECOVER_WITHIN: Duration = Duration::from_secs(5);
 /// The per-call timeout the tests run with (the default, given explicitly).
 const TIMEOUT_MS: &str = "50";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Policy {
-    FailOpen,
-    FailClosed,
-    Local,
-}
-
-impl Policy {
-    fn name(self) -> &'static str {
-        match self {
-            Policy::FailOpen => "fail_open",
-            Policy::FailClosed => "fail_closed",
-            Policy::Local => "local",
-        }
-    }
-
-    /// Whether `kind` is this policy's documented answer (for a key well within its limit).
-    fn answered(self, kind: &Kind) -> bool {
-        match self {
-            Policy::FailOpen => *kind == Kind::FailOpen,
-            Policy::FailClosed => *kind == Kind::FailClosed,
-            Policy::Local => *kind == Kind::Local { allowed: true },
-        }
-    }
-
-    /// `/readyz` while Redis is unreachable: only fail_closed makes the replica useless.
-    fn ready_while_down(self) -> u16 {
-        if self == Policy::FailClosed { 503 } else { 200 }
+/// `/readyz` while Redis is unreachable: only fail_closed makes the replica useless.
+fn ready_while_down(policy: Policy) -> u16 {
+    if policy == Policy::FailClosed {
+        503
+    } else {
+        200
     }
 }
 
@@ -98,44 +76,6 @@ fn start(name: &str, policy: Policy, redis: &RedisServer, extra: &[&str]) -> Ser
     let mut args = vec!["--redis-url", &url, "--redis-timeout-ms", TIMEOUT_MS];
     args.extend_from_slice(extra);
     Service::start(&dir, &args)
-}
-
-/// Workers sending `POST /check` for one key, 5 ms apart, until stopped. Enough to be "under
-/// load", not so much that the machine starves the service of CPU (a 2-core machine runs the
-/// client, the service and Redis).
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<Result<Reply, String>>>>,
-}
-
-impl Load {
-    fn start(svc: &Service, key: &'static str, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let client = http_client(CLIENT_TIMEOUT, workers);
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, client, base) = (stop.clone(), client.clone(), svc.url(""));
-                tokio::spawn(async move {
-                    let mut replies = Vec::new();
-                    while !stop.load(Ordering::Relaxed) && replies.len() < 20_000 {
-                        replies.push(check(&client, &base, key, 1).await);
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    replies
-                })
-            })
-            .collect();
-        Load { stop, tasks }
-    }
-
-    async fn finish(self) -> Vec<Result<Reply, String>> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in self.tasks {
-            all.extend(t.await.unwrap());
-        }
-        all
-    }
 }
 
 /// The gRPC answer for `key`, as a word: "normal", the `degraded` field, "unavailable"; or
@@ -267,7 +207,7 @@ async fn killed_and_restarted(policy: Policy) {
     // While Redis is down: let the load run, and ask gRPC and /readyz.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_grpc_policy(policy, &grpc_answer(&svc, "probe").await.unwrap());
-    let want = policy.ready_while_down();
+    let want = ready_while_down(policy);
     let ready = readyz_becomes(&svc, want, Duration::from_secs(3)).await;
     assert_eq!(ready, want, "/readyz with Redis down under {policy:?}");
     if want == 200 {
@@ -391,7 +331,7 @@ async fn paused(policy: Policy) {
     let load = Load::start(&svc, "load", 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_grpc_policy(policy, &grpc_answer(&svc, "probe").await.unwrap());
-    let want = policy.ready_while_down();
+    let want = ready_while_down(policy);
     let ready = readyz_becomes(&svc, want, Duration::from_secs(1)).await;
     assert_eq!(ready, want, "/readyz with Redis paused under {policy:?}");
     tokio::time::sleep(Duration::from_millis(1000)).await;

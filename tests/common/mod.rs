@@ -9,10 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod chaos_proxy;
 pub mod envoy;
+pub mod envoy_replicas;
 pub mod jaeger;
 pub mod prometheus;
 pub mod redis;
+pub mod redis_cluster_replicas;
 pub mod redis_server;
 
 use ratelimiter::api::AppState;

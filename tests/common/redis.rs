@@ -215,3 +215,76 @@ pub async fn wait_ready(svc: &Service, within: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A failure policy (`on_store_failure`), for tests that run once per policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    FailOpen,
+    FailClosed,
+    Local,
+}
+
+impl Policy {
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::FailOpen => "fail_open",
+            Policy::FailClosed => "fail_closed",
+            Policy::Local => "local",
+        }
+    }
+
+    /// Whether `kind` is this policy's documented answer (for a key well within its limit).
+    pub fn answered(self, kind: &Kind) -> bool {
+        match self {
+            Policy::FailOpen => *kind == Kind::FailOpen,
+            Policy::FailClosed => *kind == Kind::FailClosed,
+            Policy::Local => *kind == Kind::Local { allowed: true },
+        }
+    }
+}
+
+/// Workers sending `POST /check` for one key, 5 ms apart, until stopped; every answer kept
+/// (an unanswered request is an `Err`). Enough to be "under load", not so much that a 2-core
+/// machine starves the service of CPU.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Result<Reply, String>>>>,
+}
+
+impl Load {
+    pub fn start(svc: &Service, key: &'static str, workers: usize) -> Load {
+        Self::start_at(svc.url(""), key, workers)
+    }
+
+    /// The same against any base URL (a service, or a proxy in front of services).
+    pub fn start_at(base: String, key: &'static str, workers: usize) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = http_client(Duration::from_secs(5), workers);
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, client, base) = (stop.clone(), client.clone(), base.clone());
+                tokio::spawn(async move {
+                    let mut replies = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && replies.len() < 20_000 {
+                        replies.push(check(&client, &base, key, 1).await);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    replies
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the workers; every answer, in no particular order.
+    pub async fn finish(self) -> Vec<Result<Reply, String>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    }
+}
