@@ -33,7 +33,9 @@ for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// 
   copy "$lib"
 done
 for lib in libnss_files.so.2 libnss_dns.so.2 libresolv.so.2; do
-  path=$(ldconfig -p | awk -v l="$lib" '$1 == l && $NF ~ /^\// { print $NF; exit }')
+  # awk reads to the end (no early exit): ldconfig killed by SIGPIPE would fail the pipeline
+  # under pipefail, silently, when its output outruns the match.
+  path=$(ldconfig -p | awk -v l="$lib" '!found && $1 == l && $NF ~ /^\// { print $NF; found = 1 }')
   if [ -n "$path" ]; then copy "$path"; fi
 done
 
