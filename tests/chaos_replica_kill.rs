@@ -28,10 +28,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::config_dir;
 use common::envoy::{Envoy, Upstream};
 use common::envoy_replicas::{
-    EDGE_YAML, RETRY_REFUSED, envoy_config_retrying, finish, replica, steady_load, tally,
+    RETRY_REFUSED, envoy_config_retrying, finish, replica, replicas_config, steady_load, tally,
     wait_health,
 };
 use common::redis::{RedisServer, free_port, wall_us};
@@ -44,23 +43,11 @@ const CLIENTS: usize = 4;
 /// A generous bound for a busy machine; it decides no pass by timing.
 const WITHIN: Duration = Duration::from_secs(30);
 
-fn service_yaml() -> String {
-    format!(
-        "settings: {{ default_domain: ratelimiter, on_store_failure: fail_closed }}\n\
-         clients:\n  unknown_key: reject\n  tiers:\n\
-         \x20   chaos: [ {{ name: chaos, algorithm: token_bucket, limit: {QUOTA}, window: 7d }} ]\n\
-         \x20 keys:\n    - {{ key: chaos-key, tier: chaos }}\n"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_load_fails_only_its_requests_in_flight_and_never_over_admits() {
     let started = Instant::now();
     let redis = RedisServer::start();
-    let config = config_dir(
-        "chaos-kill",
-        &[("service.yaml", &service_yaml()), ("edge.yaml", EDGE_YAML)],
-    );
+    let config = replicas_config("chaos-kill", "chaos-key", QUOTA);
     let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
     let upstream = Upstream::start();
     let victim = replica(&config, &redis, ports[0], &[]);

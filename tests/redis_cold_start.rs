@@ -194,20 +194,6 @@ fn decide_script_loaded(node: &RedisServer) -> bool {
     exists == [true]
 }
 
-/// `/readyz` until it answers 200; panics with the log after `within`.
-async fn until_ready(svc: &Service, within: Duration) {
-    let client = common::redis::http_client(Duration::from_secs(5), 1);
-    let started = Instant::now();
-    while common::redis::readyz(&client, &svc.url("")).await != Ok(200) {
-        assert!(
-            started.elapsed() < within,
-            "not ready within {within:?}\n{}",
-            svc.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Before any request, a replica that says ready has loaded the decide script on every
 /// master of a Cluster (a decision on any slot finds it there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +202,7 @@ async fn a_ready_replica_has_loaded_the_script_on_every_cluster_master() {
     let dir = config_dir("redis-cold-cluster", &[("service.yaml", CONFIG)]);
     let url = cluster.url();
     let svc = Service::start(&dir, &["--redis-url", &url]);
-    until_ready(&svc, Duration::from_secs(20)).await;
+    common::redis::wait_ready(&svc, Duration::from_secs(20)).await;
     for (i, node) in cluster.nodes().iter().enumerate() {
         assert!(decide_script_loaded(node), "master {i}: no decide script");
     }
@@ -229,7 +215,7 @@ async fn a_ready_replica_has_loaded_the_script_on_its_redis() {
     let dir = config_dir("redis-cold-single", &[("service.yaml", CONFIG)]);
     let url = redis.url();
     let svc = Service::start(&dir, &["--redis-url", &url]);
-    until_ready(&svc, Duration::from_secs(20)).await;
+    common::redis::wait_ready(&svc, Duration::from_secs(20)).await;
     assert!(decide_script_loaded(&redis), "no decide script");
 }
 
@@ -255,7 +241,7 @@ async fn a_replica_started_while_redis_is_down_answers_then_warms_up_when_it_com
         Ok(503),
         "ready at once although the store could not warm up"
     );
-    until_ready(&svc, Duration::from_secs(20)).await;
+    common::redis::wait_ready(&svc, Duration::from_secs(20)).await;
 
     redis.restart();
     let started = Instant::now();

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::{Kind, Load, Policy, RedisServer, check, http_client, readyz, wall_us};
+use common::redis::{
+    Kind, Load, Policy, RedisServer, check, http_client, readyz, until_normal, wall_us,
+};
 use common::{Service, config_dir};
 use ratelimiter::api::grpc::pb::AllowRequestRequest;
 use ratelimiter::api::grpc::pb::rate_limiter_client::RateLimiterClient;
@@ -116,21 +118,6 @@ fn assert_grpc_policy(policy: Policy, answer: &(String, bool)) {
         Policy::Local => ("local".to_owned(), true),
     };
     assert_eq!(*answer, expected, "gRPC AllowRequest under {policy:?}");
-}
-
-/// Polls `key` until a normal decision comes back; how long that took, or None.
-async fn until_normal(svc: &Service, key: &str, within: Duration) -> Option<Duration> {
-    let client = http_client(CLIENT_TIMEOUT, 1);
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if let Ok(r) = check(&client, &svc.url(""), key, 1).await
-            && r.is_normal()
-        {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    None
 }
 
 /// `/readyz` until it says `want` (a few seconds at most); the last status seen.

@@ -10,9 +10,9 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::redis::{RedisServer, check, http_client, readyz, start_replicas};
+use common::redis::{RedisServer, check, http_client, start_replicas, wait_normal, wait_ready};
 use common::{Service, config_dir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,26 +30,6 @@ clients:
     - { key: k, tier: t }
 "#;
 
-/// Polls `POST /check` until Redis decides one (the replica's workers hold connections by
-/// then); panics with the log after `within`.
-async fn until_decided(svc: &Service, within: Duration) {
-    let client = http_client(Duration::from_secs(5), 1);
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = check(&client, &svc.url(""), "k", 1).await
-            && r.is_normal()
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < within,
-            "no decision by Redis within {within:?}\n{}",
-            svc.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_redis_restart_the_first_request_at_each_idle_replica_is_decided() {
     let mut redis = RedisServer::start();
@@ -57,7 +37,7 @@ async fn after_a_redis_restart_the_first_request_at_each_idle_replica_is_decided
     // The default time limit: what an operator runs with.
     let replicas = start_replicas(&dir, &redis.url(), "50", 3);
     for svc in &replicas {
-        until_decided(svc, Duration::from_secs(10)).await;
+        wait_normal(svc, "k", Duration::from_secs(10)).await;
     }
 
     // Shut down and started again on the same port; the replicas are idle meanwhile and
@@ -140,12 +120,8 @@ async fn a_decision_whose_reply_is_lost_is_resent_and_charged_at_most_twice() {
     let url = format!("redis://127.0.0.1:{}", proxy.port);
     // A generous time limit: this is about what is resent, not how fast.
     let svc = Service::start(&dir, &["--redis-url", &url, "--redis-timeout-ms", "2000"]);
+    wait_ready(&svc, Duration::from_secs(20)).await;
     let client = http_client(Duration::from_secs(5), 1);
-    let started = Instant::now();
-    while readyz(&client, &svc.url("")).await != Ok(200) {
-        assert!(started.elapsed() < Duration::from_secs(20), "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let scripts = redis.command_calls("evalsha");
 
     proxy.lose_next_reply.store(true, Ordering::SeqCst);

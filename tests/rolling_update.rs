@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::Service;
 use common::envoy::{Envoy, Upstream};
 use common::envoy_replicas::{
-    EDGE_YAML, envoy_config, finish, replica, steady_load, tally, wait_health,
+    envoy_config, finish, replica, replicas_config, steady_load, tally, wait_health,
 };
 use common::redis::{RedisServer, free_port};
-use common::{Service, config_dir};
 
 /// The key's quota: a token bucket of a week, one token back every 10 minutes (never
 /// within the test).
@@ -31,15 +31,6 @@ const QUOTA: usize = 1000;
 const SHUTDOWN_DELAY: &str = "3";
 /// A generous bound for a busy machine; it decides no pass by timing.
 const WITHIN: Duration = Duration::from_secs(30);
-
-fn service_yaml() -> String {
-    format!(
-        "settings: {{ default_domain: ratelimiter, on_store_failure: fail_closed }}\n\
-         clients:\n  unknown_key: reject\n  tiers:\n\
-         \x20   roll: [ {{ name: roll, algorithm: token_bucket, limit: {QUOTA}, window: 7d }} ]\n\
-         \x20 keys:\n    - {{ key: roll-key, tier: roll }}\n"
-    )
-}
 
 /// The chart's shutdown settings: serve for the delay after SIGTERM, then drain.
 fn shutdown_args() -> [&'static str; 4] {
@@ -68,10 +59,7 @@ async fn replace(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_both_replicas_under_load_loses_no_request_and_admits_exactly_the_quota() {
     let redis = RedisServer::start();
-    let config = config_dir(
-        "rolling",
-        &[("service.yaml", &service_yaml()), ("edge.yaml", EDGE_YAML)],
-    );
+    let config = replicas_config("rolling", "roll-key", QUOTA);
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let upstream = Upstream::start();
     let mut a = replica(&config, &redis, ports[0], &shutdown_args());

@@ -5,15 +5,15 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Service;
 use super::envoy::{Envoy, LOCAL, client_from};
 use super::redis::{RedisServer, wall_us};
+use super::{Service, config_dir};
 
 /// A call that never reached a replica (its connection refused, or its stream refused before
 /// the replica saw it) is tried again on another replica; a call the replica may have run is
@@ -28,6 +28,21 @@ const WITHIN: Duration = Duration::from_secs(30);
 
 /// Every request through the rate-limit filter too; never the binding limit.
 pub const EDGE_YAML: &str = "domain: edge\ndescriptors:\n  - key: generic_key\n    value: global\n    rate_limit: { unit: hour, requests_per_unit: 100000000 }\n";
+
+/// The replicas' configuration directory `name`: one client key `key` (its tier named the
+/// same) with `quota` requests a week, failing closed, and the edge domain.
+pub fn replicas_config(name: &str, key: &str, quota: usize) -> PathBuf {
+    let service = format!(
+        "settings: {{ default_domain: ratelimiter, on_store_failure: fail_closed }}\n\
+         clients:\n  unknown_key: reject\n  tiers:\n\
+         \x20   {key}: [ {{ name: {key}, algorithm: token_bucket, limit: {quota}, window: 7d }} ]\n\
+         \x20 keys:\n    - {{ key: {key}, tier: {key} }}\n"
+    );
+    config_dir(
+        name,
+        &[("service.yaml", &service), ("edge.yaml", EDGE_YAML)],
+    )
+}
 
 /// ext_authz, then the rate-limit filter, then the upstream; the `ratelimiter` cluster has
 /// one endpoint per port (the old and the new replicas), health-checked over gRPC health,

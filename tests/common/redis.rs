@@ -216,6 +216,29 @@ pub async fn wait_ready(svc: &Service, within: Duration) {
     }
 }
 
+/// Polls `key` with `POST /check` until Redis decides it (a normal answer): how long that
+/// took, or None after `within`.
+pub async fn until_normal(svc: &Service, key: &str, within: Duration) -> Option<Duration> {
+    let client = http_client(Duration::from_secs(5), 1);
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Ok(r) = check(&client, &svc.url(""), key, 1).await
+            && r.is_normal()
+        {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
+/// The same, panicking with the log when Redis has decided nothing within `within`.
+pub async fn wait_normal(svc: &Service, key: &str, within: Duration) {
+    if until_normal(svc, key, within).await.is_none() {
+        panic!("no decision by Redis within {within:?}\n{}", svc.logs());
+    }
+}
+
 /// A failure policy (`on_store_failure`), for tests that run once per policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -240,6 +263,30 @@ impl Policy {
             Policy::FailOpen => *kind == Kind::FailOpen,
             Policy::FailClosed => *kind == Kind::FailClosed,
             Policy::Local => *kind == Kind::Local { allowed: true },
+        }
+    }
+
+    /// Reply `i` of a load under this policy: answered within `within`, and either admitted
+    /// by Redis (true) or this policy's answer (false); panics, with the log, otherwise.
+    pub fn judge<'a>(
+        self,
+        i: usize,
+        reply: &'a Result<Reply, String>,
+        within: Duration,
+        svc: &Service,
+    ) -> (&'a Reply, bool) {
+        let r = reply
+            .as_ref()
+            .unwrap_or_else(|e| panic!("request {i} got no answer: {e}\n{}", svc.logs()));
+        assert!(
+            r.elapsed < within,
+            "request {i} took {:?}: {r:?}",
+            r.elapsed
+        );
+        match r.kind() {
+            Kind::Normal { allowed: true } => (r, true),
+            k if self.answered(&k) => (r, false),
+            other => panic!("request {i} under {self:?}: {other:?}\n{}", svc.logs()),
         }
     }
 }
