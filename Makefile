@@ -58,8 +58,8 @@ FUZZ_TARGETS := config descriptors http_check grpc_doors redis_reply
 FUZZ_RUNS ?= 1000000
 fuzz:
 	bash scripts/setup-checks.sh fuzz
-	cd fuzz && for t in $(FUZZ_TARGETS); do \
-		$(CARGO) +nightly fuzz run -O $$t -- -runs=$(FUZZ_RUNS) -max_len=4096 || exit 1; \
+	cd fuzz && toolchain=$$(cat ../.tools/nightly-toolchain) && for t in $(FUZZ_TARGETS); do \
+		$(CARGO) +$$toolchain fuzz run -O $$t -- -runs=$(FUZZ_RUNS) -max_len=4096 || exit 1; \
 	done
 
 # A short run of each target over its committed corpus, for CI.
