@@ -14,25 +14,18 @@ out=k6/results/soak-$store
 mkdir -p "$out"
 k6=${K6_BIN:-.tools/bin/k6}
 cargo build --release --quiet
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+source k6/lib.sh
+trap stop_all EXIT
 
-args=(--config k6/soak-config.yaml --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0
-  --admin-addr 127.0.0.1:0 --log-format json)
+args=(--config k6/soak-config.yaml)
 if [ "$store" = redis ]; then
-  port=$((20000 + RANDOM % 20000))
-  redis-server --port "$port" --save '' --appendonly no --daemonize no > "$out/redis.log" &
-  pids+=($!)
-  until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+  start_redis "$out"
+  port=$REDIS_PORT
   args+=(--redis-url "redis://127.0.0.1:$port")
 fi
-target/release/ratelimiter "${args[@]}" > "$out/service.log" 2>&1 &
-svc=$!
-pids+=($svc)
-until addr=$(grep -o '"http":"[0-9.:]*"' "$out/service.log" | head -1 | cut -d'"' -f4) && [ -n "$addr" ]; do
-  sleep 0.1
-done
-url="http://$addr"
+start_service "$out/service.log" "${args[@]}"
+svc=$SERVICE_PID
+url="http://$HTTP_ADDR"
 
 "$k6" run --quiet -e URL="$url" -e RATE="$rate" -e DURATION="${minutes}m" \
   --summary-export "$out/k6-summary.json" k6/soak.js > "$out/k6.log" 2>&1 &
