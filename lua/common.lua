@@ -9,8 +9,10 @@
 -- `quota_error` refuses anything outside that range instead of computing a wrong answer; the
 -- Rust side (`script::within_exact_range`) applies the same bounds.
 --
--- Numbers leave a script as decimal strings made by `fmt` (a Lua number returned to Redis is
--- truncated to an integer reply, and `tostring` prints only 14 significant digits).
+-- Numbers leave a script as integer replies (a Lua number returned to Redis becomes an integer
+-- reply, exact for these integers). Numbers written to keys, or passed to redis.call, are
+-- decimal strings made by `fmt`: `tostring` prints only 14 significant digits, and Redis
+-- 7.2.0-7.2.4 turn a Lua number argument such as 1e9 into "1e+09".
 
 local NOW_MAX = 4503599627370496 -- 2^52
 local QUOTA_MAX = 1125899906842624 -- 2^50
@@ -23,9 +25,10 @@ local RETRY_NOW = 0
 local RETRY_AFTER = 1
 local RETRY_NEVER = 2
 
--- A decimal string of at most 16 digits below 2^53 as an integer; nil for anything else.
-local function int(s)
-  if type(s) ~= 'string' or #s == 0 or #s > 16 or string.find(s, '^%d+$') == nil then
+-- A string of decimal digits (checked by the caller) as an integer; nil past 16 digits or
+-- 2^53 - 1.
+local function digits(s)
+  if #s > 16 then
     return nil
   end
   local v = tonumber(s)
@@ -35,9 +38,18 @@ local function int(s)
   return v
 end
 
--- An integer as a decimal string, every digit exact.
+-- A decimal string of at most 16 digits below 2^53 as an integer; nil for anything else.
+local function int(s)
+  if type(s) ~= 'string' or #s == 0 or #s > 16 or string.find(s, '^%d+$') == nil then
+    return nil
+  end
+  return digits(s)
+end
+
+-- An integer as a decimal string, every digit exact ('%d' converts to a 64-bit C long: exact
+-- below 2^53, and cheaper than '%.0f').
 local function fmt(v)
-  return string.format('%.0f', v)
+  return string.format('%d', v)
 end
 
 -- floor(a / b) for integers 0 <= a, 1 <= b (exact below 2^53): the division of doubles may

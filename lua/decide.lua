@@ -22,11 +22,11 @@
 --          of common.lua.
 -- ARGV[4 + 6n]  test variant only: the name of the witness key (see clock_test.lua).
 --
--- Reply: a flat array
---   [1] admitted (integer 1/0), [2] now (string, us),
---   then per check i, at 2 + 5(i-1) + 1..5: allowed (integer 1/0), remaining (string),
---   reset_after (string, us), retry_kind (integer: 0 now, 1 after, 2 never),
---   retry_after (string, us; "0" unless retry_kind is 1),
+-- Reply: a flat array of integers (a replayed reservation: the same, read from its record)
+--   [1] admitted (1/0), [2] now (us),
+--   then per check i, at 2 + 5(i-1) + 1..5: allowed (1/0), remaining,
+--   reset_after (us), retry_kind (0 now, 1 after, 2 never),
+--   retry_after (us; 0 unless retry_kind is 1),
 --   and in the test variant only one more element: the witness's sequence number (integer).
 -- Errors: a malformed ARGV, or a figure outside the exact range, is an error reply
 -- ("ERR ratelimiter: ...") and writes nothing.
@@ -66,7 +66,7 @@ if reservation ~= nil then
 end
 
 local admitted = true
-local reply = { 0, fmt(now) }
+local reply = { 0, now }
 for i = 1, n do
   local c = checks[i]
   c.state = c.algorithm.decode(read_raw(c.key))
@@ -78,10 +78,10 @@ for i = 1, n do
   end
   local at = 2 + 5 * (i - 1)
   reply[at + 1] = allowed and 1 or 0
-  reply[at + 2] = fmt(remaining)
-  reply[at + 3] = fmt(reset_after)
+  reply[at + 2] = remaining
+  reply[at + 3] = reset_after
   reply[at + 4] = retry_kind
-  reply[at + 5] = fmt(retry_after)
+  reply[at + 5] = retry_after
 end
 
 if admitted then
@@ -109,10 +109,10 @@ if commit then
         local _, remaining, reset_after, retry_kind, retry_after =
           c.algorithm.check(state, c.limit, c.window, c.burst, now, 0)
         local at = 2 + 5 * (i - 1)
-        reply[at + 2] = fmt(remaining)
-        reply[at + 3] = fmt(reset_after)
+        reply[at + 2] = remaining
+        reply[at + 3] = reset_after
         reply[at + 4] = retry_kind
-        reply[at + 5] = fmt(retry_after)
+        reply[at + 5] = retry_after
       end
     end
   end

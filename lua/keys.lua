@@ -2,35 +2,25 @@
 -- the algorithms by name, reading and writing counter keys, parsing the checks' ARGV, and
 -- the reservation records of cross-slot plans.
 
-local ALGORITHMS = {
-  token_bucket = {
-    check = gcra_check,
-    commit = gcra_commit,
-    refund = gcra_refund,
-    expires_at = gcra_expires_at,
-    is_empty = gcra_is_empty,
-    decode = gcra_decode,
-    encode = gcra_encode,
-  },
-  sliding_window = {
-    check = sliding_window_check,
-    commit = sliding_window_commit,
-    refund = sliding_window_refund,
-    expires_at = sliding_window_expires_at,
-    is_empty = sliding_window_is_empty,
-    decode = sliding_window_decode,
-    encode = sliding_window_encode,
-  },
-  fixed_window = {
-    check = fixed_window_check,
-    commit = fixed_window_commit,
-    refund = fixed_window_refund,
-    expires_at = fixed_window_expires_at,
-    is_empty = fixed_window_is_empty,
-    decode = fixed_window_decode,
-    encode = fixed_window_encode,
-  },
-}
+-- The algorithms by name, each one's functions made (by its *_module) the first time a run
+-- needs them; nil for an unknown name.
+local algorithms_made = {}
+local function algorithm_named(name)
+  local algorithm = algorithms_made[name]
+  if algorithm == nil then
+    if name == 'token_bucket' then
+      algorithm = gcra_module()
+    elseif name == 'sliding_window' then
+      algorithm = sliding_window_module()
+    elseif name == 'fixed_window' then
+      algorithm = fixed_window_module()
+    else
+      return nil
+    end
+    algorithms_made[name] = algorithm
+  end
+  return algorithm
+end
 
 -- A key's value when it is a string; nil when the key is missing or holds another type
 -- (pcall: a WRONGTYPE error must not abort the script, such a key counts as empty).
@@ -67,7 +57,7 @@ local function parse_checks()
   for i = 1, n do
     local at = 3 + 6 * (i - 1)
     local name = ARGV[at + 1]
-    local algorithm = ALGORITHMS[name]
+    local algorithm = algorithm_named(name)
     if algorithm == nil then
       return nil, 'check ' .. i .. ': unknown algorithm'
     end
@@ -127,24 +117,22 @@ local function record_commit(reservation, reply)
   redis.call('SET', reservation, 'c' .. table.concat(fields, ','), 'PX', RESERVATION_TTL_MS)
 end
 
--- The decide reply recorded in `recorded` for n checks, with its integer fields as numbers
--- (admitted, then per check allowed and retry_kind), or nil when it is not one.
+-- The decide reply recorded in `recorded` for n checks, every field as a number (as decide
+-- replies), or nil when it is not one.
 local function recorded_reply(recorded, n)
   if recorded == nil or string.sub(recorded, 1, 1) ~= 'c' then
     return nil
   end
   local reply = {}
   for field in string.gmatch(string.sub(recorded, 2), '[^,]+') do
-    reply[#reply + 1] = field
+    local v = int(field)
+    if v == nil then
+      return nil
+    end
+    reply[#reply + 1] = v
   end
   if #reply ~= 2 + 5 * n then
     return nil
-  end
-  reply[1] = tonumber(reply[1])
-  for i = 1, n do
-    local at = 2 + 5 * (i - 1)
-    reply[at + 1] = tonumber(reply[at + 1])
-    reply[at + 4] = tonumber(reply[at + 4])
   end
   return reply
 end

@@ -50,7 +50,7 @@ if reservation ~= nil then
   if recorded == nil then
     return 0
   end
-  committed_at = int(recorded[2])
+  committed_at = recorded[2]
   if committed_at == nil or committed_at > NOW_MAX or recorded[1] ~= 1 then
     return 0
   end

@@ -26,10 +26,10 @@
 //! the number of checks `n`, the commit flag (`"1"`), then six values per check: algorithm,
 //! limit, window (µs), burst, cost, flags (`"0"` to `"3"`: bit 0 enforce, bit 1 post-paid, so
 //! `"1"`/`"0"` still mean enforced/shadow); the test variant adds the witness
-//! key's name. decide replies with a flat array: admitted (integer), `now` (string), then per
-//! check allowed (integer), remaining (string), reset_after (string), retry kind (integer: 0
-//! now, 1 after, 2 never), retry_after (string), plus the witness's sequence number in the test
-//! variant; [`decode`] reads it. The headers of `lua/decide.lua` and `lua/refund.lua` say more.
+//! key's name. decide replies with a flat array of integers ([`decode`] also takes decimal
+//! strings, what earlier versions of the script sent): admitted, `now`, then per check
+//! allowed, remaining, reset_after, retry kind (0 now, 1 after, 2 never), retry_after, plus the
+//! witness's sequence number in the test variant; [`decode`] reads it. The headers of `lua/decide.lua` and `lua/refund.lua` say more.
 //!
 //! # Exact range
 //!
