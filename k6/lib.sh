@@ -4,6 +4,8 @@
 #   source k6/lib.sh; trap stop_all EXIT
 #   start_redis <dir> [redis-server args...]   -> REDIS_PORT, REDIS_PID
 #   start_service <log> [ratelimiter args...]  -> SERVICE_PID, HTTP_ADDR, GRPC_ADDR
+#   start_envoy <config> <dir> <grpc_port>     -> ENVOY_PID, ENVOY_URL
+#   stop_pid <pid>
 
 STARTED_PIDS=()
 
@@ -32,11 +34,11 @@ start_redis() {
   until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 }
 
-# target/release/ratelimiter on free ports (JSON logs into <log>); returns once it logged the
-# addresses it listens on.
+# The release binary (target/release, or $CARGO_TARGET_DIR/release) on free ports (JSON logs
+# into <log>); returns once it logged the addresses it listens on.
 start_service() {
   local log=$1; shift
-  target/release/ratelimiter --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
+  "${CARGO_TARGET_DIR:-target}/release/ratelimiter" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
     --admin-addr 127.0.0.1:0 --log-format json "$@" > "$log" 2>&1 &
   SERVICE_PID=$!
   STARTED_PIDS+=("$SERVICE_PID")
@@ -47,4 +49,52 @@ start_service() {
   done
   HTTP_ADDR=$(echo "$line" | grep -o '"http":"[0-9.:]*"' | cut -d'"' -f4)
   GRPC_ADDR=$(echo "$line" | grep -o '"grpc":"[0-9.:]*"' | cut -d'"' -f4)
+}
+
+# The Envoy binary: $ENVOY_BIN, or the one `make setup` installs into .tools/envoy-venv.
+envoy_bin() {
+  if [ -n "${ENVOY_BIN:-}" ]; then
+    echo "$ENVOY_BIN"
+    return
+  fi
+  local found
+  for found in .tools/envoy-venv/lib/python3*/site-packages/envoy/_bin/envoy; do
+    if [ -x "$found" ]; then
+      echo "$found"
+      return
+    fi
+  done
+  echo "Envoy not found: set ENVOY_BIN, or run make setup (it installs .tools/envoy-venv)" >&2
+  return 1
+}
+
+# Envoy running <config> with the ports of its `port_value:` lines rewritten: 10000 (listener)
+# and 9901 (admin) to free ports, 50051 (ratelimiter's gRPC) to <grpc_port>; the config it
+# ran and its log go into <dir>; returns once its admin says ready.
+#   start_envoy <config> <dir> <grpc_port>  -> ENVOY_PID, ENVOY_URL (http://<listener>)
+start_envoy() {
+  local config=$1 dir=$2 grpc_port=$3 bin listen admin port
+  bin=$(envoy_bin)
+  listen=$(free_port)
+  admin=$(free_port)
+  for port in 10000 9901 50051; do
+    grep -q "port_value: $port\$" "$config" || { echo "$config: no 'port_value: $port' line" >&2; return 1; }
+  done
+  sed -e "s/port_value: 10000\$/port_value: $listen/" -e "s/port_value: 9901\$/port_value: $admin/" \
+    -e "s/port_value: 50051\$/port_value: $grpc_port/" "$config" > "$dir/envoy.yaml"
+  "$bin" -c "$dir/envoy.yaml" --disable-hot-restart --log-level warn \
+    --concurrency "${ENVOY_CONCURRENCY:-2}" > "$dir/envoy.log" 2>&1 &
+  ENVOY_PID=$!
+  STARTED_PIDS+=("$ENVOY_PID")
+  until curl -sf "http://127.0.0.1:$admin/ready" >/dev/null 2>&1; do
+    kill -0 "$ENVOY_PID" 2>/dev/null || { cat "$dir/envoy.log" >&2; return 1; }
+    sleep 0.1
+  done
+  ENVOY_URL="http://127.0.0.1:$listen"
+}
+
+# Stops one process this script started (e.g. an Envoy before the next config's).
+stop_pid() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
