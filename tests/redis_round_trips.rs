@@ -3,14 +3,17 @@
 //! `total_reads_processed`: a pipeline sent in one write is read at once), a decision is
 //! one script call (`INFO commandstats`, `evalsha`). With 256 requests in flight the batch
 //! workers must pipeline: at most 0.25 round trips per decision (without batching it is
-//! 1 or more). `cargo test --test redis_round_trips -- --nocapture` prints the figures.
+//! 1 or more). On a Redis Cluster, where decisions are not pipelined, a decision is one
+//! script call and nothing else: no `PING` to every master when a pooled connection is taken
+//! again (one was sent per master per decision before). `cargo test --test redis_round_trips
+//! -- --nocapture` prints the figures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::sync::Arc;
 
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use common::{Service, config_dir, counter, metrics, post_status};
 use tokio::sync::Semaphore;
 
@@ -93,6 +96,62 @@ async fn under_load_a_round_trip_carries_four_decisions_or_more() {
     // Batch workers keep their connections: no check-out PING per batch (a pool's recycle
     // check), so Redis sees nothing but the pipelines.
     assert_eq!(pings, 0, "PINGs during the storm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_cluster_a_decision_is_one_script_call_and_no_ping() {
+    const REQUESTS: usize = 1000;
+    const IN_FLIGHT: usize = 32;
+    const POOL: u64 = 8;
+    const MASTERS: u64 = 3;
+    let cluster = RedisCluster::start(MASTERS as usize);
+    let dir = config_dir("redis-round-trips-cluster", &[("service.yaml", CONFIG)]);
+    let svc = Service::start(
+        &dir,
+        &[
+            "--redis-url",
+            &cluster.url(),
+            "--redis-timeout-ms",
+            "2000",
+            "--redis-pool-size",
+            &POOL.to_string(),
+        ],
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(IN_FLIGHT)
+        .build()
+        .unwrap();
+    let pings = || -> u64 {
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| n.command_calls("ping"))
+            .sum()
+    };
+    let (scripts_before, pings_before) = (cluster.script_calls(), pings());
+    let gate = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut tasks = Vec::new();
+    for i in 0..REQUESTS {
+        let (client, gate, url) = (client.clone(), gate.clone(), svc.url("/check"));
+        tasks.push(tokio::spawn(async move {
+            let _p = gate.acquire_owned().await.unwrap();
+            post_status(&client, url, ["k1", "k2", "k3", "k4"][i % 4]).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200, "every request is within its quota");
+    }
+    let scripts = cluster.script_calls() - scripts_before;
+    let pings = pings() - pings_before;
+    println!("Cluster: {REQUESTS} requests, {scripts} decide scripts, {pings} PINGs");
+    assert_eq!(scripts as usize, REQUESTS, "one script call per decision");
+    // A pooled connection idle for a second or more (since the start, or through a stall of
+    // a slow machine) is checked with a PING to each master before reuse: typically once per
+    // connection here (POOL * MASTERS PINGs), never one per decision (3,000 before).
+    assert!(
+        pings <= 4 * POOL * MASTERS,
+        "{pings} PINGs for {REQUESTS} decisions"
+    );
 }
 
 /// `total_reads_processed` of `INFO stats`: how many times the server read a client socket.

@@ -257,6 +257,17 @@ impl Pool {
     }
 }
 
+impl Conn {
+    /// Closes the connection instead of returning it to its pool.
+    fn discard(self) {
+        match self {
+            Conn::Single(c) => drop(deadpool_redis::Connection::take(c)),
+            Conn::Cluster(c) => drop(deadpool::managed::Object::take(c)),
+            Conn::Sentinel(c) => drop(deadpool::managed::Object::take(c)),
+        }
+    }
+}
+
 impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
         match self {
@@ -541,7 +552,11 @@ impl Connections {
         self.round_trips.inc();
         let mut conn = self.pool.get().await?;
         let _timer = self.call_duration.start_timer();
-        inv.invoke_async(&mut conn).await.map_err(redis_error)
+        let reply = inv.invoke_async(&mut conn).await;
+        if reply.as_ref().is_err_and(connection_lost) {
+            conn.discard();
+        }
+        reply.map_err(redis_error)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

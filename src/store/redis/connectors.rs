@@ -5,9 +5,14 @@
 //! connectors take URLs only, over which TLS trusts just the system's CAs.
 //!
 //! A pooled connection is checked before reuse as deadpool-redis checks its own: a `PING`
-//! with a fresh number, which must come back.
+//! with a fresh number, which must come back. A Cluster connection taken again within
+//! [`CLUSTER_RECHECK_AFTER`] of its last use is not: its `PING` goes to every master (one
+//! per node per decision, since Cluster decisions are not batched), and redis-rs's Cluster
+//! connection replaces a failed node connection and follows slot moves on its own. A call
+//! that finds the connection lost discards it (`Connections::invoke`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use deadpool_redis::redis::{
@@ -31,6 +36,9 @@ async fn ping_back(
         Err(RecycleError::message("a wrong PING answer"))
     }
 }
+
+/// How long after its last use a pooled Cluster connection is `PING`ed again before reuse.
+pub const CLUSTER_RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// Connections to a Redis Cluster, seeded from `redis://` or `rediss://` node URLs.
 pub struct ClusterConnector {
@@ -63,8 +71,11 @@ impl Manager for ClusterConnector {
     async fn recycle(
         &self,
         conn: &mut ClusterConnection,
-        _: &Metrics,
+        metrics: &Metrics,
     ) -> RecycleResult<RedisError> {
+        if metrics.last_used() < CLUSTER_RECHECK_AFTER {
+            return Ok(());
+        }
         ping_back(conn, &self.pings).await
     }
 }
