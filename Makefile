@@ -2,7 +2,7 @@
 # need on a fresh Debian machine (redis-server, openssl, Envoy) and skips what is there.
 CARGO ?= cargo
 
-.PHONY: run test test-integration lint bench setup fmt image deny fuzz fuzz-smoke
+.PHONY: run test test-integration lint bench bench-script load-test setup fmt image deny fuzz fuzz-smoke
 
 # Extra flags for the service, e.g. ARGS="--redis-url redis://127.0.0.1:6379".
 ARGS ?=
@@ -30,8 +30,22 @@ lint:
 fmt:
 	$(CARGO) fmt
 
+# criterion: a full in-memory decision, and descriptor matching in a 5,600-descriptor config.
 bench:
-	$(CARGO) bench --bench decide
+	$(CARGO) bench --bench decide --bench matching
+
+# The decide script's time inside Redis against the smallest script per algorithm.
+bench-script: setup
+	$(CARGO) bench --bench script_cost
+
+# The load tests, written into k6/results/ (k6/results.md reads them): k6 through each door at
+# fixed rates, in memory and with Redis, then ghz side by side against the no-op gRPC server.
+# About 35 minutes; everything runs on this machine, so run it on a quiet one.
+load-test: setup
+	bash scripts/setup-load.sh
+	bash k6/load-test.sh memory
+	bash k6/load-test.sh redis
+	bash k6/side-by-side.sh
 
 setup:
 	bash scripts/setup.sh

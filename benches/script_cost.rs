@@ -300,8 +300,11 @@ fn redis_version(con: &mut redis::Connection) -> String {
 }
 
 fn main() {
-    let calls = env_or("SCRIPT_COST_CALLS", 20_000);
-    let rounds = env_or("SCRIPT_COST_ROUNDS", 5).max(1);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
+    // as a smoke run: every script loaded and called, a handful of times.
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let calls = env_or("SCRIPT_COST_CALLS", if measuring { 20_000 } else { 50 });
+    let rounds = env_or("SCRIPT_COST_ROUNDS", if measuring { 5 } else { 1 }).max(1);
     let server = RedisServer::start();
     let mut con = redis::Client::open(server.url())
         .and_then(|c| c.get_connection())

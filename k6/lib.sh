@@ -5,6 +5,7 @@
 #   start_redis <dir> [redis-server args...]   -> REDIS_PORT, REDIS_PID
 #   start_service <log> [ratelimiter args...]  -> SERVICE_PID, HTTP_ADDR, GRPC_ADDR
 #   start_envoy <config> <dir> <grpc_port>     -> ENVOY_PID, ENVOY_URL
+#   start_cluster <dir>                        -> CLUSTER_PORTS, CLUSTER_URL
 #   stop_pid <pid>
 
 STARTED_PIDS=()
@@ -97,4 +98,35 @@ start_envoy() {
 stop_pid() {
   kill "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
+}
+
+# A Redis Cluster of three masters and no replicas, each redis-server on a free port (and a
+# free cluster-bus port), without persistence, logging into <dir>/redis-<port>.log, joined by
+# `redis-cli --cluster create`; returns once every node says cluster_state:ok (fails after 30 s).
+# CLUSTER_PORTS: the three ports; CLUSTER_URL: redis+cluster://… naming every node.
+start_cluster() {
+  local dir=$1 port bus tries=0
+  CLUSTER_PORTS=()
+  for _ in 1 2 3; do
+    port=$(free_port); bus=$(free_port)
+    redis-server --port "$port" --cluster-enabled yes --cluster-port "$bus" \
+      --cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 5000 \
+      --save '' --appendonly no --daemonize no > "$dir/redis-$port.log" 2>&1 &
+    STARTED_PIDS+=("$!")
+    CLUSTER_PORTS+=("$port")
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+  done
+  redis-cli --cluster create "${CLUSTER_PORTS[@]/#/127.0.0.1:}" --cluster-replicas 0 \
+    --cluster-yes > "$dir/cluster-create.log" 2>&1
+  for port in "${CLUSTER_PORTS[@]}"; do
+    until redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; do
+      tries=$((tries + 1))
+      [ "$tries" -lt 300 ] || { echo "the Redis Cluster did not form: see $dir" >&2; return 1; }
+      sleep 0.1
+    done
+  done
+  local nodes=("${CLUSTER_PORTS[@]/#/127.0.0.1:}")
+  CLUSTER_URL="redis+cluster://$(IFS=,; echo "${nodes[*]}")"
 }
