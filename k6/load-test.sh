@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load test of every door (issue 9): the release binary with k6/bench-config, in memory or
+# The load test of every door: the release binary with k6/bench-config, in memory or
 # with Redis, under k6 at fixed arrival rates (1k, 5k, 10k decisions/s) and in a closed loop
 # (saturated), through each door in turn:
 #   check            POST /check                      k6/check.js
@@ -10,9 +10,10 @@
 # Writes k6/results/load-test/<store>/: <door>-<rate>.json (k6 --summary-export; <rate> is
 # 1000, 5000, 10000 or saturated), summary.csv (door, rate, achieved/s, p50, p95, p99, p99.9 in
 # ms, errors = answers that were not decisions, dropped = iterations k6 could not start in
-# time), p99.png (p99 against achieved rate, one line per door), and logs/.
+# time), summary.md (the same as a markdown table), p99.png (p99 against the achieved rate,
+# one line per door), and logs/.
 #
-# On the 2-core machine of issue 9, k6 itself saturates near 15k requests/s (less for gRPC, and
+# On a 2-core machine, k6 itself saturates near 15k requests/s (less for gRPC, and
 # less again with Envoy on the same cores): the saturated row is then k6's ceiling, not the
 # service's, and a fixed rate k6 cannot keep shows as dropped iterations. Throughput belongs to
 # ghz; this test is for latency at fixed rates. Everything runs on one machine: run it quiet.
@@ -112,5 +113,10 @@ set key top left; set grid
 plot for [door in "$doors"] "$out/summary.csv" every ::1 \
   using (strcol(1) eq door ? \$3 : NaN):6 with linespoints title door
 PLOT
+# summary.md: the same rows as a markdown table (k6/results.md quotes it).
+awk -F, 'NR == 1 { print "| door | offered | achieved/s | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | dropped |"
+    print "|---|---|---|---|---|---|---|---|---|"; next }
+  { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, ($2 == "saturated" ? "closed loop" : $2 "/s"),
+      $3, $4, $5, $6, $7, $8, $9 }' "$out/summary.csv" > "$out/summary.md"
 column -s, -t < "$out/summary.csv"
 echo "results: $out (summary.csv, p99.png, <door>-<rate>.json, logs/)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The side-by-side throughput run (issue 9): in one run on one machine, ghz calls Envoy's
+# The side-by-side throughput run: in one run on one machine, ghz calls Envoy's
 # ShouldRateLimit (domain `bench`, `user` cycling over 1,000 values: k6/bench-config/) on
 #   noop      the no-op tonic server (examples/noop_server.rs): the gRPC ceiling
 #   memory    ours, in-memory store
