@@ -12,12 +12,13 @@
 //! failover, `SCRIPT FLUSH`) are answered by loading the script and resending only those
 //! plans: the others ran already and must not run twice.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Value};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
 
 use super::breaker::Breaker;
 use super::connection::{Connections, Held, connection_lost, redis_error};
@@ -39,8 +40,66 @@ struct Job {
     reply: oneshot::Sender<Reply>,
 }
 
+/// The plans waiting for a worker: a bounded FIFO with one semaphore permit per plan, so a
+/// new plan wakes exactly one idle worker, and a worker that takes plans wakes nobody (a
+/// `Mutex` around a channel's receiver would hand the lock on, waking the next worker for
+/// nothing, once per batch).
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    capacity: usize,
+    /// As many permits as `jobs` holds plans (a plan is queued before its permit is added);
+    /// closed when the [`Batcher`] goes, which stops the workers.
+    ready: Semaphore,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Queue {
+            jobs: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            capacity,
+            ready: Semaphore::new(0),
+        }
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a plan, or gives it back when `capacity` plans wait already.
+    fn push(&self, job: Job) -> Result<(), Job> {
+        {
+            let mut jobs = self.jobs();
+            if jobs.len() >= self.capacity {
+                return Err(job);
+            }
+            jobs.push_back(job);
+        }
+        self.ready.add_permits(1);
+        Ok(())
+    }
+
+    /// Waits for a plan and takes whatever else is queued, up to [`MAX_BATCH`] in `batch`;
+    /// false once the queue is closed. Cancel-safe: nothing is taken until a permit is.
+    async fn take(&self, batch: &mut Vec<Option<Job>>) -> bool {
+        let Ok(first) = self.ready.acquire().await else {
+            return false;
+        };
+        first.forget();
+        let mut jobs = self.jobs();
+        batch.extend(jobs.pop_front().map(Some));
+        while batch.len() < MAX_BATCH {
+            let Ok(more) = self.ready.try_acquire() else {
+                break;
+            };
+            more.forget();
+            batch.extend(jobs.pop_front().map(Some));
+        }
+        true
+    }
+}
+
 pub struct Batcher {
-    queue: mpsc::Sender<Job>,
+    queue: Arc<Queue>,
     workers: usize,
     /// How many workers hold a connection on which the decide script was loaded.
     connected: Arc<AtomicUsize>,
@@ -57,9 +116,9 @@ impl Batcher {
         queue: usize,
         batch_size: prometheus::Histogram,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let queue = Arc::new(Queue::new(queue.max(1)));
         let worker = Worker {
-            queue: Arc::new(Mutex::new(rx)),
+            queue: queue.clone(),
             connections,
             breaker,
             prefix: prefix.into(),
@@ -72,7 +131,7 @@ impl Batcher {
             tokio::spawn(worker.clone().work());
         }
         Batcher {
-            queue: tx,
+            queue,
             workers,
             connected: worker.connected,
         }
@@ -85,8 +144,7 @@ impl Batcher {
 
     /// Plans waiting for a worker, and the most that may wait.
     pub fn queue(&self) -> (usize, usize) {
-        let most = self.queue.max_capacity();
-        (most - self.queue.capacity(), most)
+        (self.queue.jobs().len(), self.queue.capacity)
     }
 
     /// Decides one plan's checks in the next batch.
@@ -97,17 +155,17 @@ impl Batcher {
     pub async fn decide(&self, checks: Vec<Check>) -> Reply {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .try_send(Job { checks, reply: tx })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    StoreError::Unavailable("too many decisions waiting for Redis".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    StoreError::Unavailable("the Redis workers stopped".into())
-                }
-            })?;
+            .push(Job { checks, reply: tx })
+            .map_err(|_| StoreError::Unavailable("too many decisions waiting for Redis".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the Redis worker dropped the decision".into()))?
+    }
+}
+
+impl Drop for Batcher {
+    /// Stops the workers (each gives its connection back to the pool).
+    fn drop(&mut self) {
+        self.queue.ready.close();
     }
 }
 
@@ -141,7 +199,7 @@ impl Drop for Slot {
 /// What one worker needs; every worker has a copy.
 #[derive(Clone)]
 struct Worker {
-    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    queue: Arc<Queue>,
     connections: Arc<Connections>,
     breaker: Arc<Breaker>,
     prefix: Arc<str>,
@@ -170,10 +228,10 @@ impl Worker {
                 }
             }
             let open = if slot.held.is_some() {
-                self.collect(&mut jobs).await
+                self.queue.take(&mut jobs).await
             } else {
                 tokio::select! {
-                    open = self.collect(&mut jobs) => open,
+                    open = self.queue.take(&mut jobs) => open,
                     () = tokio::time::sleep(backoff) => continue,
                 }
             };
@@ -182,25 +240,6 @@ impl Worker {
             }
             self.decide_batch(&mut slot, &mut jobs).await;
         }
-    }
-
-    /// Waits for a job and takes whatever else is queued, up to [`MAX_BATCH`]; false once
-    /// the queue is closed. Cancel-safe: nothing is taken until `recv` returns.
-    async fn collect(&self, jobs: &mut Vec<Option<Job>>) -> bool {
-        // Only the worker holding the lock collects; the others are busy with Redis or
-        // wait their turn. The lock is never held across a Redis call.
-        let mut rx = self.queue.lock().await;
-        match rx.recv().await {
-            Some(job) => jobs.push(Some(job)),
-            None => return false,
-        }
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(Some(job)),
-                Err(_) => break,
-            }
-        }
-        true
     }
 
     /// Opens a connection and loads the decide script on it, so that a fresh or restarted
