@@ -1,8 +1,9 @@
 //! Batching: decisions waiting for Redis at the same moment share one round trip.
 //!
-//! Callers put their plan's checks on a bounded queue and wait for the verdicts. A fixed set
-//! of workers, one per pooled connection, each takes whatever is queued (up to
-//! [`MAX_BATCH`] plans) and sends it as one pipeline of `EVALSHA`s. Each plan is still its
+//! Callers put their plan's `EVALSHA` (built once, by [`script::decide_cmd`]) on a bounded
+//! queue and wait for Redis's reply, which they decode themselves. A fixed set of workers, one
+//! per pooled connection, each takes whatever is queued (up to [`MAX_BATCH`] plans) and sends
+//! it as one pipeline. Each plan is still its
 //! own script run, atomic on its own; the pipeline only saves round trips and system calls.
 //! Under light load a batch is one plan and nothing waits for company: a worker never
 //! delays a plan to fill a batch.
@@ -22,8 +23,8 @@ use tokio::sync::{Semaphore, oneshot};
 
 use super::breaker::Breaker;
 use super::connection::{Connections, Held, connection_lost, redis_error};
-use super::script::{self, Decoded};
-use crate::store::{Check, StoreError};
+use super::script;
+use crate::store::StoreError;
 
 /// The most plans one pipeline carries.
 pub const MAX_BATCH: usize = 64;
@@ -33,10 +34,13 @@ pub const MAX_BATCH: usize = 64;
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_AT_MOST: Duration = Duration::from_secs(2);
 
-type Reply = Result<(Vec<Check>, Decoded), StoreError>;
+/// Redis's reply to one plan's script run (an error reply already turned into the error).
+type Reply = Result<Value, StoreError>;
 
 struct Job {
-    checks: Vec<Check>,
+    /// The plan's `EVALSHA`; moved into the pipeline while it is in flight, and put back
+    /// when it must be sent again.
+    call: redis::Cmd,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -110,7 +114,6 @@ impl Batcher {
     pub fn start(
         connections: Arc<Connections>,
         breaker: Arc<Breaker>,
-        prefix: String,
         timeout: Duration,
         workers: usize,
         queue: usize,
@@ -121,7 +124,6 @@ impl Batcher {
             queue: queue.clone(),
             connections,
             breaker,
-            prefix: prefix.into(),
             timeout,
             connected: Arc::new(AtomicUsize::new(0)),
             batch_size,
@@ -147,15 +149,16 @@ impl Batcher {
         (self.queue.jobs().len(), self.queue.capacity)
     }
 
-    /// Decides one plan's checks in the next batch.
+    /// Runs one plan's decide call ([`script::decide_cmd`]) in the next batch and returns
+    /// Redis's reply to it.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the answer; the plan may still be decided (and, if
     /// admitted, committed) by a worker.
-    pub async fn decide(&self, checks: Vec<Check>) -> Reply {
+    pub async fn decide(&self, call: redis::Cmd) -> Reply {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .push(Job { checks, reply: tx })
+            .push(Job { call, reply: tx })
             .map_err(|_| StoreError::Unavailable("too many decisions waiting for Redis".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the Redis worker dropped the decision".into()))?
@@ -202,7 +205,6 @@ struct Worker {
     queue: Arc<Queue>,
     connections: Arc<Connections>,
     breaker: Arc<Breaker>,
-    prefix: Arc<str>,
     timeout: Duration,
     connected: Arc<AtomicUsize>,
     /// Plans per pipeline sent.
@@ -307,15 +309,7 @@ impl Worker {
             let Some(held) = slot.held.as_mut() else {
                 return Err(StoreError::Unavailable("no Redis connection".into()));
             };
-            match run(
-                &self.connections,
-                held,
-                &self.prefix,
-                jobs,
-                &self.batch_size,
-            )
-            .await
-            {
+            match run(&self.connections, held, jobs, &self.batch_size).await {
                 Err(RunError::Lost(e)) if !resent => {
                     tracing::debug!(error = %e, "Redis connection lost; resending on a new one");
                     slot.clear();
@@ -357,11 +351,11 @@ impl From<redis::RedisError> for RunError {
     }
 }
 
-/// Sends the batch as one pipeline and answers (takes) every job it could decide.
+/// Sends the batch as one pipeline and answers (takes) every job it could decide. The jobs
+/// it leaves unanswered keep their calls, so that they can be sent again.
 async fn run(
     connections: &Connections,
     held: &mut Held,
-    prefix: &str,
     jobs: &mut [Option<Job>],
     batch_size: &prometheus::Histogram,
 ) -> Result<(), RunError> {
@@ -372,17 +366,14 @@ async fn run(
     batch_size.observe(pending.len() as f64);
     // At most one reload per batch: NOSCRIPT right after loading the script is an error.
     for attempt in 0..2 {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let invocations: Vec<_> = pending
-            .iter()
-            .filter_map(|&i| jobs[i].as_ref())
-            .map(|j| script::decide_invocation(script::decide_script(), prefix, &j.checks, None))
-            .collect();
-        for inv in &invocations {
-            pipe.invoke_script(inv);
-        }
-        let replies: Vec<Value> = connections.pipeline_on(held, &pipe).await?;
+        let pipe = pipeline(jobs, &pending);
+        let replies: Vec<Value> = match connections.pipeline_on(held, &pipe).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                give_back(&pipe, &pending, jobs);
+                return Err(e.into());
+            }
+        };
         if replies.len() != pending.len() {
             return Err(RunError::Failed(StoreError::Protocol(format!(
                 "a pipeline of {} plans got {} replies",
@@ -395,12 +386,13 @@ async fn run(
             if is_noscript(&reply) && attempt == 0 {
                 again.push(i);
             } else if let Some(job) = jobs[i].take() {
-                answer(job, &reply);
+                answer(job, reply);
             }
         }
         if again.is_empty() {
             return Ok(());
         }
+        give_back(&pipe, &pending, jobs);
         connections.load_on(held, script::decide_script()).await?;
         pending = again;
     }
@@ -409,10 +401,32 @@ async fn run(
     )))
 }
 
-fn answer(mut job: Job, reply: &Value) {
+/// One pipeline of the `pending` jobs' calls, which it takes (no copy).
+fn pipeline(jobs: &mut [Option<Job>], pending: &[usize]) -> redis::Pipeline {
+    let mut pipe = redis::Pipeline::with_capacity(pending.len());
+    pipe.ignore_errors();
+    for &i in pending {
+        if let Some(job) = jobs[i].as_mut() {
+            pipe.add_command(job.call.take());
+        }
+    }
+    pipe
+}
+
+/// Puts the calls of `pipe` back into the jobs still unanswered, to be sent again (after a
+/// lost connection or `NOSCRIPT`: rare, so a copy).
+fn give_back(pipe: &redis::Pipeline, pending: &[usize], jobs: &mut [Option<Job>]) {
+    for (&i, call) in pending.iter().zip(pipe.cmd_iter()) {
+        if let Some(job) = jobs[i].as_mut() {
+            job.call = call.clone();
+        }
+    }
+}
+
+fn answer(job: Job, reply: Value) {
     let result = match reply {
-        Value::ServerError(e) => Err(redis_error(redis::RedisError::from(e.clone()))),
-        _ => script::decode(reply, &mut job.checks).map(|d| (job.checks, d)),
+        Value::ServerError(e) => Err(redis_error(redis::RedisError::from(e))),
+        reply => Ok(reply),
     };
     let _ = job.reply.send(result);
 }

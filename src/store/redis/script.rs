@@ -41,7 +41,7 @@
 
 use std::sync::LazyLock;
 
-use ::redis::{Script, ScriptInvocation, Value};
+use ::redis::{Cmd, RedisWrite, Script, ScriptInvocation, Value};
 
 use crate::algorithm::{Algorithm, Micros, RetryAfter, USAGE_MAX, Verdict, gcra};
 use crate::store::{Check, CounterKey, StoreError};
@@ -126,7 +126,20 @@ pub fn reset_invocation(prefix: &str, keys: &[CounterKey]) -> ScriptInvocation<'
 /// The braces make the tag the Redis Cluster hash tag, so every limit of one descriptor lands
 /// in one slot and a plan over them is one script run.
 pub fn counter_key(prefix: &str, key: &CounterKey) -> String {
-    format!("{prefix}{{{:032x}}}:{:016x}", key.tag, key.limit)
+    CounterKeyName { prefix, key }.to_string()
+}
+
+/// [`counter_key`] written where it is wanted (a command's buffer) without a `String`.
+struct CounterKeyName<'a> {
+    prefix: &'a str,
+    key: &'a CounterKey,
+}
+
+impl std::fmt::Display for CounterKeyName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let CounterKey { tag, limit } = self.key;
+        write!(f, "{}{{{tag:032x}}}:{limit:016x}", self.prefix)
+    }
 }
 
 /// The test variant's witness key (not a counter: no hash tag, no expiry).
@@ -155,15 +168,45 @@ fn flags(check: &Check) -> &'static str {
     }
 }
 
+/// One check's six `ARGV` values, with `cost` in place of its own.
+fn check_args(check: &Check, cost: u64) -> (&'static str, u64, u64, u64, u64, &'static str) {
+    let q = &check.quota;
+    let algorithm = check.algorithm.as_str();
+    (
+        algorithm,
+        q.limit,
+        q.window,
+        q.burst,
+        cost.min(COST_CAP),
+        flags(check),
+    )
+}
+
 /// Appends one check's six `ARGV` values, with `cost` in place of its own.
 fn push_check(inv: &mut ScriptInvocation<'_>, check: &Check, cost: u64) {
-    let q = &check.quota;
-    inv.arg(check.algorithm.as_str())
-        .arg(q.limit)
-        .arg(q.window)
-        .arg(q.burst)
-        .arg(cost.min(COST_CAP))
-        .arg(flags(check));
+    inv.arg(check_args(check, cost));
+}
+
+/// The production decide script's `EVALSHA` over `checks` (one plan; keys distinct, all in
+/// one Cluster slot): the command [`decide_invocation`] sends with no test clock, byte for
+/// byte, written straight into the command's buffer (no `String` per key, no `Vec` per
+/// argument). It does not load the script: the caller answers `NOSCRIPT`.
+pub fn decide_cmd(prefix: &str, checks: &[Check]) -> Cmd {
+    let n = checks.len();
+    // 3 + n + 3 + 6n arguments; about 51 + prefix bytes per key, 60 per check's values.
+    let mut cmd = Cmd::with_capacity(6 + 7 * n, 64 + (prefix.len() + 111) * n);
+    cmd.arg("EVALSHA").arg(DECIDE.get_hash()).arg(n);
+    for check in checks {
+        cmd.write_arg_fmt(CounterKeyName {
+            prefix,
+            key: &check.key,
+        });
+    }
+    cmd.arg(0u64).arg(n).arg("1");
+    for check in checks {
+        cmd.arg(check_args(check, check.cost));
+    }
+    cmd
 }
 
 /// A decide run of `script` over `checks` (one plan; keys distinct, all in one Cluster slot).
