@@ -5,7 +5,8 @@
 # same fixed-rate ghz load (ShouldRateLimit, 64 streams over 4 connections, 1,000 `user` values
 # in turn). CPU is read from /proc/<pid>/stat (utime + stime) just before and just after the
 # load, and divided by the decisions answered OK in that time (ghz's count); Redis's own CPU per
-# decision is read the same way. A fixed rate, not a closed loop, so both stores do the same
+# decision is read the same way, and the service's context switches per decision beside them
+# (summed over /proc/<pid>/task/*/status: wake-ups, which cost most of the difference). A fixed rate, not a closed loop, so both stores do the same
 # work. Run on a quiet machine; CPU time is less sensitive to noise than wall time, but repeat.
 #   k6/cpu-per-decision.sh [rate=5000] [seconds=15] [runs=1] [stores="memory redis"]
 # Needs redis-server, Go (ghz is built by scripts/go-tool.sh into .tools/bin/ghz unless GHZ_BIN
@@ -51,6 +52,11 @@ cpu_ticks() {
   sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
 
+# Context switches (voluntary and not) of a process's live threads: how often it slept and woke.
+ctx_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'
+}
+
 # The requests ghz cycles through: one `user` descriptor each, 1,000 values.
 data=$out/requests.json
 python3 -c '
@@ -78,7 +84,7 @@ per() {
   awk -v t="$1" -v n="$2" -v hz="$ticks_per_s" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "nan" }'
 }
 
-[ -f "$out/runs.csv" ] || echo "when,store,rate,seconds,decisions,service_us_per_decision,redis_us_per_decision" > "$out/runs.csv"
+[ -f "$out/runs.csv" ] || echo "when,store,rate,seconds,decisions,service_us_per_decision,redis_us_per_decision,context_switches_per_decision" > "$out/runs.csv"
 for run in $(seq "$runs"); do
   for store in $stores; do
     args=(--config k6/bench-config)
@@ -92,14 +98,18 @@ for run in $(seq "$runs"); do
     # Warm-up: connections open, scripts loaded, counters created, allocator grown.
     load "$rate" 3s "$out/warmup-$store.json"
     svc0=$(cpu_ticks "$SERVICE_PID"); red0=${redis_pid:+$(cpu_ticks "$redis_pid")}
+    ctx0=$(ctx_switches "$SERVICE_PID")
     load "$rate" "${seconds}s" "$out/ghz-$store.json"
     svc1=$(cpu_ticks "$SERVICE_PID"); red1=${redis_pid:+$(cpu_ticks "$redis_pid")}
+    ctx1=$(ctx_switches "$SERVICE_PID")
     decisions=$(ok_count "$out/ghz-$store.json")
     service_us=$(per $((svc1 - svc0)) "$decisions")
     redis_us=nan
     [ -n "$redis_pid" ] && redis_us=$(per $((red1 - red0)) "$decisions")
-    echo "run $run $store: $decisions decisions at $rate/s, service ${service_us} us CPU per decision, redis ${redis_us} us"
-    echo "$(date -u +%FT%TZ),$store,$rate,$seconds,$decisions,$service_us,$redis_us" >> "$out/runs.csv"
+    switches=$(awk -v c=$((ctx1 - ctx0)) -v n="$decisions" 'BEGIN { if (n > 0) printf "%.2f", c / n; else print "nan" }')
+    echo "run $run $store: $decisions decisions at $rate/s, service ${service_us} us CPU per decision" \
+      "($switches context switches), redis ${redis_us} us"
+    echo "$(date -u +%FT%TZ),$store,$rate,$seconds,$decisions,$service_us,$redis_us,$switches" >> "$out/runs.csv"
     stop_all
     STARTED_PIDS=()
   done
