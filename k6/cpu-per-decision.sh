@@ -11,7 +11,8 @@
 #   k6/cpu-per-decision.sh [rate=5000] [seconds=15] [runs=1] [stores="memory redis"]
 # Needs redis-server, Go (ghz is built by scripts/go-tool.sh into .tools/bin/ghz unless GHZ_BIN
 # names one). Builds and runs the release binary (honouring CARGO_TARGET_DIR), or runs
-# RATELIMITER_BIN when set (to compare two builds). Prints one line per run and store and appends them to
+# RATELIMITER_BIN when set (to compare two builds); SERVICE_ARGS adds flags to the service
+# (e.g. SERVICE_ARGS="--redis-pool-size 4"). Prints one line per run and store and appends them to
 # k6/results/cpu-per-decision/runs.csv (with the ghz reports and logs in that directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,6 +89,8 @@ per() {
 for run in $(seq "$runs"); do
   for store in $stores; do
     args=(--config k6/bench-config)
+    read -ra extra <<< "${SERVICE_ARGS:-}"
+    args+=("${extra[@]}")
     redis_pid=""
     if [ "$store" = redis ]; then
       start_redis "$out"
