@@ -3,10 +3,9 @@
 //! Callers put their plan's `EVALSHA` (built once, by [`script::decide_cmd`]) on a bounded
 //! queue and wait for Redis's reply, which they decode themselves. A fixed set of workers, one
 //! per pooled connection, each takes whatever is queued (up to [`MAX_BATCH`] plans) and sends
-//! it as one pipeline. Each plan is still its
-//! own script run, atomic on its own; the pipeline only saves round trips and system calls.
-//! Under light load a batch is one plan and nothing waits for company: a worker never
-//! delays a plan to fill a batch.
+//! it as one pipeline. Each plan is still its own script run, atomic on its own; the pipeline
+//! only saves round trips and system calls. Under light load a batch is one plan and nothing
+//! waits for company: a worker never delays a plan to fill a batch.
 //!
 //! A full queue refuses at once ([`StoreError::Unavailable`], handled by the failure
 //! policy): explicit backpressure, never an unbounded queue. `NOSCRIPT` replies (a restart, a
