@@ -1,28 +1,31 @@
 //! Batching: decisions waiting for Redis at the same moment share one round trip.
 //!
-//! Callers put their plan's checks on a bounded queue and wait for the verdicts. A fixed set
-//! of workers, one per pooled connection, each takes whatever is queued (up to
-//! [`MAX_BATCH`] plans) and sends it as one pipeline of `EVALSHA`s. Each plan is still its
-//! own script run, atomic on its own; the pipeline only saves round trips and system calls.
-//! Under light load a batch is one plan and nothing waits for company: a worker never
-//! delays a plan to fill a batch.
+//! Callers put their plan's `EVALSHA` (built once, by [`script::decide_cmd`]) on a bounded
+//! queue and wait for Redis's reply, which they decode themselves. A fixed set of workers, one
+//! per pooled connection, each takes whatever is queued (up to [`MAX_BATCH`] plans) and sends
+//! it as one pipeline. Each plan is still its own script run, atomic on its own; the pipeline
+//! only saves round trips and system calls. Under light load a batch is one plan and nothing
+//! waits for company: a worker never delays a plan to fill a batch.
 //!
 //! A full queue refuses at once ([`StoreError::Unavailable`], handled by the failure
 //! policy): explicit backpressure, never an unbounded queue. `NOSCRIPT` replies (a restart, a
 //! failover, `SCRIPT FLUSH`) are answered by loading the script and resending only those
 //! plans: the others ran already and must not run twice.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool_redis::redis::{self, Value};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::{Instant, Sleep};
 
 use super::breaker::Breaker;
 use super::connection::{Connections, Held, connection_lost, redis_error};
-use super::script::{self, Decoded};
-use crate::store::{Check, StoreError};
+use super::script;
+use crate::store::StoreError;
 
 /// The most plans one pipeline carries.
 pub const MAX_BATCH: usize = 64;
@@ -32,15 +35,76 @@ pub const MAX_BATCH: usize = 64;
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 const RECONNECT_AT_MOST: Duration = Duration::from_secs(2);
 
-type Reply = Result<(Vec<Check>, Decoded), StoreError>;
+/// Redis's reply to one plan's script run (an error reply already turned into the error).
+type Reply = Result<Value, StoreError>;
 
 struct Job {
-    checks: Vec<Check>,
+    /// The plan's `EVALSHA`; moved into the pipeline while it is in flight, and put back
+    /// when it must be sent again.
+    call: redis::Cmd,
     reply: oneshot::Sender<Reply>,
 }
 
+/// The plans waiting for a worker: a bounded FIFO with one semaphore permit per plan, so a
+/// new plan wakes exactly one idle worker, and a worker that takes plans wakes nobody (a
+/// `Mutex` around a channel's receiver would hand the lock on, waking the next worker for
+/// nothing, once per batch).
+struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    capacity: usize,
+    /// As many permits as `jobs` holds plans (a plan is queued before its permit is added);
+    /// closed when the [`Batcher`] goes, which stops the workers.
+    ready: Semaphore,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Queue {
+            jobs: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            capacity,
+            ready: Semaphore::new(0),
+        }
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a plan, or gives it back when `capacity` plans wait already.
+    fn push(&self, job: Job) -> Result<(), Job> {
+        {
+            let mut jobs = self.jobs();
+            if jobs.len() >= self.capacity {
+                return Err(job);
+            }
+            jobs.push_back(job);
+        }
+        self.ready.add_permits(1);
+        Ok(())
+    }
+
+    /// Waits for a plan and takes whatever else is queued, up to [`MAX_BATCH`] in `batch`;
+    /// false once the queue is closed. Cancel-safe: nothing is taken until a permit is.
+    async fn take(&self, batch: &mut Vec<Option<Job>>) -> bool {
+        let Ok(first) = self.ready.acquire().await else {
+            return false;
+        };
+        first.forget();
+        let mut jobs = self.jobs();
+        batch.extend(jobs.pop_front().map(Some));
+        while batch.len() < MAX_BATCH {
+            let Ok(more) = self.ready.try_acquire() else {
+                break;
+            };
+            more.forget();
+            batch.extend(jobs.pop_front().map(Some));
+        }
+        true
+    }
+}
+
 pub struct Batcher {
-    queue: mpsc::Sender<Job>,
+    queue: Arc<Queue>,
     workers: usize,
     /// How many workers hold a connection on which the decide script was loaded.
     connected: Arc<AtomicUsize>,
@@ -51,18 +115,16 @@ impl Batcher {
     pub fn start(
         connections: Arc<Connections>,
         breaker: Arc<Breaker>,
-        prefix: String,
         timeout: Duration,
         workers: usize,
         queue: usize,
         batch_size: prometheus::Histogram,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let queue = Arc::new(Queue::new(queue.max(1)));
         let worker = Worker {
-            queue: Arc::new(Mutex::new(rx)),
+            queue: queue.clone(),
             connections,
             breaker,
-            prefix: prefix.into(),
             timeout,
             connected: Arc::new(AtomicUsize::new(0)),
             batch_size,
@@ -72,7 +134,7 @@ impl Batcher {
             tokio::spawn(worker.clone().work());
         }
         Batcher {
-            queue: tx,
+            queue,
             workers,
             connected: worker.connected,
         }
@@ -85,29 +147,29 @@ impl Batcher {
 
     /// Plans waiting for a worker, and the most that may wait.
     pub fn queue(&self) -> (usize, usize) {
-        let most = self.queue.max_capacity();
-        (most - self.queue.capacity(), most)
+        (self.queue.jobs().len(), self.queue.capacity)
     }
 
-    /// Decides one plan's checks in the next batch.
+    /// Runs one plan's decide call ([`script::decide_cmd`]) in the next batch and returns
+    /// Redis's reply to it.
     ///
     /// # Cancel safety
     /// Dropping the future abandons the answer; the plan may still be decided (and, if
     /// admitted, committed) by a worker.
-    pub async fn decide(&self, checks: Vec<Check>) -> Reply {
+    pub async fn decide(&self, call: redis::Cmd) -> Reply {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .try_send(Job { checks, reply: tx })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    StoreError::Unavailable("too many decisions waiting for Redis".into())
-                }
-                mpsc::error::TrySendError::Closed(_) => {
-                    StoreError::Unavailable("the Redis workers stopped".into())
-                }
-            })?;
+            .push(Job { call, reply: tx })
+            .map_err(|_| StoreError::Unavailable("too many decisions waiting for Redis".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("the Redis worker dropped the decision".into()))?
+    }
+}
+
+impl Drop for Batcher {
+    /// Stops the workers (each gives its connection back to the pool).
+    fn drop(&mut self) {
+        self.queue.ready.close();
     }
 }
 
@@ -141,10 +203,9 @@ impl Drop for Slot {
 /// What one worker needs; every worker has a copy.
 #[derive(Clone)]
 struct Worker {
-    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    queue: Arc<Queue>,
     connections: Arc<Connections>,
     breaker: Arc<Breaker>,
-    prefix: Arc<str>,
     timeout: Duration,
     connected: Arc<AtomicUsize>,
     /// Plans per pipeline sent.
@@ -162,6 +223,8 @@ impl Worker {
             connected: self.connected.clone(),
         };
         let mut backoff = RECONNECT_FIRST;
+        // The batches' time limit, reset for each batch (see `send_within`).
+        let mut limit = pin!(tokio::time::sleep(self.timeout));
         loop {
             if slot.held.is_none() {
                 match tokio::time::timeout(self.timeout * 10, self.connect(&mut slot)).await {
@@ -170,37 +233,19 @@ impl Worker {
                 }
             }
             let open = if slot.held.is_some() {
-                self.collect(&mut jobs).await
+                self.queue.take(&mut jobs).await
             } else {
                 tokio::select! {
-                    open = self.collect(&mut jobs) => open,
+                    open = self.queue.take(&mut jobs) => open,
                     () = tokio::time::sleep(backoff) => continue,
                 }
             };
             if !open {
                 return;
             }
-            self.decide_batch(&mut slot, &mut jobs).await;
+            self.decide_batch(&mut slot, &mut jobs, limit.as_mut())
+                .await;
         }
-    }
-
-    /// Waits for a job and takes whatever else is queued, up to [`MAX_BATCH`]; false once
-    /// the queue is closed. Cancel-safe: nothing is taken until `recv` returns.
-    async fn collect(&self, jobs: &mut Vec<Option<Job>>) -> bool {
-        // Only the worker holding the lock collects; the others are busy with Redis or
-        // wait their turn. The lock is never held across a Redis call.
-        let mut rx = self.queue.lock().await;
-        match rx.recv().await {
-            Some(job) => jobs.push(Some(job)),
-            None => return false,
-        }
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(Some(job)),
-                Err(_) => break,
-            }
-        }
-        true
     }
 
     /// Opens a connection and loads the decide script on it, so that a fresh or restarted
@@ -217,19 +262,19 @@ impl Worker {
     }
 
     /// Decides one batch within the time limit and answers every job.
-    async fn decide_batch(&self, slot: &mut Slot, jobs: &mut Vec<Option<Job>>) {
+    async fn decide_batch(
+        &self,
+        slot: &mut Slot,
+        jobs: &mut Vec<Option<Job>>,
+        limit: Pin<&mut Sleep>,
+    ) {
         drop_abandoned(jobs);
         let failure = if jobs.iter().all(Option::is_none) {
             None
         } else if let Err(e) = self.breaker.admit() {
             Some(e)
         } else {
-            let sent = tokio::time::timeout(self.timeout, self.send(slot, jobs)).await;
-            let failure = match sent {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
-                Err(_) => Some(StoreError::Timeout(self.timeout)),
-            };
+            let failure = self.send_within(slot, jobs, limit).await.err();
             // The breaker counts what Redis did with a batch, not how long callers queued.
             match &failure {
                 None => self.breaker.success(),
@@ -252,6 +297,29 @@ impl Worker {
         }
     }
 
+    /// [`Worker::send`] within the time limit, on the worker's own timer `limit`.
+    ///
+    /// The timer is reset for each batch, not created, and stays armed in between. Tokio wakes
+    /// its timer thread (an eventfd write and a context switch) whenever a timer is armed
+    /// earlier than the wake-up it planned: a new timer per batch paid that on most decisions
+    /// (`perf`: about one eventfd write per decision). A later deadline on an armed timer
+    /// never does, and while the workers' timers are armed, neither do the callers' own time
+    /// limits nor the connection's reply timeout, which end later. (An idle worker's timer
+    /// still fires once, a wake-up for nothing.)
+    async fn send_within(
+        &self,
+        slot: &mut Slot,
+        jobs: &mut [Option<Job>],
+        mut limit: Pin<&mut Sleep>,
+    ) -> Result<(), StoreError> {
+        limit.as_mut().reset(Instant::now() + self.timeout);
+        tokio::select! {
+            biased;
+            sent = self.send(slot, jobs) => sent,
+            () = limit => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
     /// Sends the batch; when the connection turns out to be lost, sends what is still
     /// unanswered once more on a new one (see `docs/tradeoffs.md`: a plan whose reply was
     /// lost may have run, so the resend may charge it twice: under-admission, never over).
@@ -268,15 +336,7 @@ impl Worker {
             let Some(held) = slot.held.as_mut() else {
                 return Err(StoreError::Unavailable("no Redis connection".into()));
             };
-            match run(
-                &self.connections,
-                held,
-                &self.prefix,
-                jobs,
-                &self.batch_size,
-            )
-            .await
-            {
+            match run(&self.connections, held, jobs, &self.batch_size).await {
                 Err(RunError::Lost(e)) if !resent => {
                     tracing::debug!(error = %e, "Redis connection lost; resending on a new one");
                     slot.clear();
@@ -318,11 +378,11 @@ impl From<redis::RedisError> for RunError {
     }
 }
 
-/// Sends the batch as one pipeline and answers (takes) every job it could decide.
+/// Sends the batch as one pipeline and answers (takes) every job it could decide. The jobs
+/// it leaves unanswered keep their calls, so that they can be sent again.
 async fn run(
     connections: &Connections,
     held: &mut Held,
-    prefix: &str,
     jobs: &mut [Option<Job>],
     batch_size: &prometheus::Histogram,
 ) -> Result<(), RunError> {
@@ -333,17 +393,14 @@ async fn run(
     batch_size.observe(pending.len() as f64);
     // At most one reload per batch: NOSCRIPT right after loading the script is an error.
     for attempt in 0..2 {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let invocations: Vec<_> = pending
-            .iter()
-            .filter_map(|&i| jobs[i].as_ref())
-            .map(|j| script::decide_invocation(script::decide_script(), prefix, &j.checks, None))
-            .collect();
-        for inv in &invocations {
-            pipe.invoke_script(inv);
-        }
-        let replies: Vec<Value> = connections.pipeline_on(held, &pipe).await?;
+        let pipe = pipeline(jobs, &pending);
+        let replies: Vec<Value> = match connections.pipeline_on(held, &pipe).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                give_back(&pipe, &pending, jobs);
+                return Err(e.into());
+            }
+        };
         if replies.len() != pending.len() {
             return Err(RunError::Failed(StoreError::Protocol(format!(
                 "a pipeline of {} plans got {} replies",
@@ -356,12 +413,13 @@ async fn run(
             if is_noscript(&reply) && attempt == 0 {
                 again.push(i);
             } else if let Some(job) = jobs[i].take() {
-                answer(job, &reply);
+                answer(job, reply);
             }
         }
         if again.is_empty() {
             return Ok(());
         }
+        give_back(&pipe, &pending, jobs);
         connections.load_on(held, script::decide_script()).await?;
         pending = again;
     }
@@ -370,10 +428,32 @@ async fn run(
     )))
 }
 
-fn answer(mut job: Job, reply: &Value) {
+/// One pipeline of the `pending` jobs' calls, which it takes (no copy).
+fn pipeline(jobs: &mut [Option<Job>], pending: &[usize]) -> redis::Pipeline {
+    let mut pipe = redis::Pipeline::with_capacity(pending.len());
+    pipe.ignore_errors();
+    for &i in pending {
+        if let Some(job) = jobs[i].as_mut() {
+            pipe.add_command(job.call.take());
+        }
+    }
+    pipe
+}
+
+/// Puts the calls of `pipe` back into the jobs still unanswered, to be sent again (after a
+/// lost connection or `NOSCRIPT`: rare, so a copy).
+fn give_back(pipe: &redis::Pipeline, pending: &[usize], jobs: &mut [Option<Job>]) {
+    for (&i, call) in pending.iter().zip(pipe.cmd_iter()) {
+        if let Some(job) = jobs[i].as_mut() {
+            job.call = call.clone();
+        }
+    }
+}
+
+fn answer(job: Job, reply: Value) {
     let result = match reply {
-        Value::ServerError(e) => Err(redis_error(redis::RedisError::from(e.clone()))),
-        _ => script::decode(reply, &mut job.checks).map(|d| (job.checks, d)),
+        Value::ServerError(e) => Err(redis_error(redis::RedisError::from(e))),
+        reply => Ok(reply),
     };
     let _ = job.reply.send(result);
 }

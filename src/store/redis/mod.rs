@@ -110,7 +110,6 @@ impl RedisStore {
             Batcher::start(
                 connections.clone(),
                 breaker.clone(),
-                options.prefix.clone(),
                 options.timeout,
                 options.pool_size,
                 options.pool_size * batch::MAX_BATCH,
@@ -217,13 +216,11 @@ impl RedisStore {
     /// One script call, or on a cluster one per slot in a fixed order.
     async fn decide(&self, plan: &mut Plan) -> Result<(), StoreError> {
         if let Some(batcher) = &self.batcher {
-            // A copy goes to the worker, so the plan stays whole whatever becomes of the call
-            // (a timeout drops this future; the failure policy still needs the checks).
-            let (checks, decoded) = batcher.decide(plan.checks.clone()).await?;
-            for (mine, decided) in plan.checks.iter_mut().zip(checks) {
-                mine.verdict = decided.verdict;
-            }
-            plan.admitted = decoded.admitted;
+            // Only the command's bytes go to the worker: the plan stays here whatever becomes
+            // of the call (a timeout drops this future; the failure policy still needs it).
+            let call = script::decide_cmd(&self.options.prefix, &plan.checks);
+            let reply = batcher.decide(call).await?;
+            plan.admitted = script::decode(&reply, &mut plan.checks)?.admitted;
             return Ok(());
         }
         let single_slot = plan

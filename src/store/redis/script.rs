@@ -41,7 +41,7 @@
 
 use std::sync::LazyLock;
 
-use ::redis::{Script, ScriptInvocation, Value};
+use ::redis::{Cmd, RedisWrite, Script, ScriptInvocation, Value};
 
 use crate::algorithm::{Algorithm, Micros, RetryAfter, USAGE_MAX, Verdict, gcra};
 use crate::store::{Check, CounterKey, StoreError};
@@ -129,6 +129,26 @@ pub fn counter_key(prefix: &str, key: &CounterKey) -> String {
     format!("{prefix}{{{:032x}}}:{:016x}", key.tag, key.limit)
 }
 
+/// [`counter_key`]'s bytes written into `out` (a command's buffer): no `String`, and hex
+/// digits without the formatting machinery (`{:032x}` of a u128 costs more than the rest of
+/// the command).
+fn write_counter_key(
+    out: &mut impl std::io::Write,
+    prefix: &str,
+    key: &CounterKey,
+) -> std::io::Result<()> {
+    let mut tag = [0u8; 32];
+    let mut limit = [0u8; 16];
+    // Cannot fail: each buffer holds two hex digits per byte.
+    let _ = hex::encode_to_slice(key.tag.to_be_bytes(), &mut tag);
+    let _ = hex::encode_to_slice(key.limit.to_be_bytes(), &mut limit);
+    out.write_all(prefix.as_bytes())?;
+    out.write_all(b"{")?;
+    out.write_all(&tag)?;
+    out.write_all(b"}:")?;
+    out.write_all(&limit)
+}
+
 /// The test variant's witness key (not a counter: no hash tag, no expiry).
 fn witness_key(prefix: &str) -> String {
     format!("{prefix}witness")
@@ -155,15 +175,43 @@ fn flags(check: &Check) -> &'static str {
     }
 }
 
+/// One check's six `ARGV` values, with `cost` in place of its own.
+fn check_args(check: &Check, cost: u64) -> (&'static str, u64, u64, u64, u64, &'static str) {
+    let q = &check.quota;
+    let algorithm = check.algorithm.as_str();
+    (
+        algorithm,
+        q.limit,
+        q.window,
+        q.burst,
+        cost.min(COST_CAP),
+        flags(check),
+    )
+}
+
 /// Appends one check's six `ARGV` values, with `cost` in place of its own.
 fn push_check(inv: &mut ScriptInvocation<'_>, check: &Check, cost: u64) {
-    let q = &check.quota;
-    inv.arg(check.algorithm.as_str())
-        .arg(q.limit)
-        .arg(q.window)
-        .arg(q.burst)
-        .arg(cost.min(COST_CAP))
-        .arg(flags(check));
+    inv.arg(check_args(check, cost));
+}
+
+/// The production decide script's `EVALSHA` over `checks` (one plan; keys distinct, all in
+/// one Cluster slot): the command [`decide_invocation`] sends with no test clock, byte for
+/// byte, written straight into the command's buffer (no `String` per key, no `Vec` per
+/// argument). It does not load the script: the caller answers `NOSCRIPT`.
+pub fn decide_cmd(prefix: &str, checks: &[Check]) -> Cmd {
+    let n = checks.len();
+    // 3 + n + 3 + 6n arguments; about 51 + prefix bytes per key, 60 per check's values.
+    let mut cmd = Cmd::with_capacity(6 + 7 * n, 64 + (prefix.len() + 111) * n);
+    cmd.arg("EVALSHA").arg(DECIDE.get_hash()).arg(n);
+    for check in checks {
+        // A command's buffer never refuses a write.
+        let _ = write_counter_key(&mut cmd.writer_for_next_arg(), prefix, &check.key);
+    }
+    cmd.arg(0u64).arg(n).arg("1");
+    for check in checks {
+        cmd.arg(check_args(check, check.cost));
+    }
+    cmd
 }
 
 /// A decide run of `script` over `checks` (one plan; keys distinct, all in one Cluster slot).

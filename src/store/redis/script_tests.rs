@@ -1413,3 +1413,41 @@ async fn a_sliding_log_in_debt_is_folded_as_in_rust() {
     assert_eq!(peek[0].verdict, Some(expected));
     assert!(!expected.allowed);
 }
+
+/// `decide_cmd` (what the batch workers send) is the `EVALSHA` that `decide_invocation`
+/// sends, byte for byte: keys, argument order, flags, capped costs.
+#[test]
+fn decide_cmd_sends_the_bytes_of_the_invocation() {
+    let mut shadow = check(u128::MAX, Algorithm::FixedWindow, QUOTA_MAX, QUOTA_MAX, 0);
+    shadow.enforce = false;
+    shadow.key.limit = u64::MAX;
+    let mut post_paid = check(7, Algorithm::SlidingWindow, 3, 1000 * SEC, u64::MAX);
+    post_paid.post_paid = true;
+    let mut both = post_paid.clone();
+    both.enforce = false;
+    both.key.limit = 9;
+    let plans = [
+        vec![],
+        vec![check(1, Algorithm::TokenBucket, 10, SEC, 1)],
+        vec![
+            check(0, Algorithm::TokenBucket, 1, 1, COST_CAP + 1),
+            shadow,
+            post_paid,
+            both,
+        ],
+    ];
+    for prefix in ["", "rl:", "tenant-a:{x}:"] {
+        for checks in &plans {
+            let mut sent = ::redis::pipe();
+            sent.invoke_script(&decide_invocation(decide_script(), prefix, checks, None));
+            let mut built = ::redis::pipe();
+            built.add_command(decide_cmd(prefix, checks));
+            assert_eq!(
+                String::from_utf8_lossy(&built.get_packed_pipeline()),
+                String::from_utf8_lossy(&sent.get_packed_pipeline()),
+                "prefix {prefix:?}, {} checks",
+                checks.len()
+            );
+        }
+    }
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The service's CPU per decision (issue 9, "Service CPU per Redis-backed decision at most 1.5 x
+# an in-memory decision"): the release binary with k6/bench-config (domain `bench`, limits never
+# reached, so every decision is a full one), in memory and with a local redis-server, under the
+# same fixed-rate ghz load (ShouldRateLimit, 64 streams over 4 connections, 1,000 `user` values
+# in turn). CPU is read from /proc/<pid>/stat (utime + stime) just before and just after the
+# load, and divided by the decisions answered OK in that time (ghz's count); Redis's own CPU per
+# decision is read the same way, and the service's context switches per decision beside them
+# (summed over /proc/<pid>/task/*/status: wake-ups, which cost most of the difference). A fixed rate, not a closed loop, so both stores do the same
+# work. Run on a quiet machine; CPU time is less sensitive to noise than wall time, but repeat.
+#   k6/cpu-per-decision.sh [rate=5000] [seconds=15] [runs=1] [stores="memory redis"]
+# Needs redis-server, Go (ghz is built by scripts/go-tool.sh into .tools/bin/ghz unless GHZ_BIN
+# names one). Builds and runs the release binary (honouring CARGO_TARGET_DIR), or runs
+# RATELIMITER_BIN when set (to compare two builds); SERVICE_ARGS adds flags to the service
+# (e.g. SERVICE_ARGS="--redis-pool-size 4"). Prints one line per run and store and appends them to
+# k6/results/cpu-per-decision/runs.csv (with the ghz reports and logs in that directory).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rate=${1:-5000}; seconds=${2:-15}; runs=${3:-1}; stores=${4:-memory redis}
+out=k6/results/cpu-per-decision
+mkdir -p "$out"
+ghz=${GHZ_BIN:-.tools/bin/ghz}
+if [ -n "${RATELIMITER_BIN:-}" ]; then
+  bin=$RATELIMITER_BIN
+else
+  bin=${CARGO_TARGET_DIR:-target}/release/ratelimiter
+  cargo build --release --quiet --bin ratelimiter
+fi
+[ -x "$ghz" ] || bash scripts/go-tool.sh ghz "$ghz"
+source k6/lib.sh
+trap stop_all EXIT
+ticks_per_s=$(getconf CLK_TCK)
+
+# lib.sh's start_service runs target/release/ratelimiter; this one runs $bin (CARGO_TARGET_DIR).
+start_service_bin() {
+  local log=$1; shift
+  rm -f "$log" # an earlier run's "listening" line must not be read as this one's
+  "$bin" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \
+    --log-format json "$@" > "$log" 2>&1 &
+  SERVICE_PID=$!
+  STARTED_PIDS+=("$SERVICE_PID")
+  local line=""
+  until line=$(grep -m1 '"message":"listening"' "$log" 2>/dev/null); do
+    kill -0 "$SERVICE_PID" 2>/dev/null || { cat "$log" >&2; return 1; }
+    sleep 0.1
+  done
+  GRPC_ADDR=$(echo "$line" | grep -o '"grpc":"[0-9.:]*"' | cut -d'"' -f4)
+}
+
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat, counted
+# after the command name, which may hold spaces).
+cpu_ticks() {
+  sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+
+# Context switches (voluntary and not) of a process's live threads: how often it slept and woke.
+ctx_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'
+}
+
+# The requests ghz cycles through: one `user` descriptor each, 1,000 values.
+data=$out/requests.json
+python3 -c '
+import json
+print(json.dumps([{"domain": "bench", "hits_addend": 1,
+                   "descriptors": [{"entries": [{"key": "user", "value": "u%d" % i}]}]}
+                  for i in range(1000)]))' > "$data"
+
+# ghz at `rate` per second for `duration` against $GRPC_ADDR; its JSON report into `report`.
+load() {
+  local rate=$1 duration=$2 report=$3
+  "$ghz" --insecure --proto k6/proto/envoy_ratelimit.proto \
+    --call envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit \
+    -c 64 --connections 4 --rps "$rate" -z "$duration" -D "$data" \
+    --format json --output "$report" "$GRPC_ADDR"
+}
+
+# OK answers in a ghz JSON report.
+ok_count() {
+  python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r.get("statusCodeDistribution", {}).get("OK", 0))' "$1"
+}
+
+# Microseconds of CPU per decision: `ticks` over `decisions`.
+per() {
+  awk -v t="$1" -v n="$2" -v hz="$ticks_per_s" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "nan" }'
+}
+
+[ -f "$out/runs.csv" ] || echo "when,store,rate,seconds,decisions,service_us_per_decision,redis_us_per_decision,context_switches_per_decision" > "$out/runs.csv"
+for run in $(seq "$runs"); do
+  for store in $stores; do
+    args=(--config k6/bench-config)
+    read -ra extra <<< "${SERVICE_ARGS:-}"
+    args+=("${extra[@]}")
+    redis_pid=""
+    if [ "$store" = redis ]; then
+      start_redis "$out"
+      redis_pid=$REDIS_PID
+      args+=(--redis-url "redis://127.0.0.1:$REDIS_PORT")
+    fi
+    start_service_bin "$out/service-$store.log" "${args[@]}"
+    # Warm-up: connections open, scripts loaded, counters created, allocator grown.
+    load "$rate" 3s "$out/warmup-$store.json"
+    svc0=$(cpu_ticks "$SERVICE_PID"); red0=${redis_pid:+$(cpu_ticks "$redis_pid")}
+    ctx0=$(ctx_switches "$SERVICE_PID")
+    load "$rate" "${seconds}s" "$out/ghz-$store.json"
+    svc1=$(cpu_ticks "$SERVICE_PID"); red1=${redis_pid:+$(cpu_ticks "$redis_pid")}
+    ctx1=$(ctx_switches "$SERVICE_PID")
+    decisions=$(ok_count "$out/ghz-$store.json")
+    service_us=$(per $((svc1 - svc0)) "$decisions")
+    redis_us=nan
+    [ -n "$redis_pid" ] && redis_us=$(per $((red1 - red0)) "$decisions")
+    switches=$(awk -v c=$((ctx1 - ctx0)) -v n="$decisions" 'BEGIN { if (n > 0) printf "%.2f", c / n; else print "nan" }')
+    echo "run $run $store: $decisions decisions at $rate/s, service ${service_us} us CPU per decision" \
+      "($switches context switches), redis ${redis_us} us"
+    echo "$(date -u +%FT%TZ),$store,$rate,$seconds,$decisions,$service_us,$redis_us,$switches" >> "$out/runs.csv"
+    stop_all
+    STARTED_PIDS=()
+  done
+done
