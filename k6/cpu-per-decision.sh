@@ -1,51 +1,29 @@
 #!/usr/bin/env bash
-# The service's CPU per decision (issue 9, "Service CPU per Redis-backed decision at most 1.5 x
-# an in-memory decision"): the release binary with k6/bench-config (domain `bench`, limits never
-# reached, so every decision is a full one), in memory and with a local redis-server, under the
-# same fixed-rate ghz load (ShouldRateLimit, 64 streams over 4 connections, 1,000 `user` values
-# in turn). CPU is read from /proc/<pid>/stat (utime + stime) just before and just after the
-# load, and divided by the decisions answered OK in that time (ghz's count); Redis's own CPU per
+# The service's CPU per decision, in memory and with a local redis-server, under the same
+# fixed-rate ghz load: the release binary with k6/bench-config (domain `bench`, limits never
+# reached, so every decision is a full one), ShouldRateLimit over 64 streams on 4 connections,
+# 1,000 `user` values in turn. CPU is utime + stime from /proc/<pid>/stat just before and just
+# after the load, divided by the decisions answered OK (ghz's count); Redis's own CPU per
 # decision is read the same way, and the service's context switches per decision beside them
-# (summed over /proc/<pid>/task/*/status: wake-ups, which cost most of the difference). A fixed rate, not a closed loop, so both stores do the same
-# work. Run on a quiet machine; CPU time is less sensitive to noise than wall time, but repeat.
+# (summed over /proc/<pid>/task/*/status: wake-ups). A fixed rate, not a closed loop, so both
+# stores do the same work. Run it on a quiet machine, and more than once.
 #   k6/cpu-per-decision.sh [rate=5000] [seconds=15] [runs=1] [stores="memory redis"]
-# Needs redis-server, Go (ghz is built by scripts/go-tool.sh into .tools/bin/ghz unless GHZ_BIN
-# names one). Builds and runs the release binary (honouring CARGO_TARGET_DIR), or runs
+# Needs redis-server, jq, and ghz (GHZ_BIN, else .tools/bin/ghz, built by scripts/go-tool.sh
+# when missing). Builds and runs the release binary (honouring CARGO_TARGET_DIR), or runs
 # RATELIMITER_BIN when set (to compare two builds); SERVICE_ARGS adds flags to the service
-# (e.g. SERVICE_ARGS="--redis-pool-size 4"). Prints one line per run and store and appends them to
-# k6/results/cpu-per-decision/runs.csv (with the ghz reports and logs in that directory).
+# (e.g. SERVICE_ARGS="--redis-pool-size 4"). Prints one line per run and store and appends it
+# to k6/results/cpu-per-decision/runs.csv (the ghz reports and logs go into that directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-5000}; seconds=${2:-15}; runs=${3:-1}; stores=${4:-memory redis}
 out=k6/results/cpu-per-decision
 mkdir -p "$out"
 ghz=${GHZ_BIN:-.tools/bin/ghz}
-if [ -n "${RATELIMITER_BIN:-}" ]; then
-  bin=$RATELIMITER_BIN
-else
-  bin=${CARGO_TARGET_DIR:-target}/release/ratelimiter
-  cargo build --release --quiet --bin ratelimiter
-fi
+[ -n "${RATELIMITER_BIN:-}" ] || cargo build --release --quiet --bin ratelimiter
 [ -x "$ghz" ] || bash scripts/go-tool.sh ghz "$ghz"
 source k6/lib.sh
 trap stop_all EXIT
 ticks_per_s=$(getconf CLK_TCK)
-
-# lib.sh's start_service runs target/release/ratelimiter; this one runs $bin (CARGO_TARGET_DIR).
-start_service_bin() {
-  local log=$1; shift
-  rm -f "$log" # an earlier run's "listening" line must not be read as this one's
-  "$bin" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \
-    --log-format json "$@" > "$log" 2>&1 &
-  SERVICE_PID=$!
-  STARTED_PIDS+=("$SERVICE_PID")
-  local line=""
-  until line=$(grep -m1 '"message":"listening"' "$log" 2>/dev/null); do
-    kill -0 "$SERVICE_PID" 2>/dev/null || { cat "$log" >&2; return 1; }
-    sleep 0.1
-  done
-  GRPC_ADDR=$(echo "$line" | grep -o '"grpc":"[0-9.:]*"' | cut -d'"' -f4)
-}
 
 # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat, counted
 # after the command name, which may hold spaces).
@@ -60,11 +38,7 @@ ctx_switches() {
 
 # The requests ghz cycles through: one `user` descriptor each, 1,000 values.
 data=$out/requests.json
-python3 -c '
-import json
-print(json.dumps([{"domain": "bench", "hits_addend": 1,
-                   "descriptors": [{"entries": [{"key": "user", "value": "u%d" % i}]}]}
-                  for i in range(1000)]))' > "$data"
+jq -nc '[range(1000) | {domain: "bench", hits_addend: 1, descriptors: [{entries: [{key: "user", value: "u\(.)"}]}]}]' > "$data"
 
 # ghz at `rate` per second for `duration` against $GRPC_ADDR; its JSON report into `report`.
 load() {
@@ -77,7 +51,7 @@ load() {
 
 # OK answers in a ghz JSON report.
 ok_count() {
-  python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(r.get("statusCodeDistribution", {}).get("OK", 0))' "$1"
+  jq '.statusCodeDistribution.OK // 0' "$1"
 }
 
 # Microseconds of CPU per decision: `ticks` over `decisions`.
@@ -97,7 +71,7 @@ for run in $(seq "$runs"); do
       redis_pid=$REDIS_PID
       args+=(--redis-url "redis://127.0.0.1:$REDIS_PORT")
     fi
-    start_service_bin "$out/service-$store.log" "${args[@]}"
+    start_service "$out/service-$store.log" "${args[@]}"
     # Warm-up: connections open, scripts loaded, counters created, allocator grown.
     load "$rate" 3s "$out/warmup-$store.json"
     svc0=$(cpu_ticks "$SERVICE_PID"); red0=${redis_pid:+$(cpu_ticks "$redis_pid")}

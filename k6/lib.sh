@@ -35,12 +35,13 @@ start_redis() {
   until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.1; done
 }
 
-# The release binary (target/release, or $CARGO_TARGET_DIR/release) on free ports (JSON logs
-# into <log>); returns once it logged the addresses it listens on.
+# The release binary (target/release, or $CARGO_TARGET_DIR/release, or $RATELIMITER_BIN to run
+# another build) on free ports (JSON logs into <log>, emptied first so that an earlier run's
+# address is never read); returns once it logged the addresses it listens on.
 start_service() {
   local log=$1; shift
-  "${CARGO_TARGET_DIR:-target}/release/ratelimiter" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
-    --admin-addr 127.0.0.1:0 --log-format json "$@" > "$log" 2>&1 &
+  "${RATELIMITER_BIN:-${CARGO_TARGET_DIR:-target}/release/ratelimiter}" --http-addr 127.0.0.1:0 \
+    --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --log-format json "$@" > "$log" 2>&1 &
   SERVICE_PID=$!
   STARTED_PIDS+=("$SERVICE_PID")
   local line=""
