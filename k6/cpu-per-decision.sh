@@ -12,7 +12,8 @@
 # when missing). Builds and runs the release binary (honouring CARGO_TARGET_DIR), or runs
 # RATELIMITER_BIN when set (to compare two builds); SERVICE_ARGS adds flags to the service
 # (e.g. SERVICE_ARGS="--redis-pool-size 4"). Prints one line per run and store and appends it
-# to k6/results/cpu-per-decision/runs.csv (the ghz reports and logs go into that directory).
+# to k6/results/cpu-per-decision/runs.csv (the ghz reports and logs live in a temporary
+# directory, removed on exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-5000}; seconds=${2:-15}; runs=${3:-1}; stores=${4:-memory redis}
@@ -20,9 +21,13 @@ out=k6/results/cpu-per-decision
 mkdir -p "$out"
 ghz=${GHZ_BIN:-.tools/bin/ghz}
 [ -n "${RATELIMITER_BIN:-}" ] || cargo build --release --quiet --bin ratelimiter
+# The build measured, for runs.csv: RATELIMITER_BIN's file name, or this checkout's commit.
+build=$(basename "${RATELIMITER_BIN:-}")
+[ -n "$build" ] || build=$(git rev-parse --short HEAD)
 [ -x "$ghz" ] || bash scripts/go-tool.sh ghz "$ghz"
 source k6/lib.sh
-trap stop_all EXIT
+work=$(mktemp -d)
+trap 'stop_all; rm -rf "$work"' EXIT
 ticks_per_s=$(getconf CLK_TCK)
 
 # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat, counted
@@ -37,7 +42,7 @@ ctx_switches() {
 }
 
 # The requests ghz cycles through: one `user` descriptor each, 1,000 values.
-data=$out/requests.json
+data=$work/requests.json
 jq -nc '[range(1000) | {domain: "bench", hits_addend: 1, descriptors: [{entries: [{key: "user", value: "u\(.)"}]}]}]' > "$data"
 
 # ghz at `rate` per second for `duration` against $GRPC_ADDR; its JSON report into `report`.
@@ -59,7 +64,7 @@ per() {
   awk -v t="$1" -v n="$2" -v hz="$ticks_per_s" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "nan" }'
 }
 
-[ -f "$out/runs.csv" ] || echo "when,store,rate,seconds,decisions,service_us_per_decision,redis_us_per_decision,context_switches_per_decision" > "$out/runs.csv"
+[ -f "$out/runs.csv" ] || echo "when,build,store,rate,seconds,decisions,service_us_per_decision,redis_us_per_decision,context_switches_per_decision" > "$out/runs.csv"
 for run in $(seq "$runs"); do
   for store in $stores; do
     args=(--config k6/bench-config)
@@ -67,26 +72,26 @@ for run in $(seq "$runs"); do
     args+=("${extra[@]}")
     redis_pid=""
     if [ "$store" = redis ]; then
-      start_redis "$out"
+      start_redis "$work"
       redis_pid=$REDIS_PID
       args+=(--redis-url "redis://127.0.0.1:$REDIS_PORT")
     fi
-    start_service "$out/service-$store.log" "${args[@]}"
+    start_service "$work/service-$store.log" "${args[@]}"
     # Warm-up: connections open, scripts loaded, counters created, allocator grown.
-    load "$rate" 3s "$out/warmup-$store.json"
+    load "$rate" 3s "$work/warmup-$store.json"
     svc0=$(cpu_ticks "$SERVICE_PID"); red0=${redis_pid:+$(cpu_ticks "$redis_pid")}
     ctx0=$(ctx_switches "$SERVICE_PID")
-    load "$rate" "${seconds}s" "$out/ghz-$store.json"
+    load "$rate" "${seconds}s" "$work/ghz-$store.json"
     svc1=$(cpu_ticks "$SERVICE_PID"); red1=${redis_pid:+$(cpu_ticks "$redis_pid")}
     ctx1=$(ctx_switches "$SERVICE_PID")
-    decisions=$(ok_count "$out/ghz-$store.json")
+    decisions=$(ok_count "$work/ghz-$store.json")
     service_us=$(per $((svc1 - svc0)) "$decisions")
     redis_us=nan
     [ -n "$redis_pid" ] && redis_us=$(per $((red1 - red0)) "$decisions")
     switches=$(awk -v c=$((ctx1 - ctx0)) -v n="$decisions" 'BEGIN { if (n > 0) printf "%.2f", c / n; else print "nan" }')
     echo "run $run $store: $decisions decisions at $rate/s, service ${service_us} us CPU per decision" \
       "($switches context switches), redis ${redis_us} us"
-    echo "$(date -u +%FT%TZ),$store,$rate,$seconds,$decisions,$service_us,$redis_us,$switches" >> "$out/runs.csv"
+    echo "$(date -u +%FT%TZ),$build,$store,$rate,$seconds,$decisions,$service_us,$redis_us,$switches" >> "$out/runs.csv"
     stop_all
     STARTED_PIDS=()
   done
