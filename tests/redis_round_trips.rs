@@ -33,39 +33,15 @@ async fn under_load_a_round_trip_carries_four_decisions_or_more() {
     const REQUESTS: usize = 2000;
     const IN_FLIGHT: usize = 256;
     let redis = RedisServer::start();
-    let dir = config_dir("redis-round-trips", &[("service.yaml", CONFIG)]);
-    let svc = Service::start(
-        &dir,
-        &[
-            "--redis-url",
-            &redis.url(),
-            "--redis-timeout-ms",
-            "2000",
-            "--redis-pool-size",
-            "8",
-        ],
-    );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(IN_FLIGHT)
-        .build()
-        .unwrap();
+    let svc = service_on("redis-round-trips", &redis.url(), 8);
+    let client = http_client(IN_FLIGHT);
     // Redis's own counts, taken over the storm only (the service's start-up is not in it).
     let reads_before = reads_processed(&redis);
     let scripts_before = redis.command_calls("evalsha");
     let pings_before = redis.command_calls("ping");
-    let gate = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut tasks = Vec::new();
-    for i in 0..REQUESTS {
-        let (client, gate, url) = (client.clone(), gate.clone(), svc.url("/check"));
-        tasks.push(tokio::spawn(async move {
-            let _p = gate.acquire_owned().await.unwrap();
-            let key = ["k1", "k2", "k3", "k4"][i % 4];
-            post_status(&client, url, key).await
-        }));
-    }
     let mut admitted = 0;
-    for t in tasks {
-        match t.await.unwrap() {
+    for status in storm(&svc, &client, REQUESTS, IN_FLIGHT).await {
+        match status {
             200 => admitted += 1,
             429 => {}
             other => panic!("unexpected status {other}"),
@@ -105,22 +81,8 @@ async fn on_a_cluster_a_decision_is_one_script_call_and_no_ping() {
     const POOL: u64 = 8;
     const MASTERS: u64 = 3;
     let cluster = RedisCluster::start(MASTERS as usize);
-    let dir = config_dir("redis-round-trips-cluster", &[("service.yaml", CONFIG)]);
-    let svc = Service::start(
-        &dir,
-        &[
-            "--redis-url",
-            &cluster.url(),
-            "--redis-timeout-ms",
-            "2000",
-            "--redis-pool-size",
-            &POOL.to_string(),
-        ],
-    );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(IN_FLIGHT)
-        .build()
-        .unwrap();
+    let svc = service_on("redis-round-trips-cluster", &cluster.url(), POOL);
+    let client = http_client(IN_FLIGHT);
     let pings = || -> u64 {
         cluster
             .nodes()
@@ -129,17 +91,8 @@ async fn on_a_cluster_a_decision_is_one_script_call_and_no_ping() {
             .sum()
     };
     let (scripts_before, pings_before) = (cluster.script_calls(), pings());
-    let gate = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut tasks = Vec::new();
-    for i in 0..REQUESTS {
-        let (client, gate, url) = (client.clone(), gate.clone(), svc.url("/check"));
-        tasks.push(tokio::spawn(async move {
-            let _p = gate.acquire_owned().await.unwrap();
-            post_status(&client, url, ["k1", "k2", "k3", "k4"][i % 4]).await
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 200, "every request is within its quota");
+    for status in storm(&svc, &client, REQUESTS, IN_FLIGHT).await {
+        assert_eq!(status, 200, "every request is within its quota");
     }
     let scripts = cluster.script_calls() - scripts_before;
     let pings = pings() - pings_before;
@@ -152,6 +105,52 @@ async fn on_a_cluster_a_decision_is_one_script_call_and_no_ping() {
         pings <= 4 * POOL * MASTERS,
         "{pings} PINGs for {REQUESTS} decisions"
     );
+}
+
+/// The service on Redis at `url`, with a pool of `pool` connections and a time limit no
+/// storm on a slow machine reaches.
+fn service_on(name: &str, url: &str, pool: u64) -> Service {
+    let dir = config_dir(name, &[("service.yaml", CONFIG)]);
+    let pool = pool.to_string();
+    let args = [
+        "--redis-url",
+        url,
+        "--redis-timeout-ms",
+        "2000",
+        "--redis-pool-size",
+        &pool,
+    ];
+    Service::start(&dir, &args)
+}
+
+fn http_client(in_flight: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(in_flight)
+        .build()
+        .unwrap()
+}
+
+/// `requests` `POST /check`s over the four keys in turn, `in_flight` at a time: the statuses.
+async fn storm(
+    svc: &Service,
+    client: &reqwest::Client,
+    requests: usize,
+    in_flight: usize,
+) -> Vec<u16> {
+    let gate = Arc::new(Semaphore::new(in_flight));
+    let mut tasks = Vec::new();
+    for i in 0..requests {
+        let (client, gate, url) = (client.clone(), gate.clone(), svc.url("/check"));
+        tasks.push(tokio::spawn(async move {
+            let _p = gate.acquire_owned().await.unwrap();
+            post_status(&client, url, ["k1", "k2", "k3", "k4"][i % 4]).await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses
 }
 
 /// `total_reads_processed` of `INFO stats`: how many times the server read a client socket.
