@@ -40,6 +40,7 @@ start_redis() {
 # address is never read); returns once it logged the addresses it listens on.
 start_service() {
   local log=$1; shift
+  : > "$log"
   "${RATELIMITER_BIN:-${CARGO_TARGET_DIR:-target}/release/ratelimiter}" --http-addr 127.0.0.1:0 \
     --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --log-format json "$@" > "$log" 2>&1 &
   SERVICE_PID=$!
