@@ -1,5 +1,5 @@
 //! What building one plan's `EVALSHA` for a Redis pipeline costs in the service, before and
-//! after the batch workers took the command from `script::decide_cmd` (issue 9, the service's
+//! after the batch workers took the command from `script::decide_cmd` (part of the service's
 //! CPU per Redis-backed decision). Both variants end in the bytes the connection writes.
 //!
 //! - `invocation`: what a decision cost until then: the plan's checks copied for the worker, a
