@@ -19,22 +19,15 @@ cd "$(dirname "$0")/.."
 rate=${1:-5000}; seconds=${2:-15}; runs=${3:-1}; stores=${4:-memory redis}
 out=k6/results/cpu-per-decision
 mkdir -p "$out"
-ghz=${GHZ_BIN:-.tools/bin/ghz}
 [ -n "${RATELIMITER_BIN:-}" ] || cargo build --release --quiet --bin ratelimiter
 # The build measured, for runs.csv: RATELIMITER_BIN's file name, or this checkout's commit.
 build=$(basename "${RATELIMITER_BIN:-}")
 [ -n "$build" ] || build=$(git rev-parse --short HEAD)
-[ -x "$ghz" ] || bash scripts/go-tool.sh ghz "$ghz"
 source k6/lib.sh
+ghz=$(ghz_bin)
 work=$(mktemp -d)
 trap 'stop_all; rm -rf "$work"' EXIT
 ticks_per_s=$(getconf CLK_TCK)
-
-# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat, counted
-# after the command name, which may hold spaces).
-cpu_ticks() {
-  sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
-}
 
 # Context switches (voluntary and not) of a process's live threads: how often it slept and woke.
 ctx_switches() {
@@ -43,7 +36,7 @@ ctx_switches() {
 
 # The requests ghz cycles through: one `user` descriptor each, 1,000 values.
 data=$work/requests.json
-jq -nc '[range(1000) | {domain: "bench", hits_addend: 1, descriptors: [{entries: [{key: "user", value: "u\(.)"}]}]}]' > "$data"
+bench_requests "$data"
 
 # ghz at `rate` per second for `duration` against $GRPC_ADDR; its JSON report into `report`.
 load() {

@@ -6,6 +6,9 @@
 #   start_service <log> [ratelimiter args...]  -> SERVICE_PID, HTTP_ADDR, GRPC_ADDR
 #   start_envoy <config> <dir> <grpc_port>     -> ENVOY_PID, ENVOY_URL
 #   start_cluster <dir>                        -> CLUSTER_PORTS, CLUSTER_URL
+#   ghz_bin                                    -> the ghz binary's path (built if missing)
+#   bench_requests <file> [value]              ghz's requests: 1,000 `user`s, or one value
+#   cpu_ticks <pid>...                         utime + stime used so far, summed
 #   stop_pid <pid>
 
 STARTED_PIDS=()
@@ -131,4 +134,38 @@ start_cluster() {
   done
   local nodes=("${CLUSTER_PORTS[@]/#/127.0.0.1:}")
   CLUSTER_URL="redis+cluster://$(IFS=,; echo "${nodes[*]}")"
+}
+
+# ghz: $GHZ_BIN, or .tools/bin/ghz, built from its pinned module (scripts/go-tools/ghz) the
+# first time.
+ghz_bin() {
+  if [ -n "${GHZ_BIN:-}" ]; then
+    [ -x "$GHZ_BIN" ] || { echo "GHZ_BIN=$GHZ_BIN is not an executable" >&2; return 1; }
+    echo "$GHZ_BIN"
+    return
+  fi
+  [ -x .tools/bin/ghz ] || bash scripts/go-tool.sh ghz .tools/bin/ghz >&2
+  echo .tools/bin/ghz
+}
+
+# ShouldRateLimit requests of domain `bench` (k6/bench-config) for ghz, written to <file>: a
+# JSON array cycling over 1,000 `user` values (ghz sends an array's messages round robin), or
+# with [value], that one `user` alone.
+bench_requests() {
+  local request='{domain: "bench", hits_addend: 1, descriptors: [{entries: [{key: "user", value: $v}]}]}'
+  if [ $# -gt 1 ]; then
+    jq -nc --arg v "$2" "$request" > "$1"
+  else
+    jq -nc "[range(1000) | (\"user-\\(.)\") as \$v | $request]" > "$1"
+  fi
+}
+
+# CPU clock ticks (utime + stime) the given processes used so far, summed (fields 14 and 15
+# of /proc/<pid>/stat, counted after the command name, which may hold spaces).
+cpu_ticks() {
+  local pid total=0
+  for pid in "$@"; do
+    total=$((total + $(sed 's/^.*) //' "/proc/$pid/stat" | awk '{ print $12 + $13 }')))
+  done
+  echo "$total"
 }

@@ -47,7 +47,6 @@ TARGETS=${TARGETS:-noop memory redis cluster}
 out=${OUT:-k6/results/side-by-side}
 target_dir=${CARGO_TARGET_DIR:-target}
 noop_bin=$target_dir/release/examples/noop_server
-ghz=${GHZ_BIN:-.tools/bin/ghz}
 clk_tck=$(getconf CLK_TCK)
 config=(--config k6/bench-config)
 work=$(mktemp -d)
@@ -58,18 +57,13 @@ trap 'kill "${LOAD_PIDS[@]}" 2>/dev/null || true; stop_all; rm -rf "$work"' EXIT
 # The release binaries, and ghz from its pinned module if it is not there yet.
 build() {
   cargo build --release --quiet --bin ratelimiter --example noop_server
-  if [ ! -x "$ghz" ]; then
-    [ -z "${GHZ_BIN:-}" ] || { echo "GHZ_BIN=$GHZ_BIN is not an executable" >&2; exit 1; }
-    bash scripts/go-tool.sh ghz "$ghz"
-  fi
+  ghz=$(ghz_bin)
 }
 
-# The requests: users.json cycles over 1,000 `user` values (ghz sends a JSON array's messages
-# round robin), hot.json is `user: hot` alone.
+# The requests: users.json cycles over 1,000 `user` values, hot.json is `user: hot` alone.
 write_requests() {
-  jq -nc '[range(1000) | {domain: "bench", descriptors: [{entries: [{key: "user", value: "user-\(.)"}]}]}]' \
-    > "$work/users.json"
-  jq -nc '{domain: "bench", descriptors: [{entries: [{key: "user", value: "hot"}]}]}' > "$work/hot.json"
+  bench_requests "$work/users.json"
+  bench_requests "$work/hot.json" hot
 }
 
 # Throughput and latency from ghz JSON reports (`-O json`) of runs made at the same time (one
@@ -110,15 +104,6 @@ stop_pids() {
     [[ " $* " == *" $pid "* ]] || keep+=("$pid")
   done
   STARTED_PIDS=("${keep[@]}")
-}
-
-# CPU clock ticks (utime + stime) the given processes used so far.
-cpu_ticks() {
-  local pid total=0
-  for pid in "$@"; do
-    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
-  done
-  echo "$total"
 }
 
 # "evalsha_calls evalsha_usec all_calls all_usec" summed over the given Redis ports (INFO
