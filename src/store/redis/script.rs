@@ -126,12 +126,15 @@ pub fn reset_invocation(prefix: &str, keys: &[CounterKey]) -> ScriptInvocation<'
 /// The braces make the tag the Redis Cluster hash tag, so every limit of one descriptor lands
 /// in one slot and a plan over them is one script run.
 pub fn counter_key(prefix: &str, key: &CounterKey) -> String {
-    format!("{prefix}{{{:032x}}}:{:016x}", key.tag, key.limit)
+    let mut name = Vec::with_capacity(prefix.len() + 51);
+    // A Vec never refuses a write; the name is the prefix and ASCII, so valid UTF-8.
+    let _ = write_counter_key(&mut name, prefix, key);
+    String::from_utf8_lossy(&name).into_owned()
 }
 
-/// [`counter_key`]'s bytes written into `out` (a command's buffer): no `String`, and hex
-/// digits without the formatting machinery (`{:032x}` of a u128 costs more than the rest of
-/// the command).
+/// [`counter_key`]'s bytes (the one place its layout is written) into `out`, e.g. a command's
+/// buffer: no `String`, and hex digits without the formatting machinery (`{:032x}` of a u128
+/// costs more than the rest of the command).
 fn write_counter_key(
     out: &mut impl std::io::Write,
     prefix: &str,
