@@ -43,25 +43,33 @@ pub(crate) struct At<T> {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Parsed<T>(pub T);
 
-/// Reads `root` as a `T`, reporting every problem found on the way. `None` when the root
-/// itself is unreadable (already reported).
-pub(crate) fn read<T: DeserializeOwned>(problems: &mut Problems<'_>, root: &Node) -> Option<T> {
-    let left_out = RefCell::new(HashSet::new());
+/// Reads `root` (parsed from `text`) as a `T`, reporting every problem found on the way.
+/// `None` when the root itself is unreadable (already reported).
+pub(crate) fn read<T: DeserializeOwned>(
+    problems: &mut Problems<'_>,
+    root: &Node,
+    text: &str,
+) -> Option<T> {
+    let reading = Reading {
+        text,
+        left_out: RefCell::new(HashSet::new()),
+    };
     for _ in 0..MAX_REREADS {
         let reader = NodeReader {
             node: root,
             path: String::new(),
-            left_out: &left_out,
+            reading: &reading,
         };
-        match T::deserialize(reader) {
+        let problem = match T::deserialize(reader) {
             Ok(value) => return Some(value),
-            Err(problem) => {
-                problems.at(problem.pos, &problem.path, &problem.message);
-                match problem.node {
-                    Some(id) if id != node_id(root) && left_out.borrow_mut().insert(id) => {}
-                    _ => return None,
-                }
-            }
+            Err(problem) => problem,
+        };
+        if !problem.follows_another {
+            problems.at(problem.pos, &problem.path, &problem.message);
+        }
+        match problem.node {
+            Some(id) if id != node_id(root) && reading.left_out.borrow_mut().insert(id) => {}
+            _ => return None,
         }
     }
     problems.at(root.pos, "", "too many problems; fix these and load again");
@@ -75,37 +83,33 @@ pub(crate) struct Problem {
     path: String,
     message: String,
     node: Option<usize>,
+    /// The node blamed holds a node already left out, so the problem may only be that it now
+    /// looks emptier than written (a list of one bad entry, "needs at least one"): it is left
+    /// out too, but not reported.
+    follows_another: bool,
 }
 
 impl Problem {
     fn new(message: String) -> Self {
+        let (pos, path, node) = (Pos::UNKNOWN, String::new(), None);
         Problem {
-            pos: Pos::UNKNOWN,
-            path: String::new(),
+            pos,
+            path,
             message,
-            node: None,
+            node,
+            follows_another: false,
         }
     }
 
     /// Blames `node` (at `path`) unless a deeper node is already blamed.
-    fn at(mut self, node: &Node, path: &str) -> Self {
+    fn at(mut self, node: &Node, path: &str, reading: &Reading<'_>) -> Self {
         if self.node.is_none() {
             self.pos = node.pos;
             self.path = path.to_owned();
             self.node = Some(node_id(node));
+            self.follows_another = reading.holds_left_out(node);
         }
         self
-    }
-
-    /// "expected <what the reader wanted>, found <what the node is>".
-    fn wrong_kind(node: &Node, expected: &dyn Expected, default: &str) -> Self {
-        let wanted = expected.to_string();
-        let wanted = if wanted.starts_with("a list") || wanted.starts_with("a mapping") {
-            wanted
-        } else {
-            default.to_owned()
-        };
-        Problem::new(format!("expected {wanted}, found {}", node.kind()))
     }
 }
 
@@ -146,50 +150,88 @@ fn node_id(node: &Node) -> usize {
     std::ptr::from_ref(node) as usize
 }
 
-/// A `serde::Deserializer` over one node of the tree.
+impl Reading<'_> {
+    /// Whether a node below `node` has been left out.
+    fn holds_left_out(&self, node: &Node) -> bool {
+        let left_out = self.left_out.borrow();
+        let mut below: Vec<&Node> = vec![node];
+        while let Some(n) = below.pop() {
+            match &n.value {
+                Value::Seq(items) => below.extend(items),
+                Value::Map(entries) => below.extend(entries.iter().flat_map(|(k, v)| [k, v])),
+                _ => {}
+            }
+            if !std::ptr::eq(n, node) && left_out.contains(&node_id(n)) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// What every reader of one file shares: the text (for scalars as written) and the nodes
+/// left out after a problem.
+struct Reading<'a> {
+    text: &'a str,
+    left_out: RefCell<HashSet<usize>>,
+}
+
+/// A `serde::Deserializer` over one node of the tree. A problem a visitor raises is blamed on
+/// the node by the reader of the list or mapping around it ([`NodeReader::read_child`]).
 struct NodeReader<'a> {
     node: &'a Node,
     path: String,
-    left_out: &'a RefCell<HashSet<usize>>,
+    reading: &'a Reading<'a>,
 }
 
 impl<'a> NodeReader<'a> {
-    fn child(&self, node: &'a Node, path: String) -> Self {
-        NodeReader {
+    /// Deserializes `node` (at `path`) with `seed`, blaming it for what goes wrong within.
+    fn read_child<'de, S: DeserializeSeed<'de>>(
+        &self,
+        seed: S,
+        node: &'a Node,
+        path: String,
+    ) -> Result<S::Value, Problem> {
+        let blamed = path.clone();
+        let reader = NodeReader {
             node,
             path,
-            left_out: self.left_out,
-        }
+            reading: self.reading,
+        };
+        seed.deserialize(reader)
+            .map_err(|p| p.at(node, &blamed, self.reading))
     }
 
     fn is_left_out(&self, node: &Node) -> bool {
-        self.left_out.borrow().contains(&node_id(node))
+        self.reading.left_out.borrow().contains(&node_id(node))
     }
 
-    /// Runs a visitor on this node, blaming the node for what the visitor refuses.
-    fn blame<T>(&self, result: Result<T, Problem>) -> Result<T, Problem> {
-        result.map_err(|p| p.at(self.node, &self.path))
+    fn read_entries<'de, V: Visitor<'de>>(
+        &self,
+        visitor: V,
+        skip_null: bool,
+    ) -> Result<V::Value, Problem> {
+        let Value::Map(entries) = &self.node.value else {
+            return self.wrong_kind(&visitor, "a mapping");
+        };
+        visitor.visit_map(EntriesReader {
+            entries: entries.iter(),
+            skip_null,
+            value: None,
+            parent: self,
+        })
     }
 
+    /// "expected <what the reader wanted>, found <what the node is>".
     fn wrong_kind<T>(&self, expected: &dyn Expected, default: &str) -> Result<T, Problem> {
-        Err(Problem::wrong_kind(self.node, expected, default).at(self.node, &self.path))
-    }
-
-    /// A whole number, `0..=u64::MAX`.
-    fn whole_number(&self) -> Result<u64, Problem> {
-        let fail = |message: String| Err(Problem::new(message).at(self.node, &self.path));
-        match &self.node.value {
-            Value::Int(i) if *i < 0 => fail(format!("must not be negative, found {i}")),
-            Value::Int(i) => u64::try_from(*i).or_else(|_| fail(format!("{i} is too large"))),
-            Value::Float(_) => fail(format!(
-                "expected a whole number, found {}",
-                self.node.show()
-            )),
-            _ => fail(format!(
-                "expected a whole number, found {}",
-                self.node.kind()
-            )),
-        }
+        let wanted = expected.to_string();
+        let wanted = if wanted.starts_with("a list") || wanted.starts_with("a mapping") {
+            wanted
+        } else {
+            default.to_owned()
+        };
+        let found = self.node.kind();
+        Err(Problem::new(format!("expected {wanted}, found {found}")))
     }
 }
 
@@ -197,7 +239,7 @@ impl<'de> Deserializer<'de> for NodeReader<'_> {
     type Error = Problem;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
-        let result = match &self.node.value {
+        match &self.node.value {
             Value::Null => visitor.visit_unit(),
             Value::Bool(b) => visitor.visit_bool(*b),
             Value::Int(i) => match i64::try_from(*i) {
@@ -206,22 +248,33 @@ impl<'de> Deserializer<'de> for NodeReader<'_> {
             },
             Value::Float(f) => visitor.visit_f64(*f),
             Value::Str(s) => visitor.visit_str(s),
-            Value::Seq(_) => return self.deserialize_seq(visitor),
-            Value::Map(_) => return self.deserialize_map(visitor),
-        };
-        self.blame(result)
+            Value::Seq(_) => self.deserialize_seq(visitor),
+            Value::Map(_) => self.deserialize_map(visitor),
+        }
     }
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
         match self.node.value {
-            Value::Bool(b) => self.blame(visitor.visit_bool(b)),
+            Value::Bool(b) => visitor.visit_bool(b),
             _ => self.wrong_kind(&"", "true or false"),
         }
     }
 
+    /// A whole number, `0..=u64::MAX`.
     fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
-        let n = self.whole_number()?;
-        self.blame(visitor.visit_u64(n))
+        let message = match &self.node.value {
+            Value::Int(i) if *i < 0 => format!("must not be negative, found {i}"),
+            Value::Int(i) => match u64::try_from(*i) {
+                Ok(n) => return visitor.visit_u64(n),
+                Err(_) => format!("{i} is too large"),
+            },
+            Value::Float(_) => format!(
+                "expected a whole number, found {}",
+                self.node.show(self.reading.text)
+            ),
+            _ => format!("expected a whole number, found {}", self.node.kind()),
+        };
+        Err(Problem::new(message))
     }
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
@@ -229,17 +282,16 @@ impl<'de> Deserializer<'de> for NodeReader<'_> {
     }
 
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
-        match self.node.as_text() {
-            Some(text) => self.blame(visitor.visit_string(text)),
+        match self.node.as_text(self.reading.text) {
+            Some(text) => visitor.visit_string(text),
             None => self.wrong_kind(&"", "a string"),
         }
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
-        if self.node.is_null() {
-            self.blame(visitor.visit_none())
-        } else {
-            visitor.visit_some(self)
+        match self.node.value {
+            Value::Null => visitor.visit_none(),
+            _ => visitor.visit_some(self),
         }
     }
 
@@ -255,45 +307,49 @@ impl<'de> Deserializer<'de> for NodeReader<'_> {
         let Value::Seq(items) = &self.node.value else {
             return self.wrong_kind(&visitor, "a list");
         };
-        let items = ItemsReader {
+        visitor.visit_seq(ItemsReader {
             items: items.iter().enumerate(),
             parent: &self,
-        };
-        self.blame(visitor.visit_seq(items))
+        })
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
-        let Value::Map(entries) = &self.node.value else {
-            return self.wrong_kind(&visitor, "a mapping");
-        };
-        let entries = EntriesReader {
-            entries: entries.iter(),
-            value: None,
-            parent: &self,
-        };
-        self.blame(visitor.visit_map(entries))
+        self.read_entries(visitor, false)
     }
 
+    /// A field with nothing after it (`max_cost:`) is not given.
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        name: &'static str,
+        _name: &'static str,
         _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Problem> {
-        if name == AT_MARKER {
-            let reader = self.child(self.node, self.path.clone());
-            return visitor.visit_map(AtReader { reader, next: 0 });
+        self.read_entries(visitor, true)
+    }
+
+    /// [`At`] asks for its node's position and path as a tuple struct of this name.
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Problem> {
+        if name != AT_MARKER {
+            return self.deserialize_any(visitor);
         }
-        self.deserialize_map(visitor)
+        visitor.visit_seq(AtReader {
+            reader: &self,
+            next: 0,
+        })
     }
 
     /// A struct field's name (a mapping's key).
     fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
         match &self.node.value {
-            Value::Str(name) => self.blame(visitor.visit_str(name)),
+            Value::Str(name) => visitor.visit_str(name),
             _ => {
-                let message = format!("key is not a string: {}", self.node.show());
-                Err(Problem::new(message).at(self.node, &self.path))
+                let shown = self.node.show(self.reading.text);
+                Err(Problem::new(format!("key is not a string: {shown}")))
             }
         }
     }
@@ -304,7 +360,7 @@ impl<'de> Deserializer<'de> for NodeReader<'_> {
 
     serde::forward_to_deserialize_any! {
         i8 i16 i32 i64 i128 u8 u16 u32 u128 f32 f64 char bytes byte_buf unit unit_struct
-        tuple tuple_struct enum
+        tuple enum
     }
 }
 
@@ -321,17 +377,21 @@ impl<'de, 'a, I: Iterator<Item = (usize, &'a Node)>> SeqAccess<'de> for ItemsRea
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Problem> {
-        let Some((i, item)) = self.items.find(|(_, n)| !self.parent.is_left_out(n)) else {
+        let parent = self.parent;
+        let Some((i, item)) = self.items.find(|(_, n)| !parent.is_left_out(n)) else {
             return Ok(None);
         };
-        let reader = self.parent.child(item, index(&self.parent.path, i));
-        seed.deserialize(reader).map(Some)
+        parent
+            .read_child(seed, item, index(&parent.path, i))
+            .map(Some)
     }
 }
 
 /// The entries of a mapping, skipping those whose key or value is left out.
 struct EntriesReader<'r, 'a, I> {
     entries: I,
+    /// Whether an entry whose value is null is skipped (a struct's fields).
+    skip_null: bool,
     value: Option<(&'a Node, String)>,
     parent: &'r NodeReader<'a>,
 }
@@ -344,66 +404,58 @@ impl<'de, 'a, I: Iterator<Item = &'a (Node, Node)>> MapAccess<'de> for EntriesRe
         seed: K,
     ) -> Result<Option<K::Value>, Problem> {
         let parent = self.parent;
-        let Some((key, value)) = self
-            .entries
-            .find(|(k, v)| !parent.is_left_out(k) && !parent.is_left_out(v))
-        else {
+        let skip_null = self.skip_null;
+        let skipped = |k: &Node, v: &Node| {
+            parent.is_left_out(k) || parent.is_left_out(v) || (skip_null && v.value == Value::Null)
+        };
+        let Some((key, value)) = self.entries.find(|(k, v)| !skipped(k, v)) else {
             return Ok(None);
         };
-        self.value = Some((value, join(&parent.path, &key.show())));
+        self.value = Some((value, join(&parent.path, &key.show(parent.reading.text))));
         // A key is blamed with the mapping's path: "settings: unknown key 'colour'".
-        seed.deserialize(parent.child(key, parent.path.clone()))
-            .map(Some)
+        parent.read_child(seed, key, parent.path.clone()).map(Some)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Problem> {
         let Some((value, path)) = self.value.take() else {
             return Err(Problem::new("a value without a key".to_owned()));
         };
-        seed.deserialize(self.parent.child(value, path))
+        self.parent.read_child(seed, value, path)
     }
 }
 
-/// The struct name [`At`] asks for, which [`NodeReader`] answers with the node's position.
+/// The name of the tuple struct [`At`] asks for: [`NodeReader`] answers it with the node's
+/// line, column and path, then the value itself.
 const AT_MARKER: &str = "$ratelimiter::config::At";
 
-/// Hands [`At`]'s visitor the node's line, column and path, then the value itself, as the
-/// entries `line`, `column`, `path`, `value`.
-struct AtReader<'a> {
-    reader: NodeReader<'a>,
+struct AtReader<'r, 'a> {
+    reader: &'r NodeReader<'a>,
     next: usize,
 }
 
-const AT_FIELDS: [&str; 4] = ["line", "column", "path", "value"];
-
-impl<'de> MapAccess<'de> for AtReader<'_> {
+impl<'de> SeqAccess<'de> for AtReader<'_, '_> {
     type Error = Problem;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(
+    fn next_element_seed<S: DeserializeSeed<'de>>(
         &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Problem> {
-        match AT_FIELDS.get(self.next) {
-            Some(field) => seed.deserialize(field.into_deserializer()).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Problem> {
-        let reader = &self.reader;
+        seed: S,
+    ) -> Result<Option<S::Value>, Problem> {
+        let NodeReader { node, path, .. } = self.reader;
         self.next += 1;
         match self.next {
-            1 => seed.deserialize(reader.node.pos.line.into_deserializer()),
-            2 => seed.deserialize(reader.node.pos.column.into_deserializer()),
-            3 => seed.deserialize(reader.path.clone().into_deserializer()),
-            _ => seed.deserialize(reader.child(reader.node, reader.path.clone())),
+            1 => seed.deserialize(node.pos.line.into_deserializer()),
+            2 => seed.deserialize(node.pos.column.into_deserializer()),
+            3 => seed.deserialize(path.clone().into_deserializer()),
+            4 => self.reader.read_child(seed, node, path.clone()),
+            _ => return Ok(None),
         }
+        .map(Some)
     }
 }
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for At<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(AT_MARKER, &AT_FIELDS, AtVisitor(PhantomData))
+        deserializer.deserialize_tuple_struct(AT_MARKER, 4, AtVisitor(PhantomData))
     }
 }
 
@@ -416,37 +468,46 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for AtVisitor<T> {
         f.write_str("a value read from a config file")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<At<T>, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<At<T>, A::Error> {
         let missing = || de::Error::custom("a position is read only from a config file");
-        let (_, line) = map.next_entry::<String, usize>()?.ok_or_else(missing)?;
-        let (_, column) = map.next_entry::<String, usize>()?.ok_or_else(missing)?;
-        let (_, path) = map.next_entry::<String, String>()?.ok_or_else(missing)?;
-        let (_, value) = map.next_entry::<String, T>()?.ok_or_else(missing)?;
-        Ok(At {
-            value,
-            pos: Pos { line, column },
-            path,
-        })
+        let line = seq.next_element()?.ok_or_else(missing)?;
+        let column = seq.next_element()?.ok_or_else(missing)?;
+        let path = seq.next_element()?.ok_or_else(missing)?;
+        let value = seq.next_element()?.ok_or_else(missing)?;
+        let pos = Pos { line, column };
+        Ok(At { value, pos, path })
     }
 }
 
 impl<'de, T: FromStr<Err: fmt::Display>> Deserialize<'de> for Parsed<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_string(ParsedVisitor(PhantomData))
+        let text = String::deserialize(deserializer)?;
+        text.parse().map(Parsed).map_err(de::Error::custom)
     }
 }
 
-/// Parses inside the visitor, so that a refusal is blamed on the value's node.
-struct ParsedVisitor<T>(PhantomData<T>);
-
-impl<T: FromStr<Err: fmt::Display>> Visitor<'_> for ParsedVisitor<T> {
-    type Value = Parsed<T>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
+/// `deserialize_with`: text that is not blank.
+pub(crate) fn non_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Err(de::Error::custom("must not be empty"));
     }
+    Ok(text)
+}
 
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Parsed<T>, E> {
-        text.parse().map(Parsed).map_err(E::custom)
+/// `deserialize_with`: a whole number of at least 1.
+pub(crate) fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    match u64::deserialize(deserializer)? {
+        0 => Err(de::Error::custom("must be at least 1")),
+        n => Ok(n),
     }
+}
+
+/// `deserialize_with`: a value read from text with its `FromStr`.
+pub(crate) fn from_text<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err: fmt::Display>,
+{
+    Parsed::deserialize(deserializer).map(|Parsed(value)| value)
 }

@@ -129,8 +129,8 @@ pub(crate) struct EnvoyFile {
 }
 
 /// Reads a file whose top level is a mapping with `domain:`.
-pub(crate) fn parse(problems: &mut Problems<'_>, root: &Node) -> Option<EnvoyFile> {
-    let file: EnvoyFileEntry = read(problems, root)?;
+pub(crate) fn parse(problems: &mut Problems<'_>, root: &Node, text: &str) -> Option<EnvoyFile> {
+    let file: EnvoyFileEntry = read(problems, root, text)?;
     let domain = file.domain.as_ref().filter(|d| !d.value.is_empty());
     let domain_pos = file.domain.as_ref().map_or(root.pos, |d| d.pos);
     if domain.is_none() && !problems.any_under("domain") {

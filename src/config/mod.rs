@@ -74,6 +74,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use serde::Deserialize;
+
 use crate::algorithm::{Algorithm, Quota};
 
 pub use duration::parse_duration;
@@ -96,20 +98,28 @@ pub struct Config {
     pub clients: ClientTable,
 }
 
-/// Service-wide settings (`settings:` in an own-format file).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Service-wide settings (`settings:` in an own-format file), read as written: each field
+/// checks its own value.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The domain that API-key requests (`POST /check`, `AllowRequest`) are decided in.
+    #[serde(deserialize_with = "deserialize::non_empty")]
     pub default_domain: String,
     /// Which rate-limit headers HTTP responses carry.
+    #[serde(deserialize_with = "deserialize::from_text")]
     pub headers: HeaderStyle,
     /// What to decide when the store cannot be reached.
+    #[serde(deserialize_with = "deserialize::from_text")]
     pub on_store_failure: FailurePolicy,
     /// The largest cost one request may ask for (at least 1).
+    #[serde(deserialize_with = "deserialize::at_least_one")]
     pub max_cost: u64,
     /// The body Envoy's rate-limit filter returns on OVER_LIMIT (`raw_body`); none when empty.
     pub over_limit_body: String,
-    /// How the ext_authz door builds descriptors from a `CheckRequest`.
+    /// How the ext_authz door builds descriptors from a `CheckRequest`
+    /// (`ext_authz: { descriptors: [ [ { key, from }, … ], … ] }`).
+    #[serde(deserialize_with = "service_file::ext_authz_descriptors")]
     pub ext_authz: Vec<ExtAuthzDescriptor>,
     /// The key under which an allowed ext_authz `CheckResponse` hands the client's limit to
     /// Envoy (`dynamic_metadata.<key> = {requests_per_unit, unit}`, the shape of the route's
@@ -127,6 +137,7 @@ pub struct Settings {
     pub response_dynamic_metadata: bool,
     /// The keys (first entry) of the descriptors an `AllowRequest` caller may add to its
     /// own; empty (the default): none.
+    #[serde(deserialize_with = "service_file::descriptor_keys")]
     pub allow_request_descriptors: Vec<String>,
 }
 
@@ -149,14 +160,16 @@ impl ForcedSettings {
     }
 }
 
-/// One descriptor the ext_authz door builds, entry by entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One descriptor the ext_authz door builds, entry by entry (at least one).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<ExtAuthzEntry>")]
 pub struct ExtAuthzDescriptor {
     pub entries: Vec<ExtAuthzEntry>,
 }
 
 /// One entry: a descriptor key and where its value comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "service_file::ExtAuthzEntryAsWritten")]
 pub struct ExtAuthzEntry {
     pub key: String,
     pub from: ValueSource,
@@ -535,9 +548,9 @@ fn parse_file(name: &str, text: &str, errors: &mut Vec<ConfigError>) -> Option<F
                 .iter()
                 .any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "domain"));
             Some(if is_envoy {
-                FileContents::Envoy(envoy_file::parse(&mut problems, &root)?)
+                FileContents::Envoy(envoy_file::parse(&mut problems, &root, text)?)
             } else {
-                FileContents::Service(service_file::parse(&mut problems, &root))
+                FileContents::Service(service_file::parse(&mut problems, &root, text))
             })
         }
         _ => {

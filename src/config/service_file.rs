@@ -9,7 +9,7 @@
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::algorithm::Algorithm;
@@ -18,9 +18,7 @@ use super::deserialize::{At, Parsed, read};
 use super::error::{Pos, Problems};
 use super::limits::{LimitEntry, check_limits};
 use super::yaml::Node;
-use super::{
-    ExtAuthzDescriptor, ExtAuthzEntry, FailurePolicy, HeaderStyle, LimitDef, Settings, ValueSource,
-};
+use super::{ExtAuthzDescriptor, ExtAuthzEntry, LimitDef, Settings, ValueSource};
 
 /// The word `unknown_key:` uses for "refuse unknown keys"; no tier may take it as a name.
 pub(crate) const REJECT: &str = "reject";
@@ -29,38 +27,73 @@ pub(crate) const REJECT: &str = "reject";
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct ServiceFileEntry {
-    settings: Option<At<SettingsEntry>>,
+    settings: Option<At<Settings>>,
     clients: Option<ClientsEntry>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct SettingsEntry {
-    default_domain: Option<At<String>>,
-    headers: Option<Parsed<HeaderStyle>>,
-    on_store_failure: Option<Parsed<FailurePolicy>>,
-    max_cost: Option<At<u64>>,
-    over_limit_body: Option<String>,
-    ext_authz: Option<ExtAuthzSettings>,
-    ext_authz_budget_metadata_key: Option<String>,
-    shadow_mode: Option<bool>,
-    quota_mode: Option<bool>,
-    response_dynamic_metadata: Option<bool>,
-    allow_request_descriptors: Option<Vec<At<String>>>,
-}
-
-/// `ext_authz: { descriptors: [ [ { key: api_key, from: "header:x-api-key" }, … ], … ] }`
+/// `ext_authz: { descriptors: … }` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct ExtAuthzSettings {
-    descriptors: Option<Vec<At<Vec<At<ExtAuthzEntrySpec>>>>>,
+    descriptors: Option<Vec<ExtAuthzDescriptor>>,
 }
 
+/// `settings.ext_authz`: the descriptors, or the default when none are given.
+pub(crate) fn ext_authz_descriptors<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ExtAuthzDescriptor>, D::Error> {
+    let written = ExtAuthzSettings::deserialize(deserializer)?;
+    Ok(written.descriptors.unwrap_or_else(super::default_ext_authz))
+}
+
+impl TryFrom<Vec<ExtAuthzEntry>> for ExtAuthzDescriptor {
+    type Error = &'static str;
+
+    fn try_from(entries: Vec<ExtAuthzEntry>) -> Result<Self, Self::Error> {
+        if entries.is_empty() {
+            return Err("a descriptor needs at least one entry");
+        }
+        Ok(ExtAuthzDescriptor { entries })
+    }
+}
+
+/// One entry of an ext_authz descriptor as written: `{ key, from }`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct ExtAuthzEntrySpec {
-    key: Option<At<String>>,
-    from: Option<At<Parsed<ValueSource>>>,
+pub(crate) struct ExtAuthzEntryAsWritten {
+    key: Option<String>,
+    from: Option<Parsed<ValueSource>>,
+}
+
+impl TryFrom<ExtAuthzEntryAsWritten> for ExtAuthzEntry {
+    type Error = &'static str;
+
+    fn try_from(entry: ExtAuthzEntryAsWritten) -> Result<Self, Self::Error> {
+        match (entry.key, entry.from) {
+            (Some(key), _) if key.is_empty() => Err("key: must not be empty"),
+            (Some(key), Some(Parsed(from))) => Ok(ExtAuthzEntry { key, from }),
+            _ => Err("an entry needs `key` and `from`"),
+        }
+    }
+}
+
+/// `settings.allow_request_descriptors`: descriptor keys, none empty.
+pub(crate) fn descriptor_keys<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    let keys = Vec::<DescriptorKey>::deserialize(deserializer)?;
+    Ok(keys.into_iter().map(|DescriptorKey(key)| key).collect())
+}
+
+struct DescriptorKey(String);
+
+impl<'de> Deserialize<'de> for DescriptorKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match String::deserialize(deserializer)? {
+            key if key.is_empty() => Err(de::Error::custom("expected a descriptor key")),
+            key => Ok(DescriptorKey(key)),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,91 +158,23 @@ pub(crate) enum KeyLimits {
 }
 
 /// Reads a file whose top level is a mapping without `domain:`.
-pub(crate) fn parse(problems: &mut Problems<'_>, root: &Node) -> ServiceFile {
+pub(crate) fn parse(problems: &mut Problems<'_>, root: &Node, text: &str) -> ServiceFile {
     let mut file = ServiceFile::default();
-    let Some(entry) = read::<ServiceFileEntry>(problems, root) else {
+    let Some(entry) = read::<ServiceFileEntry>(problems, root, text) else {
         return file;
     };
     if let Some(settings) = entry.settings {
         // Blame the `settings:` key itself for a second settings block.
         let key_pos = root
             .entries()
-            .and_then(|entries| entries.iter().find(|(k, _)| k.show() == "settings"))
+            .and_then(|entries| entries.iter().find(|(k, _)| k.show(text) == "settings"))
             .map_or(settings.pos, |(k, _)| k.pos);
-        file.settings = Some((check_settings(problems, settings.value), key_pos));
+        file.settings = Some((settings.value, key_pos));
     }
     if let Some(clients) = entry.clients {
         check_clients(problems, clients, &mut file);
     }
     file
-}
-
-fn check_settings(problems: &mut Problems<'_>, e: SettingsEntry) -> Settings {
-    let mut settings = Settings::default();
-    if let Some(domain) = e.default_domain {
-        if domain.value.trim().is_empty() {
-            problems.about(&domain, "must not be empty");
-        }
-        settings.default_domain = domain.value;
-    }
-    if let Some(Parsed(headers)) = e.headers {
-        settings.headers = headers;
-    }
-    if let Some(Parsed(policy)) = e.on_store_failure {
-        settings.on_store_failure = policy;
-    }
-    match e.max_cost {
-        Some(max) if max.value == 0 => problems.about(&max, "must be at least 1"),
-        Some(max) => settings.max_cost = max.value,
-        None => {}
-    }
-    if let Some(body) = e.over_limit_body {
-        settings.over_limit_body = body;
-    }
-    if let Some(descriptors) = e.ext_authz.and_then(|x| x.descriptors) {
-        settings.ext_authz = descriptors
-            .into_iter()
-            .filter_map(|d| check_ext_authz_descriptor(problems, d))
-            .collect();
-    }
-    if let Some(key) = e.ext_authz_budget_metadata_key {
-        settings.ext_authz_budget_metadata_key = key;
-    }
-    settings.shadow_mode = e.shadow_mode.unwrap_or(false);
-    settings.quota_mode = e.quota_mode.unwrap_or(false);
-    settings.response_dynamic_metadata = e.response_dynamic_metadata.unwrap_or(false);
-    for key in e.allow_request_descriptors.into_iter().flatten() {
-        if key.value.is_empty() {
-            problems.about(&key, "expected a descriptor key");
-        } else {
-            settings.allow_request_descriptors.push(key.value);
-        }
-    }
-    settings
-}
-
-/// One descriptor the ext_authz door builds: at least one entry, each with a key and a source.
-fn check_ext_authz_descriptor(
-    problems: &mut Problems<'_>,
-    descriptor: At<Vec<At<ExtAuthzEntrySpec>>>,
-) -> Option<ExtAuthzDescriptor> {
-    if descriptor.value.is_empty() {
-        problems.about_unless_reported(&descriptor, "a descriptor needs at least one entry");
-        return None;
-    }
-    let mut entries = Vec::with_capacity(descriptor.value.len());
-    for entry in descriptor.value {
-        match (entry.value.key, entry.value.from) {
-            (Some(key), _) if key.value.is_empty() => problems.about(&key, "must not be empty"),
-            (Some(key), Some(from)) => entries.push(ExtAuthzEntry {
-                key: key.value,
-                from: from.value.0,
-            }),
-            _ if problems.any_under(&entry.path) => {}
-            _ => problems.at(entry.pos, &entry.path, "an entry needs `key` and `from`"),
-        }
-    }
-    Some(ExtAuthzDescriptor { entries })
 }
 
 fn check_clients(problems: &mut Problems<'_>, clients: ClientsEntry, file: &mut ServiceFile) {
