@@ -1,53 +1,12 @@
 //! envoyproxy/ratelimit files: `domain:` plus a tree of `descriptors:`, read with that
-//! project's rules so existing files load unchanged, plus our opt-in extension keys.
+//! project's rules (and its wording, where it has one) so existing files load unchanged, plus
+//! our opt-in extension keys (`algorithm`, `burst`, `limits`, `post_paid`).
+//! `docs/configuration.md` lists the rules kept, where we are stricter on purpose, and the
+//! extensions; each check below says which rule it is.
 //!
-//! Upstream checks kept, with its wording where it has one:
-//! - the domain must not be empty ("config file cannot have empty domain") and must not repeat
-//!   across files ("duplicate domain 'x' in config file"; upstream's `MERGE_DOMAIN_CONFIG`
-//!   merging is not offered);
-//! - every descriptor has a key ("descriptor has empty key"); siblings must differ in
-//!   `key`+`value` ("duplicate descriptor composite key 'domain.key_value'");
-//! - `rate_limit.unit` is second, minute, hour, day, week, month or year, in any case
-//!   ("invalid rate limit unit 'x'"); `unlimited: true` takes no unit ("should not specify rate
-//!   limit unit when unlimited") — and here no `requests_per_unit` or `unit_multiplier` either;
-//! - `replaces` entries need a name ("should not have an empty replaces entry") other than the
-//!   descriptor's own ("replaces should not contain name of same descriptor");
-//! - `unit_multiplier` (optional, default 1) must be at least 1;
-//! - unknown keys are errors (upstream accepts a known key in the wrong place and ignores it;
-//!   here keys are checked where they stand).
-//!
-//! Stricter than upstream, on purpose: `requests_per_unit` is required when the limit is not
-//! unlimited (upstream silently reads a missing one as 0, which blocks everything; an explicit
-//! `requests_per_unit: 0` still means "block all", as in upstream's README example 3), a `*`
-//! in a descriptor *key* is rejected (upstream's wildcards are meant for values).
-//!
-//! Upstream's `quota_mode: true`, `metadata: {…}` (any mapping), `share_threshold: true` (on a
-//! wildcard value only, upstream's check) and `value_to_metric: true` are read as upstream
-//! reads them; the limiter, the Envoy door and the metrics give them upstream's meaning.
-//!
-//! Windows: a limit's window is its unit times `unit_multiplier`, fixed-length, aligned to the
-//! epoch like upstream's fixed windows. Upstream's fixed lengths are kept for the long units:
-//! week = 7 days, month = 30 days, year = 365 days (upstream's optional calendar-month mode is
-//! not offered). The window may not exceed 366 days.
-//!
-//! Wildcards: a `value` ending in or containing `*` is kept as written; `*` matches any run of
-//! characters (upstream's rule). Matching is the limiter's job.
-//!
-//! Extensions (on a descriptor, all optional):
-//! - `algorithm: token_bucket | sliding_window | fixed_window` for its `rate_limit`
-//!   (default fixed_window, upstream's behaviour);
-//! - `burst: N` for that `rate_limit` when it is a token bucket;
-//! - `limits: [{name, algorithm, limit, window, burst, shadow_mode}]`: more limits on the same
-//!   descriptor, each defaulting to fixed_window and inheriting the descriptor's `shadow_mode`;
-//!   `rate_limit`, if present, is one more (listed first);
-//! - `post_paid: true`: this descriptor's limits record usage after the fact (a stream-done
-//!   `ShouldRateLimit` whose `hits_addend` is the tokens a response used): a request with a
-//!   cost is charged whatever the verdict, into debt if need be, so the next request-time
-//!   check (`hits_addend: 0`) is refused until the debt is paid off. It applies to this
-//!   descriptor's limits only (not to nested descriptors) and needs at least one limit.
-//!
-//! A limit without a name (upstream's `rate_limit.name` is optional) is called
-//! `<requests>-per-<window>`, e.g. `10-per-1s`; names are unique within one descriptor.
+//! A limit's window is its unit times `unit_multiplier`, with upstream's fixed lengths for the
+//! long units (week 7 days, month 30, year 365). Wildcard values are kept as written; matching
+//! them is the limiter's job.
 
 use serde::Deserialize;
 

@@ -1,59 +1,13 @@
-//! Configuration: one directory (or one file), two file shapes, one validated [`Config`].
+//! Configuration: one file or a directory, two file shapes, one validated [`Config`].
 //!
-//! [`load`] reads a file, or every `*.yaml` / `*.yml` file directly in a directory (sorted by
-//! name, hidden files ignored, not recursive). Each file is one of two shapes, told apart by
-//! its top level:
-//!
-//! - **A file with `domain:` is an envoyproxy/ratelimit file**, loaded unchanged with that
-//!   project's rules (see `envoy_file.rs` for the rules and the few places we are stricter).
-//!   Its limits are fixed windows aligned to the unit, as upstream. Opt-in extension keys on a
-//!   descriptor: `algorithm:`, `burst:`, `limits:` and `post_paid:` (usage reported after the
-//!   fact, e.g. a stream-done charge of the tokens a response used: recorded whatever the
-//!   verdict, into debt if need be, so later requests are refused until it is paid off).
-//!
-//!   ```yaml
-//!   domain: edge
-//!   descriptors:
-//!     - key: remote_address
-//!       rate_limit: { unit: second, requests_per_unit: 10 }
-//!       algorithm: token_bucket        # extension
-//!       burst: 20                      # extension, token bucket only
-//!       limits:                        # extension: more limits on the same descriptor
-//!         - { name: per-day, limit: 10000, window: 1d }
-//!     - key: tenant
-//!       post_paid: true                # extension: charges recorded whatever the verdict
-//!       limits: [ { name: tokens, limit: 1000, window: 1m } ]
-//!   ```
-//!
-//! - **Any other file is in the service's own format**: `settings:` (in at most one file) and
-//!   the `clients:` table of API keys (tables from several files merge). Limits here are token
-//!   buckets unless they say otherwise.
-//!
-//!   ```yaml
-//!   settings: { default_domain: ratelimiter, headers: ietf, on_store_failure: fail_closed, max_cost: 1000 }
-//!   # also: over_limit_body, ext_authz (descriptors), ext_authz_budget_metadata_key
-//!   # (default ratelimit_budget; "" turns the budget metadata off), and upstream's global
-//!   # switches shadow_mode, quota_mode, response_dynamic_metadata (all false by default)
-//!   clients:
-//!     unknown_key: reject              # or the name of a tier
-//!     tiers:
-//!       demo: [ { name: demo, limit: 5, window: 10s } ]
-//!     keys:
-//!       - { key: my-key, tier: demo }                          # plain key, for demos
-//!       - { sha256: "<64 hex>", tier: demo, name: acme }       # how production holds keys
-//!       - { key: special, limits: [ { limit: 100, window: 1m } ] }
-//!   ```
-//!
-//! A limit is `{name, algorithm, limit, window, burst, shadow_mode}`; `window` is a duration
-//! such as `500ms`, `10s`, `1h30m`, `1d` (see [`parse_duration`]); a limit without a name is
-//! called `<limit>-per-<window>` (`10-per-1s`). Names are unique within one tier, key or
-//! descriptor.
-//!
-//! Loading never stops at the first problem: every file is read and every problem is
-//! reported ([`ConfigErrors`]), with `file:line:column` wherever the location is known. A YAML
-//! syntax error ends only the file it is in. Unknown keys are errors everywhere. Inputs are
-//! bounded: files over 4 MiB, YAML nested deeper than 48 levels and descriptors nested deeper
-//! than 16 levels are rejected.
+//! A file with `domain:` is an envoyproxy/ratelimit file (`envoy_file.rs`); any other is in
+//! the service's own format, `settings:` and `clients:` (`service_file.rs`). Each shape is
+//! declared as serde structs with unknown keys denied, and each struct checks what it reads.
+//! `yaml.rs` parses a file into a tree that knows every node's line and column, and
+//! `deserialize.rs` reads the tree into the structs, listing every problem of a file rather
+//! than the first. This module reads the files and merges them (one `settings`, domains,
+//! tiers and keys from every file), then runs the checks that span files. The format itself,
+//! for users, is described in `docs/configuration.md`.
 //!
 //! The raw value of an API key never leaves this module: keys are kept as SHA-256 digests,
 //! labelled by tier or `name:`, and no message quotes one.
