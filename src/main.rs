@@ -276,7 +276,11 @@ fn tag_secret(cli: &Cli) -> Result<Option<TagSecret>, String> {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Checks a config file or directory and lists every problem; exits non-zero if any.
-    Validate { path: PathBuf },
+    Validate {
+        /// The file or directory to check (default: the `--config` path, as the service
+        /// would load it).
+        path: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -311,6 +315,7 @@ fn main() -> ExitCode {
         return code;
     }
     if let Some(Command::Validate { path }) = &cli.command {
+        let path = path.as_ref().unwrap_or(&cli.config);
         return match app::load_rules(path) {
             Ok(rules) => {
                 for w in rules.warnings() {

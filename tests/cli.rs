@@ -36,6 +36,34 @@ fn validate_accepts_the_shipped_config() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
 
+/// Without a path, `validate` checks the config the service would load: `--config`, or
+/// `RATELIMITER_CONFIG`.
+#[test]
+fn validate_without_a_path_checks_the_configured_one() {
+    let broken = config_dir("cli-validate-configured", &[("bad.yaml", BROKEN)]);
+    let broken = broken.to_str().unwrap();
+    let out = bin()
+        .args(["validate", "--config", broken])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("unknown key 'colour'"), "{stderr}");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let out = bin()
+        .arg("validate")
+        .env("RATELIMITER_CONFIG", shipped)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("{shipped}: ok")), "{stdout}");
+}
+
 #[test]
 fn validate_warns_when_no_client_table_is_loaded() {
     let envoy_only = "domain: ratelimiter\ndescriptors:\n  - key: generic_key\n    rate_limit: { unit: hour, requests_per_unit: 10 }\n";
