@@ -91,12 +91,11 @@ pub(crate) struct Problem {
 
 impl Problem {
     fn new(message: String) -> Self {
-        let (pos, path, node) = (Pos::UNKNOWN, String::new(), None);
         Problem {
-            pos,
-            path,
+            pos: Pos::UNKNOWN,
+            path: String::new(),
             message,
-            node,
+            node: None,
             follows_another: false,
         }
     }
@@ -150,6 +149,13 @@ fn node_id(node: &Node) -> usize {
     std::ptr::from_ref(node) as usize
 }
 
+/// What every reader of one file shares: the text (for scalars as written) and the nodes
+/// left out after a problem.
+struct Reading<'a> {
+    text: &'a str,
+    left_out: RefCell<HashSet<usize>>,
+}
+
 impl Reading<'_> {
     /// Whether a node below `node` has been left out.
     fn holds_left_out(&self, node: &Node) -> bool {
@@ -167,13 +173,6 @@ impl Reading<'_> {
         }
         false
     }
-}
-
-/// What every reader of one file shares: the text (for scalars as written) and the nodes
-/// left out after a problem.
-struct Reading<'a> {
-    text: &'a str,
-    left_out: RefCell<HashSet<usize>>,
 }
 
 /// A `serde::Deserializer` over one node of the tree. A problem a visitor raises is blamed on
