@@ -205,17 +205,18 @@ impl<'a> NodeReader<'a> {
         self.reading.left_out.borrow().contains(&node_id(node))
     }
 
+    /// Reads a mapping; for a struct, `fields` are its field names.
     fn read_entries<'de, V: Visitor<'de>>(
         &self,
         visitor: V,
-        skip_null: bool,
+        fields: &'static [&'static str],
     ) -> Result<V::Value, Problem> {
         let Value::Map(entries) = &self.node.value else {
             return self.wrong_kind(&visitor, "a mapping");
         };
         visitor.visit_map(EntriesReader {
             entries: entries.iter(),
-            skip_null,
+            fields,
             value: None,
             parent: self,
         })
@@ -313,17 +314,16 @@ impl<'de> Deserializer<'de> for NodeReader<'_> {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Problem> {
-        self.read_entries(visitor, false)
+        self.read_entries(visitor, &[])
     }
 
-    /// A field with nothing after it (`max_cost:`) is not given.
     fn deserialize_struct<V: Visitor<'de>>(
         self,
         _name: &'static str,
-        _fields: &'static [&'static str],
+        fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Problem> {
-        self.read_entries(visitor, true)
+        self.read_entries(visitor, fields)
     }
 
     /// [`At`] asks for its node's position and path as a tuple struct of this name.
@@ -389,8 +389,9 @@ impl<'de, 'a, I: Iterator<Item = (usize, &'a Node)>> SeqAccess<'de> for ItemsRea
 /// The entries of a mapping, skipping those whose key or value is left out.
 struct EntriesReader<'r, 'a, I> {
     entries: I,
-    /// Whether an entry whose value is null is skipped (a struct's fields).
-    skip_null: bool,
+    /// A struct's field names: a field with nothing after it (`max_cost:`) is not given, so
+    /// it is skipped (an unknown key is not: it is reported whatever its value).
+    fields: &'static [&'static str],
     value: Option<(&'a Node, String)>,
     parent: &'r NodeReader<'a>,
 }
@@ -403,10 +404,13 @@ impl<'de, 'a, I: Iterator<Item = &'a (Node, Node)>> MapAccess<'de> for EntriesRe
         seed: K,
     ) -> Result<Option<K::Value>, Problem> {
         let parent = self.parent;
-        let skip_null = self.skip_null;
-        let skipped = |k: &Node, v: &Node| {
-            parent.is_left_out(k) || parent.is_left_out(v) || (skip_null && v.value == Value::Null)
+        let fields = self.fields;
+        let not_given = |k: &Node, v: &Node| {
+            v.value == Value::Null
+                && matches!(&k.value, Value::Str(name) if fields.contains(&name.as_str()))
         };
+        let skipped =
+            |k: &Node, v: &Node| parent.is_left_out(k) || parent.is_left_out(v) || not_given(k, v);
         let Some((key, value)) = self.entries.find(|(k, v)| !skipped(k, v)) else {
             return Ok(None);
         };

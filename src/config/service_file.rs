@@ -61,7 +61,7 @@ impl TryFrom<Vec<ExtAuthzEntry>> for ExtAuthzDescriptor {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct ExtAuthzEntryAsWritten {
-    key: Option<String>,
+    key: Option<DescriptorKey>,
     from: Option<Parsed<ValueSource>>,
 }
 
@@ -70,8 +70,7 @@ impl TryFrom<ExtAuthzEntryAsWritten> for ExtAuthzEntry {
 
     fn try_from(entry: ExtAuthzEntryAsWritten) -> Result<Self, Self::Error> {
         match (entry.key, entry.from) {
-            (Some(key), _) if key.is_empty() => Err("key: must not be empty"),
-            (Some(key), Some(Parsed(from))) => Ok(ExtAuthzEntry { key, from }),
+            (Some(DescriptorKey(key)), Some(Parsed(from))) => Ok(ExtAuthzEntry { key, from }),
             _ => Err("an entry needs `key` and `from`"),
         }
     }
@@ -85,6 +84,8 @@ pub(crate) fn descriptor_keys<'de, D: Deserializer<'de>>(
     Ok(keys.into_iter().map(|DescriptorKey(key)| key).collect())
 }
 
+/// A descriptor key as written: not empty.
+#[derive(Debug)]
 struct DescriptorKey(String);
 
 impl<'de> Deserialize<'de> for DescriptorKey {

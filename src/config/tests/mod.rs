@@ -174,6 +174,22 @@ fn a_key_with_nothing_after_it_is_not_given() {
 }
 
 #[test]
+fn an_unknown_key_with_nothing_after_it_is_still_unknown() {
+    assert_err_at(
+        "settings:\n  colour:\n",
+        2,
+        3,
+        "settings: unknown key 'colour'",
+    );
+    assert_err_at(
+        "domain: d\ndescriptors:\n  - key: a\n    colour:\n",
+        4,
+        5,
+        "descriptors[0]: unknown key 'colour'",
+    );
+}
+
+#[test]
 fn yaml_syntax_errors_have_a_location() {
     let e = one_err("domain: d\ndescriptors:\n  - key: a\n   value: b\n");
     assert_eq!(e.line, Some(4));

@@ -631,6 +631,10 @@ fn ext_authz_rules_and_over_limit_body() {
             "settings:\n  ext_authz:\n    rules: []\n",
             "unknown key 'rules'",
         ),
+        (
+            "settings:\n  ext_authz:\n    descriptors:\n      - [ { key: \"\", from: path } ]\n",
+            "settings.ext_authz.descriptors[0][0].key: expected a descriptor key",
+        ),
     ] {
         let err = crate::config::parse_str("s.yaml", bad)
             .unwrap_err()
