@@ -387,6 +387,8 @@ async fn serve(cli: Cli) -> ExitCode {
     reload::start(state.clone(), cli.config.clone(), watch, loaded);
     let mut options = serve_options(&cli);
     if let Some((tls, seen)) = tls {
+        #[cfg(unix)]
+        ratelimiter::tls::reload_on_sighup(tls.clone());
         if let Some(every) = watch {
             tokio::spawn(ratelimiter::tls::watch(tls.clone(), every, seen));
         }

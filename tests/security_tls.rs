@@ -527,6 +527,52 @@ async fn a_new_certificate_on_disk_is_served_to_new_connections_and_a_broken_one
     );
 }
 
+/// With the watch off (`--config-watch-interval-ms 0`), `SIGHUP` reloads the certificate as it
+/// reloads the configuration: nothing changes on disk alone, the signal swaps the new pair in.
+#[tokio::test]
+async fn with_the_watch_off_sighup_serves_a_renewed_certificate() {
+    let certs = certs("tls-hup");
+    let live = Pair {
+        cert: certs.dir.join("live.pem"),
+        key: certs.dir.join("live.key"),
+    };
+    replace(&certs.server.cert, &live.cert);
+    replace(&certs.server.key, &live.key);
+    let config = config_dir("tls-hup", &[("service.yaml", BASIC)]);
+    let (cert, key) = (live.cert.to_str().unwrap(), live.key.to_str().unwrap());
+    let svc = Service::start(
+        &config,
+        &[
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--config-watch-interval-ms",
+            "0",
+        ],
+    );
+    let client = |alpn| client_config(&certs.ca.pem(), None, alpn);
+    let old = der(&certs.server.cert);
+    assert_eq!(served_certificate(svc.http, client(H1)).await, old);
+
+    let renewed = certs.ca.issue("server-renewed-hup", 10);
+    replace(&renewed.key, &live.key);
+    replace(&renewed.cert, &live.cert);
+    assert_eq!(
+        served_certificate(svc.http, client(H1)).await,
+        old,
+        "no watch: the files alone change nothing"
+    );
+    svc.signal("HUP");
+    let new = der(&renewed.cert);
+    eventually(
+        "the renewed certificate is served after SIGHUP",
+        async || served_certificate(svc.http, client(H1)).await == new,
+    )
+    .await;
+    assert_eq!(served_certificate(svc.grpc, client(H2)).await, new);
+}
+
 /// Runs the binary with `args` on the BASIC config, expecting it to refuse to start: its
 /// exit code and what it printed.
 fn refused_start(args: &[&str]) -> (Option<i32>, String) {

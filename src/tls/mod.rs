@@ -145,6 +145,17 @@ impl ServerTls {
         if self.fingerprint() != before {
             return seen;
         }
+        self.swap_in(built);
+        before
+    }
+
+    /// Loads the files whatever they hold and swaps them in (on `SIGHUP`).
+    pub fn reload(&self) {
+        self.swap_in(build(&self.files));
+    }
+
+    /// Puts a freshly loaded pair in force, or refuses it (logged and counted), keeping the old.
+    fn swap_in(&self, built: Result<InForce, TlsError>) {
         match built {
             Ok(in_force) => {
                 self.in_force.store(Arc::new(in_force));
@@ -156,8 +167,28 @@ impl ServerTls {
                 tracing::error!(error = %e, "TLS certificate reload refused; keeping the old certificate");
             }
         }
-        before
     }
+}
+
+/// Reloads `tls`'s files on every `SIGHUP`, as the configuration is reloaded, whether or not
+/// the watch is on. Installed before it returns, so no signal after start-up is missed.
+#[cfg(unix)]
+pub fn reload_on_sighup(tls: Arc<ServerTls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            return tracing::error!(error = %e, "cannot listen for SIGHUP; certificates reload only on the watch");
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let tls = tls.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || tls.reload()).await {
+                tracing::error!(error = %e, "TLS reload task failed");
+            }
+        }
+    });
 }
 
 /// Polls `tls`'s files every `every` and reloads them when they change. `seen` is the
