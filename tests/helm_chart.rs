@@ -489,6 +489,73 @@ fn the_bundled_redis_is_persistent_probed_and_its_password_a_secret() {
     assert_eq!(find(&objects, "NetworkPolicy").len(), 2);
 }
 
+/// The bundled Redis's container command, rendered with its port at `port`, is run here as a
+/// kubelet would run it (with `/data` moved to a scratch directory): it serves, asks for the
+/// password, and the password is in neither its arguments nor the manifest's.
+#[test]
+fn the_bundled_redis_takes_its_password_on_stdin_not_in_its_arguments() {
+    const PASSWORD: &str = "ci-only-not-a-secret";
+    let port = common::redis_server::free_port();
+    let values = chart().join("ci/redis-statefulset-values.yaml");
+    let set = format!("redis.statefulset.port={port}");
+    let out = template(Some(&values), &["--set", &set]);
+    assert!(out.status.success(), "{}", text(&out));
+    let objects: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let c = &one(&objects, "StatefulSet")["spec"]["template"]["spec"]["containers"][0];
+    let argv = format!("{}{}", c["command"], c["args"]);
+    assert!(
+        !argv.contains(PASSWORD) && !argv.contains("$(REDIS_PASSWORD)"),
+        "{argv}"
+    );
+    assert_eq!(c["command"], serde_json::json!(["sh", "-c"]));
+    let data = temp_dir("helm-redis-data");
+    let script = c["args"][0]
+        .as_str()
+        .unwrap()
+        .replace("--dir /data", &format!("--dir {}", data.display()));
+    let mut redis = Command::new("sh")
+        .args(["-c", &script])
+        .env("REDIS_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cli = |auth: Option<&str>| {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &port.to_string(), "ping"]);
+        if let Some(password) = auth {
+            cmd.env("REDISCLI_AUTH", password);
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout)
+            .trim()
+            .to_owned()
+    };
+    let started = std::time::Instant::now();
+    while cli(Some(PASSWORD)) != "PONG" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(cli(None).contains("NOAUTH"), "a password is required");
+    // `exec`: the shell became redis-server, which holds no password in its arguments.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", redis.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(
+        cmdline.starts_with("redis-server") && !cmdline.contains(PASSWORD),
+        "{cmdline}"
+    );
+    Command::new("kill")
+        .arg(redis.id().to_string())
+        .status()
+        .unwrap();
+    assert!(
+        redis.wait().unwrap().success(),
+        "SIGTERM shuts it down cleanly"
+    );
+}
+
 /// The shipped manifest `envoy/istio/<file>` without its comments.
 fn shipped(file: &str) -> Value {
     let text = std::fs::read_to_string(repo().join("envoy/istio").join(file)).unwrap();
