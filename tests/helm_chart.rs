@@ -554,6 +554,14 @@ fn the_bundled_redis_takes_its_password_on_stdin_not_in_its_arguments() {
         redis.wait().unwrap().success(),
         "SIGTERM shuts it down cleanly"
     );
+    // The image entrypoint's umask, kept: what Redis writes is its own alone.
+    let written: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
+    assert!(!written.is_empty(), "Redis wrote nothing");
+    for entry in written {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = entry.unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+    }
 }
 
 /// The shipped manifest `envoy/istio/<file>` without its comments.
