@@ -338,6 +338,11 @@ fn certs(name: &str) -> Certs {
 /// The binary with TLS on both listeners (mTLS when `client_ca`), the config watch (and with
 /// it the certificate watch) every 100 ms.
 fn start(certs: &Certs, client_ca: bool) -> Service {
+    start_watching(certs, client_ca, "100")
+}
+
+/// [`start`] with the files watched every `watch_ms` (`"0"`: not watched).
+fn start_watching(certs: &Certs, client_ca: bool, watch_ms: &str) -> Service {
     let config = config_dir("tls", &[("service.yaml", BASIC)]);
     let mut args = vec![
         "--tls-cert-file".to_owned(),
@@ -345,7 +350,7 @@ fn start(certs: &Certs, client_ca: bool) -> Service {
         "--tls-key-file".to_owned(),
         certs.server.key.display().to_string(),
         "--config-watch-interval-ms".to_owned(),
-        "100".to_owned(),
+        watch_ms.to_owned(),
     ];
     if client_ca {
         args.push("--tls-client-ca-file".to_owned());
@@ -466,21 +471,25 @@ fn replace(from: &Path, to: &Path) {
     std::fs::rename(&tmp, to).unwrap();
 }
 
-#[tokio::test]
-async fn a_new_certificate_on_disk_is_served_to_new_connections_and_a_broken_one_is_refused() {
-    let certs = certs("tls-reload");
-    // The files the service is started on: copies, so they can be replaced.
+/// `certs` with the server pair copied to `live.pem` and `live.key`, which a test replaces
+/// while the service runs on them.
+fn replaceable(certs: Certs) -> Certs {
     let live = Pair {
         cert: certs.dir.join("live.pem"),
         key: certs.dir.join("live.key"),
     };
     replace(&certs.server.cert, &live.cert);
     replace(&certs.server.key, &live.key);
-    let started_with = Certs {
-        server: live.clone(),
+    Certs {
+        server: live,
         ..certs
-    };
-    let certs = started_with;
+    }
+}
+
+#[tokio::test]
+async fn a_new_certificate_on_disk_is_served_to_new_connections_and_a_broken_one_is_refused() {
+    let certs = replaceable(certs("tls-reload"));
+    let live = certs.server.clone();
     let svc = start(&certs, true);
     let client = |alpn| client_config(&certs.ca.pem(), Some(&certs.client), alpn);
     assert_eq!(
@@ -531,26 +540,9 @@ async fn a_new_certificate_on_disk_is_served_to_new_connections_and_a_broken_one
 /// reloads the configuration: nothing changes on disk alone, the signal swaps the new pair in.
 #[tokio::test]
 async fn with_the_watch_off_sighup_serves_a_renewed_certificate() {
-    let certs = certs("tls-hup");
-    let live = Pair {
-        cert: certs.dir.join("live.pem"),
-        key: certs.dir.join("live.key"),
-    };
-    replace(&certs.server.cert, &live.cert);
-    replace(&certs.server.key, &live.key);
-    let config = config_dir("tls-hup", &[("service.yaml", BASIC)]);
-    let (cert, key) = (live.cert.to_str().unwrap(), live.key.to_str().unwrap());
-    let svc = Service::start(
-        &config,
-        &[
-            "--tls-cert-file",
-            cert,
-            "--tls-key-file",
-            key,
-            "--config-watch-interval-ms",
-            "0",
-        ],
-    );
+    let certs = replaceable(certs("tls-hup"));
+    let live = certs.server.clone();
+    let svc = start_watching(&certs, false, "0");
     let client = |alpn| client_config(&certs.ca.pem(), None, alpn);
     let old = der(&certs.server.cert);
     assert_eq!(served_certificate(svc.http, client(H1)).await, old);
