@@ -107,17 +107,9 @@ pub fn start(
     let reloader = Arc::new(Reloader::new(state, path));
     #[cfg(unix)]
     {
-        // Installed here, not in the task: a SIGHUP right after start-up must find it, or
-        // its default action kills the process.
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(hup) => {
-                tokio::spawn(on_sighup(reloader.clone(), hup));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP; reload on signal disabled")
-            }
-        }
+        let r = reloader.clone();
+        // A refused reload is logged and counted by `apply`; nothing more to do with it here.
+        on_sighup("configuration", move || drop(r.reload(Trigger::Signal)));
     }
     if let Some(every) = watch_every {
         tracing::info!(config = %reloader.path.display(), every = ?every, "watching the configuration");
@@ -125,15 +117,31 @@ pub fn start(
     }
 }
 
-/// Reloads on every `SIGHUP`.
+/// Runs `reload` on a blocking thread on every `SIGHUP`: the configuration's and the
+/// certificates' reload on signal. `what` names it in logs. The handler is installed before
+/// this returns, not in the task: a SIGHUP right after start-up must find it, or its default
+/// action kills the process.
 #[cfg(unix)]
-async fn on_sighup(reloader: Arc<Reloader>, mut hup: tokio::signal::unix::Signal) {
-    while hup.recv().await.is_some() {
-        let r = reloader.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || r.reload(Trigger::Signal)).await {
-            tracing::error!(error = %e, "reload task failed");
+pub fn on_sighup<F>(what: &'static str, reload: F)
+where
+    F: Fn() + Send + Sync + 'static,
+{
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            return tracing::error!(error = %e, reload = what, "cannot listen for SIGHUP; reload on signal disabled");
         }
-    }
+    };
+    let reload = Arc::new(reload);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let reload = reload.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || reload()).await {
+                tracing::error!(error = %e, reload = what, "reload task failed");
+            }
+        }
+    });
 }
 
 /// Polls the configuration path every `every` and reloads when its files change.

@@ -489,21 +489,40 @@ impl<'de, T: FromStr<Err: fmt::Display>> Deserialize<'de> for Parsed<T> {
     }
 }
 
-/// `deserialize_with`: text that is not blank.
-pub(crate) fn non_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    if text.trim().is_empty() {
-        return Err(de::Error::custom("must not be empty"));
+/// Text that is not blank (a name, a domain).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NotBlank(pub String);
+
+impl<'de> Deserialize<'de> for NotBlank {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match String::deserialize(deserializer)? {
+            text if text.trim().is_empty() => Err(de::Error::custom("must not be empty")),
+            text => Ok(NotBlank(text)),
+        }
     }
-    Ok(text)
 }
 
-/// `deserialize_with`: a whole number of at least 1.
-pub(crate) fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    match u64::deserialize(deserializer)? {
-        0 => Err(de::Error::custom("must be at least 1")),
-        n => Ok(n),
+/// A whole number of at least 1 (a limit, a burst, a multiplier, a cost).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct AtLeastOne(pub u64);
+
+impl<'de> Deserialize<'de> for AtLeastOne {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match u64::deserialize(deserializer)? {
+            0 => Err(de::Error::custom("must be at least 1")),
+            n => Ok(AtLeastOne(n)),
+        }
     }
+}
+
+/// `deserialize_with`: [`NotBlank`] text.
+pub(crate) fn non_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    NotBlank::deserialize(deserializer).map(|NotBlank(text)| text)
+}
+
+/// `deserialize_with`: [`AtLeastOne`].
+pub(crate) fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    AtLeastOne::deserialize(deserializer).map(|AtLeastOne(n)| n)
 }
 
 /// `deserialize_with`: a value read from text with its `FromStr`.

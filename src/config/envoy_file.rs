@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::algorithm::{Algorithm, Micros, Quota};
 
-use super::deserialize::{At, Parsed, read};
+use super::deserialize::{At, AtLeastOne, Parsed, read};
 use super::duration::{MAX_WINDOW, MICROS_PER_DAY, MICROS_PER_SECOND};
 use super::error::{Pos, Problems};
 use super::limits::{LimitEntry, check_limits, check_sliding_window_cap, default_name};
@@ -52,7 +52,7 @@ struct DescriptorEntry {
     shadow_mode: Option<bool>,
     detailed_metric: Option<bool>,
     algorithm: Option<At<Parsed<Algorithm>>>,
-    burst: Option<At<u64>>,
+    burst: Option<At<AtLeastOne>>,
     limits: Option<At<Vec<At<LimitEntry>>>>,
     post_paid: Option<At<bool>>,
     quota_mode: Option<bool>,
@@ -70,7 +70,7 @@ struct RateLimitEntry {
     unlimited: Option<bool>,
     name: Option<String>,
     replaces: Option<Vec<At<ReplacesEntry>>>,
-    unit_multiplier: Option<At<u64>>,
+    unit_multiplier: Option<At<AtLeastOne>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,7 +221,7 @@ fn rate_limit_def(
         .clone()
         .unwrap_or_else(|| default_name(rpu, window));
     if let Some(requests) = &written.value.requests_per_unit {
-        check_sliding_window_cap(problems, requests, algorithm, &name);
+        check_sliding_window_cap(problems, requests, requests.value, algorithm, &name);
     }
     Some(LimitDef {
         name,
@@ -280,9 +280,7 @@ fn check_burst(
     rate_limit: Option<&RateLimit>,
 ) -> Option<u64> {
     let burst = e.burst.as_ref()?;
-    let message = if burst.value == 0 {
-        "must be at least 1".to_owned()
-    } else if e.rate_limit.is_none() {
+    let message = if e.rate_limit.is_none() {
         "burst applies to this descriptor's rate_limit, and it has none".to_owned()
     } else if rate_limit.is_some_and(|rl| rl.unlimited) {
         "burst does not apply to an unlimited rate_limit".to_owned()
@@ -298,7 +296,7 @@ fn check_burst(
     {
         "burst cannot be used with requests_per_unit: 0 (which blocks everything)".to_owned()
     } else {
-        return Some(burst.value);
+        return Some(burst.value.0);
     };
     problems.about(burst, message);
     None
@@ -482,15 +480,8 @@ fn check_window(problems: &mut Problems<'_>, entry: &At<RateLimitEntry>) -> Opti
             None
         }
     };
-    let multiplier = match &e.unit_multiplier {
-        None => Some(1),
-        Some(m) if m.value == 0 => {
-            problems.about(m, "must be at least 1");
-            None
-        }
-        Some(m) => Some(m.value),
-    };
-    let (seconds, multiplier) = (seconds?, multiplier?);
+    let multiplier = e.unit_multiplier.as_ref().map_or(1, |m| m.value.0);
+    let seconds = seconds?;
     let window = seconds
         .checked_mul(multiplier)
         .and_then(|s| s.checked_mul(MICROS_PER_SECOND))

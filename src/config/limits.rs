@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::algorithm::{Algorithm, Micros, Quota, sliding_window};
 
 use super::LimitDef;
-use super::deserialize::{At, Parsed};
+use super::deserialize::{At, AtLeastOne, NotBlank, Parsed};
 use super::duration::{format_duration, parse_duration};
 use super::error::Problems;
 
@@ -18,11 +18,11 @@ use super::error::Problems;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct LimitEntry {
-    name: Option<At<String>>,
+    name: Option<At<NotBlank>>,
     algorithm: Option<At<Parsed<Algorithm>>>,
-    limit: Option<At<u64>>,
+    limit: Option<At<AtLeastOne>>,
     window: Option<At<String>>,
-    burst: Option<At<u64>>,
+    burst: Option<At<AtLeastOne>>,
     shadow_mode: Option<bool>,
 }
 
@@ -73,18 +73,13 @@ fn check_limit(
     default_algorithm: Algorithm,
 ) -> Option<LimitDef> {
     let e = &entry.value;
-    if let Some(name) = e.name.as_ref().filter(|n| n.value.trim().is_empty()) {
-        problems.about(name, "must not be empty");
-    }
     let algorithm = e
         .algorithm
         .as_ref()
         .map_or(default_algorithm, |a| a.value.0);
-    let limit = e.limit.as_ref().map(|l| l.value);
-    match &e.limit {
-        Some(l) if l.value == 0 => problems.about(l, "must be at least 1"),
-        Some(_) => {}
-        None => problems.missing(entry, "limit", "missing 'limit' (how many per window)"),
+    let limit = e.limit.as_ref().map(|l| l.value.0);
+    if limit.is_none() {
+        problems.missing(entry, "limit", "missing 'limit' (how many per window)");
     }
     let window = match &e.window {
         Some(w) => parse_duration(&w.value)
@@ -95,19 +90,20 @@ fn check_limit(
             None
         }
     };
-    if let Some(burst) = &e.burst {
-        if burst.value == 0 {
-            problems.about(burst, "must be at least 1");
-        } else if algorithm != Algorithm::TokenBucket {
-            let message = format!(
-                "burst applies to token_bucket only (this limit is {})",
-                algorithm.as_str()
-            );
-            problems.about(burst, message);
-        }
+    if let Some(burst) = e
+        .burst
+        .as_ref()
+        .filter(|_| algorithm != Algorithm::TokenBucket)
+    {
+        let message = format!(
+            "burst applies to token_bucket only (this limit is {})",
+            algorithm.as_str()
+        );
+        problems.about(burst, message);
     }
-    if let Some(limit) = &e.limit {
-        check_sliding_window_cap(problems, limit, algorithm, &name_of(e, limit.value, window));
+    if let Some(written) = &e.limit {
+        let name = name_of(e, written.value.0, window);
+        check_sliding_window_cap(problems, written, written.value.0, algorithm, &name);
     }
     if problems.any_under(&entry.path) {
         return None;
@@ -115,7 +111,7 @@ fn check_limit(
     let (limit, window) = (limit?, window?);
     let mut quota = Quota::new(limit, window);
     if let Some(burst) = &e.burst {
-        quota.burst = burst.value;
+        quota.burst = burst.value.0;
     }
     Some(LimitDef {
         name: name_of(e, limit, Some(window)),
@@ -129,7 +125,7 @@ fn check_limit(
 /// The entry's name, or the default one.
 fn name_of(e: &LimitEntry, limit: u64, window: Option<Micros>) -> String {
     match (&e.name, window) {
-        (Some(name), _) => name.value.clone(),
+        (Some(name), _) => name.value.0.clone(),
         (None, Some(window)) => default_name(limit, window),
         (None, None) => format!("{limit}-per-?"),
     }
@@ -137,19 +133,21 @@ fn name_of(e: &LimitEntry, limit: u64, window: Option<Micros>) -> String {
 
 /// A sliding window keeps one entry per admitted request, which every decision reads: its
 /// limit is capped at [`sliding_window::MAX_LIMIT`], which bounds what a decision costs.
-pub(crate) fn check_sliding_window_cap(
+/// `written` is where `limit` was written.
+pub(crate) fn check_sliding_window_cap<T>(
     problems: &mut Problems<'_>,
-    limit: &At<u64>,
+    written: &At<T>,
+    limit: u64,
     algorithm: Algorithm,
     name: &str,
 ) {
-    if algorithm == Algorithm::SlidingWindow && limit.value > sliding_window::MAX_LIMIT {
+    if algorithm == Algorithm::SlidingWindow && limit > sliding_window::MAX_LIMIT {
         let message = format!(
             "limit `{name}`: a sliding_window limit is at most {} (its log holds one entry per \
              admitted request, which every decision reads); for larger limits use \
              token_bucket or fixed_window",
             sliding_window::MAX_LIMIT
         );
-        problems.about(limit, message);
+        problems.about(written, message);
     }
 }

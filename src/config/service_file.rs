@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::algorithm::Algorithm;
 
-use super::deserialize::{At, Parsed, read};
+use super::deserialize::{At, NotBlank, Parsed, read};
 use super::error::{Pos, Problems};
 use super::limits::{LimitEntry, check_limits};
 use super::yaml::Node;
@@ -113,7 +113,7 @@ struct KeyEntry {
     sha256: Option<At<String>>,
     tier: Option<At<String>>,
     limits: Option<At<Vec<At<LimitEntry>>>>,
-    name: Option<At<String>>,
+    name: Option<NotBlank>,
 }
 
 /// `tiers:`, a mapping of tier names to lists of limits, in file order.
@@ -240,17 +240,13 @@ fn check_tier(
 fn check_key(problems: &mut Problems<'_>, entry: At<KeyEntry>) -> Option<KeyDef> {
     let digest = check_digest(problems, &entry);
     let limits = check_key_limits(problems, &entry);
-    let e = entry.value;
-    if let Some(name) = e.name.as_ref().filter(|n| n.value.trim().is_empty()) {
-        problems.about(name, "must not be empty");
-    }
     // A key with other problems (already reported) is still kept when its digest and limits
     // are known, so that the checks across keys (duplicates, unknown tiers) still run.
     Some(KeyDef {
         digest: digest?,
         pos: entry.pos,
         path: entry.path,
-        name: e.name.map(|n| n.value).filter(|n| !n.trim().is_empty()),
+        name: entry.value.name.map(|NotBlank(name)| name),
         limits: limits?,
     })
 }

@@ -171,24 +171,10 @@ impl ServerTls {
 }
 
 /// Reloads `tls`'s files on every `SIGHUP`, as the configuration is reloaded, whether or not
-/// the watch is on. Installed before it returns, so no signal after start-up is missed.
+/// the watch is on.
 #[cfg(unix)]
 pub fn reload_on_sighup(tls: Arc<ServerTls>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => hup,
-        Err(e) => {
-            return tracing::error!(error = %e, "cannot listen for SIGHUP; certificates reload only on the watch");
-        }
-    };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            let tls = tls.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || tls.reload()).await {
-                tracing::error!(error = %e, "TLS reload task failed");
-            }
-        }
-    });
+    crate::reload::on_sighup("TLS certificates", move || tls.reload());
 }
 
 /// Polls `tls`'s files every `every` and reloads them when they change. `seen` is the

@@ -129,7 +129,7 @@ pub fn counter_key(prefix: &str, key: &CounterKey) -> String {
     let mut name = Vec::with_capacity(prefix.len() + 51);
     // A Vec never refuses a write; the name is the prefix and ASCII, so valid UTF-8.
     let _ = write_counter_key(&mut name, prefix, key);
-    String::from_utf8_lossy(&name).into_owned()
+    String::from_utf8(name).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// [`counter_key`]'s bytes (the one place its layout is written) into `out`, e.g. a command's
