@@ -6,20 +6,16 @@
 // Shape of the load and the other variables: k6/load-shape.js.
 import grpc from 'k6/net/grpc';
 import { check } from 'k6';
-import { loadOptions, randomKey } from './load-shape.js';
+import { connectOnce, loadOptions, randomKey } from './load-shape.js';
 
 export const options = loadOptions();
 
 const client = new grpc.Client();
 client.load(['../proto'], 'ratelimiter.proto');
-let connected = false;
+const call = connectOnce(client);
 
 export default function () {
-  if (!connected) {
-    client.connect(__ENV.GRPC_ADDR, { plaintext: true });
-    connected = true;
-  }
-  const res = client.invoke('ratelimiter.v1.RateLimiter/AllowRequest', {
+  const res = call('ratelimiter.v1.RateLimiter/AllowRequest', {
     api_key: randomKey('key-'),
   });
   check(res, {

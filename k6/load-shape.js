@@ -1,5 +1,5 @@
 // What every door's load script (check.js, allow.js, should.js, envoy.js) shares: the shape
-// of the load and the keys it spreads over. Imported, not run.
+// of the load, the keys it spreads over, and one connection per user. Imported, not run.
 //
 // Environment:
 //   RATE=1000        decisions per second (a constant arrival rate: k6 starts RATE iterations
@@ -54,4 +54,17 @@ export function loadOptions(extra) {
 // One of the KEYS keys, `<prefix><n>`, chosen at random for each request.
 export function randomKey(prefix) {
   return `${prefix}${Math.floor(Math.random() * KEYS)}`;
+}
+
+// A gRPC call function over `client` (whose protos the script loads, in k6's init context)
+// that connects to GRPC_ADDR on its first call: each virtual user keeps one connection.
+export function connectOnce(client) {
+  let connected = false;
+  return (method, message) => {
+    if (!connected) {
+      client.connect(__ENV.GRPC_ADDR, { plaintext: true });
+      connected = true;
+    }
+    return client.invoke(method, message);
+  };
 }

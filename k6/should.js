@@ -7,20 +7,16 @@
 // Shape of the load and the other variables: k6/load-shape.js.
 import grpc from 'k6/net/grpc';
 import { check } from 'k6';
-import { loadOptions, randomKey } from './load-shape.js';
+import { connectOnce, loadOptions, randomKey } from './load-shape.js';
 
 export const options = loadOptions();
 
 const client = new grpc.Client();
 client.load(['proto'], 'envoy_ratelimit.proto');
-let connected = false;
+const call = connectOnce(client);
 
 export default function () {
-  if (!connected) {
-    client.connect(__ENV.GRPC_ADDR, { plaintext: true });
-    connected = true;
-  }
-  const res = client.invoke('envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit', {
+  const res = call('envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit', {
     domain: 'bench',
     descriptors: [{ entries: [{ key: 'user', value: randomKey('user-') }] }],
     hits_addend: 1,
