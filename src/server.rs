@@ -29,6 +29,7 @@ use crate::api::ext_authz::ExtAuthzDoor;
 use crate::api::grpc::AllowRequestService;
 use crate::api::http::{self, router};
 use crate::api::ratelimit_service::RateLimitDoor;
+use crate::api::response::Refusal;
 use crate::listener::{ConnectionLimits, Incoming};
 use crate::request_limit::RequestLimitLayer;
 use crate::tls::{Alpn, Connection, Secured, ServerTls};
@@ -322,7 +323,7 @@ impl GrpcConnections {
 
 /// The gRPC answer past the concurrent-request cap.
 fn grpc_overloaded() -> ::http::Response<tonic::body::Body> {
-    tonic::Status::resource_exhausted("too many requests in progress; retry shortly").into_http()
+    Refusal::Overloaded.grpc_status().into_http()
 }
 
 /// Serves HTTP/1 and HTTP/2 on `incoming`'s connections until `stop` turns true, then lets

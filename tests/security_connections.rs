@@ -262,6 +262,10 @@ async fn requests_past_the_concurrency_cap_are_refused_at_once() {
         tonic::Code::ResourceExhausted,
         "{refused:?}"
     );
+    assert!(
+        refused.message().contains("too many requests in progress"),
+        "{refused:?}"
+    );
     // Refused while the held ones still wait: a refusal does not queue behind them.
     assert!(
         held.iter().all(|h| !h.is_finished()) && held_grpc.iter().all(|h| !h.is_finished()),

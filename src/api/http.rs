@@ -231,13 +231,7 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// The answer past the listener's cap on concurrent requests (`request_limit.rs`): 503 with
-/// `Retry-After: 1`, like a store that cannot decide, and a body that says why.
+/// The answer past the listener's cap on concurrent requests (`request_limit.rs`).
 pub fn overloaded() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [("content-type", "application/json"), ("retry-after", "1")],
-        r#"{"error":"too many requests in progress; retry shortly"}"#,
-    )
-        .into_response()
+    Refusal::Overloaded.into_response()
 }

@@ -186,6 +186,9 @@ pub enum Refusal {
     /// The store could not decide (503 with `Retry-After: 1`, `UNAVAILABLE`, which lets
     /// Envoy's `failure_mode_deny` decide). The detail goes to the log, not the client.
     Unavailable,
+    /// Past a listener's cap on concurrent requests (`request_limit.rs`): 503 with
+    /// `Retry-After: 1`, like a store that cannot decide, or `RESOURCE_EXHAUSTED`.
+    Overloaded,
 }
 
 impl From<LimitError> for Refusal {
@@ -210,7 +213,9 @@ impl Refusal {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Refusal::StoreFull(_) | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::StoreFull(_) | Refusal::Unavailable | Refusal::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -218,7 +223,7 @@ impl Refusal {
         match self {
             Refusal::BadRequest(_) | Refusal::PayloadTooLarge(_) => tonic::Code::InvalidArgument,
             Refusal::Unauthenticated(_) => tonic::Code::Unauthenticated,
-            Refusal::StoreFull(_) => tonic::Code::ResourceExhausted,
+            Refusal::StoreFull(_) | Refusal::Overloaded => tonic::Code::ResourceExhausted,
             // UNAVAILABLE, not UNKNOWN: Envoy treats UNKNOWN as OK.
             Refusal::Unavailable => tonic::Code::Unavailable,
         }
@@ -231,13 +236,14 @@ impl Refusal {
             | Refusal::Unauthenticated(m)
             | Refusal::StoreFull(m) => m,
             Refusal::Unavailable => "rate limit store unavailable",
+            Refusal::Overloaded => "too many requests in progress; retry shortly",
         }
     }
 
     /// The headers of a refusal besides its JSON content type.
     pub fn headers(&self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Refusal::Unavailable => &[("retry-after", "1")],
+            Refusal::Unavailable | Refusal::Overloaded => &[("retry-after", "1")],
             _ => &[],
         }
     }

@@ -182,8 +182,8 @@ fn check_descriptor(
     }
     limits.extend(check_extra_limits(problems, e, unlimited, &limits));
     check_post_paid(problems, e, unlimited);
-    let replaces = rate_limit.map(|rl| rl.replaces).unwrap_or_default();
-    check_replaces_own(problems, &replaces, &limits);
+    let (own_name, replaces) = rate_limit.map_or((None, Vec::new()), |rl| (rl.name, rl.replaces));
+    check_replaces_own(problems, &replaces, own_name.as_deref(), &limits);
     let mut descriptor = DescriptorDef {
         key,
         value: e.value.clone().filter(|v| !v.is_empty()),
@@ -366,10 +366,17 @@ fn check_share_threshold(problems: &mut Problems<'_>, e: &DescriptorEntry) -> bo
     true
 }
 
-/// A descriptor may not replace its own limits.
-fn check_replaces_own(problems: &mut Problems<'_>, replaces: &[At<String>], limits: &[LimitDef]) {
+/// A descriptor may not replace its own limits: its `rate_limit` (by the name written, or the
+/// default one) or an entry of `limits:`.
+fn check_replaces_own(
+    problems: &mut Problems<'_>,
+    replaces: &[At<String>],
+    own_name: Option<&str>,
+    limits: &[LimitDef],
+) {
     for replaced in replaces {
-        if limits.iter().any(|l| l.name == replaced.value) {
+        let own = Some(replaced.value.as_str()) == own_name;
+        if own || limits.iter().any(|l| l.name == replaced.value) {
             problems.about(
                 replaced,
                 "replaces should not contain name of same descriptor",
@@ -384,14 +391,14 @@ struct RateLimit {
     /// `(requests_per_unit, window)`, when the block is valid and limited.
     quota: Option<(u64, Micros)>,
     name: Option<String>,
-    /// The names it replaces, other than its own (reported), with where each is.
+    /// The names it replaces, with where each is.
     replaces: Vec<At<String>>,
 }
 
 fn check_rate_limit(problems: &mut Problems<'_>, entry: &At<RateLimitEntry>) -> Option<RateLimit> {
     let e = &entry.value;
     let name = e.name.clone().filter(|n| !n.is_empty());
-    let replaces = check_replaces(problems, e, name.as_deref());
+    let replaces = check_replaces(problems, e);
     let unlimited = e.unlimited.unwrap_or(false);
     if unlimited {
         check_unlimited(problems, e);
@@ -423,20 +430,11 @@ fn check_rate_limit(problems: &mut Problems<'_>, entry: &At<RateLimitEntry>) -> 
     })
 }
 
-/// `replaces: [{name}]`: each entry names another limit.
-fn check_replaces(
-    problems: &mut Problems<'_>,
-    e: &RateLimitEntry,
-    own_name: Option<&str>,
-) -> Vec<At<String>> {
+/// `replaces: [{name}]`: each entry names a limit.
+fn check_replaces(problems: &mut Problems<'_>, e: &RateLimitEntry) -> Vec<At<String>> {
     let mut replaces = Vec::new();
     for entry in e.replaces.iter().flatten() {
         match entry.value.name.as_ref().filter(|n| !n.value.is_empty()) {
-            Some(name) if Some(name.value.as_str()) == own_name => problems.at(
-                name.pos,
-                &entry.path,
-                "replaces should not contain name of same descriptor",
-            ),
             Some(name) => replaces.push(name.clone()),
             None => problems.about(entry, "should not have an empty replaces entry"),
         }
