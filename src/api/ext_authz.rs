@@ -38,7 +38,7 @@ use tonic::{Request, Response, Status};
 
 use super::response::{self, Refusal};
 use super::{AppState, validate_api_key};
-use crate::config::ValueSource;
+use crate::config::{ExtAuthzDescriptor, ValueSource};
 use crate::limiter::{API_KEY, Decision, Descriptor, Entry, LimitError, LimitRequest};
 use crate::metrics::Door;
 use crate::telemetry::TraceContext;
@@ -82,6 +82,34 @@ impl<'a> Attributes<'a> {
         }
     }
 
+    /// The descriptors `rules` build from the request: a rule with a value missing is left
+    /// out, except a missing API key, which is the anonymous client's empty one. A malformed
+    /// API key is refused.
+    fn descriptors(&self, rules: &'a [ExtAuthzDescriptor]) -> Result<Vec<Descriptor<'a>>, Refusal> {
+        let mut descriptors = Vec::with_capacity(rules.len());
+        'rules: for rule in rules {
+            let mut entries = Vec::with_capacity(rule.entries.len());
+            for e in &rule.entries {
+                let value = match self.value(&e.from) {
+                    Some(v) => v,
+                    None if e.key == API_KEY => "",
+                    None => continue 'rules,
+                };
+                if e.key == API_KEY && !value.is_empty() {
+                    validate_api_key(value)
+                        .map_err(|m| Refusal::BadRequest(format!("malformed API key: {m}")))?;
+                }
+                entries.push(Entry::new(&e.key, value));
+            }
+            descriptors.push(Descriptor {
+                entries,
+                hits: None,
+                limit_override: None,
+            });
+        }
+        Ok(descriptors)
+    }
+
     fn value(&self, source: &'a ValueSource) -> Option<&'a str> {
         let nonempty = |s: &'a str| (!s.is_empty()).then_some(s);
         match source {
@@ -111,31 +139,10 @@ impl Authorization for ExtAuthzDoor {
             .filter(|d| !d.is_empty())
             .map_or(settings.default_domain.as_str(), String::as_str);
 
-        let mut descriptors = Vec::with_capacity(settings.ext_authz.len());
-        'rules: for rule in &settings.ext_authz {
-            let mut entries = Vec::with_capacity(rule.entries.len());
-            for e in &rule.entries {
-                let value = match attrs.value(&e.from) {
-                    Some(v) => v,
-                    // No key: the anonymous client, decided by the client table.
-                    None if e.key == API_KEY => "",
-                    None => continue 'rules,
-                };
-                if e.key == API_KEY
-                    && !value.is_empty()
-                    && let Err(m) = validate_api_key(value)
-                {
-                    let bad = Refusal::BadRequest(format!("malformed API key: {m}"));
-                    return Ok(Response::new(deny(&bad)));
-                }
-                entries.push(Entry::new(&e.key, value));
-            }
-            descriptors.push(Descriptor {
-                entries,
-                hits: None,
-                limit_override: None,
-            });
-        }
+        let descriptors = match attrs.descriptors(&settings.ext_authz) {
+            Ok(descriptors) => descriptors,
+            Err(bad) => return Ok(Response::new(deny(&bad))),
+        };
         if descriptors.is_empty() {
             return Ok(Response::new(allow(None, settings.headers)));
         }
