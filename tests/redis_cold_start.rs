@@ -262,3 +262,21 @@ async fn a_replica_started_while_redis_is_down_answers_then_warms_up_when_it_com
     assert_eq!(redis.error_count("NOSCRIPT"), 0, "NOSCRIPT replies");
     assert!(decide_script_loaded(&redis), "no decide script");
 }
+
+/// A replica only some of whose batch workers hold a connection (Redis refuses the others:
+/// `maxclients`) decides every request with those that do. A worker without a connection
+/// leaves the plans to them, rather than taking plans it cannot send and answering them by
+/// the failure policy while Redis could decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_cannot_connect_leave_the_decisions_to_those_that_did() {
+    let redis = RedisServer::start();
+    let () = redis.cmd(redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(2));
+    let dir = config_dir("redis-cold-partial", &[("service.yaml", CONFIG)]);
+    let url = redis.url();
+    let args = ["--redis-url", &url, "--redis-timeout-ms", TIMEOUT_MS];
+    let svc = Service::start(&dir, &[&args[..], &["--redis-pool-size", "4"]].concat());
+    common::redis::wait_normal(&svc, "load", Duration::from_secs(20)).await;
+    // Two workers hold the two connections Redis allows; the other two keep trying.
+    let admitted = common::redis::storm(&svc, "load", 400, 64).await;
+    assert_eq!(admitted, 400, "{}", svc.logs());
+}

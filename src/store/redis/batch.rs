@@ -101,6 +101,20 @@ impl Queue {
         }
         true
     }
+
+    /// Puts plans taken by a worker that cannot send them back in front, in their order, for
+    /// another worker (the queue may briefly hold more than `capacity`).
+    fn give_back(&self, batch: &mut Vec<Option<Job>>) {
+        let mut given = 0;
+        {
+            let mut jobs = self.jobs();
+            for job in batch.drain(..).rev().flatten() {
+                jobs.push_front(job);
+                given += 1;
+            }
+        }
+        self.ready.add_permits(given);
+    }
 }
 
 pub struct Batcher {
@@ -215,7 +229,9 @@ struct Worker {
 impl Worker {
     /// Takes batches until the queue closes. A worker without a connection (Redis down at
     /// start-up, or its connection lost) opens one while idle, backing off, so that a
-    /// decision rarely pays for connecting.
+    /// decision rarely pays for connecting. It takes plans only while no worker holds a
+    /// connection (then connecting is the plans' one chance); otherwise it leaves them to the
+    /// workers that can send them at once, as connecting may outlast their time limit.
     async fn work(self) {
         let mut jobs: Vec<Option<Job>> = Vec::with_capacity(MAX_BATCH);
         let mut slot = Slot {
@@ -234,6 +250,14 @@ impl Worker {
             }
             let open = if slot.held.is_some() {
                 self.queue.take(&mut jobs).await
+            } else if self.others_connected() {
+                // Another worker can send plans now; this one could not (connecting may take
+                // longer than a plan may wait): leave them to it and try again later.
+                tokio::time::sleep(backoff).await;
+                if self.queue.ready.is_closed() {
+                    return;
+                }
+                continue;
             } else {
                 tokio::select! {
                     open = self.queue.take(&mut jobs) => open,
@@ -243,9 +267,19 @@ impl Worker {
             if !open {
                 return;
             }
+            if slot.held.is_none() && self.others_connected() {
+                // Taken while no worker held a connection, and one does now: its plans.
+                self.queue.give_back(&mut jobs);
+                continue;
+            }
             self.decide_batch(&mut slot, &mut jobs, limit.as_mut())
                 .await;
         }
+    }
+
+    /// Whether any worker holds a connection (this one does not when it asks).
+    fn others_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire) > 0
     }
 
     /// Opens a connection and loads the decide script on it, so that a fresh or restarted
